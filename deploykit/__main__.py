@@ -1,0 +1,5 @@
+import sys
+
+from deploykit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""GitHub Actions I/O: workflow commands, step outputs and the job summary.
+
+Everything deploykit prints goes through :class:`Actions`, so secrets are
+masked and redacted in one place. Inside a workflow (``GITHUB_ACTIONS=true``)
+this speaks the runner's workflow-command protocol; on a terminal it prints
+plain log lines to stderr and ``name=value`` outputs (or JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+REDACTED = "***"
+
+
+def escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(value: str) -> str:
+    return escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def heredoc_block(name: str, value: str) -> str:
+    """One ``name<<DELIM`` block as GitHub parses it in GITHUB_OUTPUT/GITHUB_ENV."""
+    delimiter = f"ghadelimiter_{_random.token_hex(16)}"
+    while delimiter in value:  # pragma: no cover - 128 random bits
+        delimiter = f"ghadelimiter_{_random.token_hex(16)}"
+    return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
+
+
+class Actions:
+    """The single writer of logs, annotations, outputs and the summary."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        json_outputs: bool = False,
+    ) -> None:
+        self.in_actions = env.get("GITHUB_ACTIONS") == "true"
+        self._stdout = stdout or sys.stdout
+        self._stderr = stderr or sys.stderr
+        self._output_file = env.get("GITHUB_OUTPUT") or None
+        self._summary_file = env.get("GITHUB_STEP_SUMMARY") or None
+        self._json_outputs = json_outputs
+        self._secrets: set[str] = set()
+        self.outputs: dict[str, str] = {}
+        self.summary_parts: list[str] = []
+
+    # -- secrets -----------------------------------------------------------
+    def mask(self, secret: str | None) -> None:
+        """Register a secret: masked by the runner and redacted by us."""
+        if not secret:
+            return
+        for candidate in {secret, *secret.splitlines()}:
+            candidate = candidate.strip()
+            if len(candidate) < 3 or candidate in self._secrets:
+                continue
+            self._secrets.add(candidate)
+            if self.in_actions:
+                self._stdout.write(f"::add-mask::{escape_data(candidate)}\n")
+                self._stdout.flush()
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    # -- logs and annotations -----------------------------------------------
+    @property
+    def _log(self) -> TextIO:
+        return self._stdout if self.in_actions else self._stderr
+
+    def info(self, message: str) -> None:
+        self._log.write(self.redact(message) + "\n")
+        self._log.flush()
+
+    def debug(self, message: str) -> None:
+        if self.in_actions:
+            self._stdout.write(f"::debug::{escape_data(self.redact(message))}\n")
+
+    def warning(self, message: str, *, title: str = "") -> None:
+        self._annotate("warning", message, title)
+
+    def error(self, message: str, *, title: str = "") -> None:
+        self._annotate("error", message, title)
+
+    def notice(self, message: str, *, title: str = "") -> None:
+        self._annotate("notice", message, title)
+
+    def _annotate(self, level: str, message: str, title: str) -> None:
+        message, title = self.redact(message), self.redact(title)
+        if self.in_actions:
+            props = f" title={escape_property(title)}" if title else ""
+            self._stdout.write(f"::{level}{props}::{escape_data(message)}\n")
+        else:
+            head = f"{level}: {title}: " if title else f"{level}: "
+            self._stderr.write(head + message.replace("\n", "\n  ") + "\n")
+        self._log.flush()
+
+    @contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        """A collapsible log group around a long step."""
+        if self.in_actions:
+            self._stdout.write(f"::group::{escape_data(self.redact(title))}\n")
+        else:
+            self._stderr.write(f"==> {self.redact(title)}\n")
+        self._log.flush()
+        try:
+            yield
+        finally:
+            if self.in_actions:
+                self._stdout.write("::endgroup::\n")
+                self._stdout.flush()
+
+    # -- outputs -------------------------------------------------------------
+    def set_output(self, name: str, value: str) -> None:
+        value = self.redact(value)
+        self.outputs[name] = value
+        if self._output_file:
+            with Path(self._output_file).open("a", encoding="utf-8") as handle:
+                handle.write(heredoc_block(name, value))
+
+    def set_outputs(self, outputs: Mapping[str, str]) -> None:
+        for name, value in outputs.items():
+            self.set_output(name, value)
+
+    def print_outputs(self) -> None:
+        """Outside a workflow, the outputs go to stdout for people and scripts."""
+        if self._output_file:
+            return
+        if self._json_outputs:
+            self._stdout.write(json.dumps(self.outputs, indent=2, sort_keys=True) + "\n")
+        else:
+            for name, value in self.outputs.items():
+                if "\n" in value:
+                    self._stdout.write(heredoc_block(name, value))
+                else:
+                    self._stdout.write(f"{name}={value}\n")
+        self._stdout.flush()
+
+    # -- job summary -------------------------------------------------------
+    def add_summary(self, markdown: str) -> None:
+        markdown = self.redact(markdown).rstrip("\n") + "\n"
+        self.summary_parts.append(markdown)
+        if self._summary_file:
+            with Path(self._summary_file).open("a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
+        elif not self._json_outputs:
+            self._stderr.write("\n" + markdown + "\n")
+            self._stderr.flush()
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in headers) + "|")
+    lines.extend("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)

