@@ -61,8 +61,10 @@ class Actions:
         """Register a secret: masked by the runner and redacted by us."""
         if not secret:
             return
-        for candidate in {secret, *secret.splitlines()}:
-            candidate = candidate.strip()
+        lines = secret.splitlines()
+        values = [line.partition("=")[2] for line in lines if "=" in line]  # KEY=VALUE lists
+        for raw in {secret, *lines, *values}:
+            candidate = raw.strip()
             if len(candidate) < 3 or candidate in self._secrets:
                 continue
             self._secrets.add(candidate)

@@ -11,7 +11,7 @@ from importlib import import_module
 
 from deploykit import __version__
 from deploykit.actions import Actions
-from deploykit.errors import DeploykitError, DeployError
+from deploykit.errors import DeployError, DeploykitError
 from deploykit.settings import BUILD, DEPLOY, INPUTS, ROLLBACK, Settings, load_settings, read_inputs
 
 DESCRIPTION = """\
@@ -49,7 +49,6 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
 _COMMON = ("registry", "image_repo", "registry_username", "registry_password", "dry_run",
            "github_token", "github_records")
 _HISTORY = ("environment", "state_dir", "project_name")
-_SECRET_HELP = " Read from the environment (INPUT_{}) only: never pass secrets as flags."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +143,8 @@ def main(
             mode = COMMANDS[command][0]
             settings = load_settings(env, {**_overrides(args), "mode": mode})
         settings_loaded = True
+        for secret in settings.secrets():
+            actions.mask(secret)
         _handler(COMMANDS[command][2])(settings, actions, args)
         return 0
     except DeploykitError as exc:

@@ -50,7 +50,7 @@ class DockerCLI:
         self.actions.debug("$ " + " ".join(argv))
         try:
             if stream:
-                return self._run_streaming(argv, env, stdin, cwd, check, timeout)
+                return self._run_streaming(argv, env, stdin, cwd, check=check, timeout=timeout)
             result = subprocess.run(
                 argv, input=stdin, capture_output=True, text=True, env=env, cwd=cwd,
                 check=False, timeout=timeout,
@@ -68,7 +68,7 @@ class DockerCLI:
 
     def _run_streaming(
         self, argv: list[str], env: dict[str, str], stdin: str | None, cwd: str | None,
-        check: bool, timeout: float | None,
+        *, check: bool, timeout: float | None,
     ) -> subprocess.CompletedProcess[str]:
         process = subprocess.Popen(
             argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,

@@ -106,7 +106,9 @@ def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_app_context(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Callable[..., str]:
+def make_app_context(
+    tmp_path_factory: pytest.TempPathFactory, base_image: str
+) -> Callable[..., str]:
     """Factory: a build context with a Dockerfile FROM the local busybox base.
 
     ``make_app_context(body="v1")`` serves ``body`` at / with busybox httpd.
