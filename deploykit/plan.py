@@ -1,0 +1,112 @@
+"""The build plan: the tags a build would publish, checked against the registry.
+
+``deploykit tags`` (and ``mode: build`` with ``dry_run: true``) print it without
+building: every tag, whether it is new or already published (at which digest,
+and from which revision for write-once tags). A registry that cannot be read
+fails the plan: "unreachable" or "unauthorised" is never taken for "no tags".
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from deploykit.actions import Actions, markdown_table
+from deploykit.registry import REVISION_LABEL, RegistryClient
+from deploykit.settings import Settings
+from deploykit.tags import VALIDATION, TagPlan, build_kind, plan_tags
+
+
+@dataclass(frozen=True)
+class PlannedTag:
+    tag: str
+    write_once: bool
+    digest: str | None  # None: not in the registry yet
+    revision: str | None = None  # org.opencontainers.image.revision of an existing write-once tag
+
+    @property
+    def exists(self) -> bool:
+        return self.digest is not None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    image: str  # registry/repo
+    tag_plan: TagPlan
+    entries: tuple[PlannedTag, ...]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.tag_plan.tags
+
+    @property
+    def existing(self) -> tuple[PlannedTag, ...]:
+        return tuple(entry for entry in self.entries if entry.exists)
+
+    @property
+    def new(self) -> tuple[PlannedTag, ...]:
+        return tuple(entry for entry in self.entries if not entry.exists)
+
+
+def make_plan(settings: Settings, client: RegistryClient) -> BuildPlan:
+    """Plan the tags of this build; the registry is read only when something is pushed."""
+    github = settings.github
+    pushes = build_kind(github.event_name, github.ref) != VALIDATION
+    existing = client.tags() if pushes else []
+    tag_plan = plan_tags(event_name=github.event_name, ref=github.ref, sha=github.sha,
+                         version=settings.version, existing_tags=existing,
+                         build_date=settings.build_date, latest=settings.latest)
+    present = set(existing)
+    entries = tuple(_planned_tag(client, tag, tag in tag_plan.write_once, tag in present)
+                    for tag in tag_plan.tags)
+    return BuildPlan(settings.image_name, tag_plan, entries)
+
+
+def _planned_tag(client: RegistryClient, tag: str, write_once: bool, listed: bool) -> PlannedTag:
+    digest = client.find(tag) if listed else None
+    revision = None
+    if digest and write_once:
+        revision = client.labels(digest).get(REVISION_LABEL, "")
+    return PlannedTag(tag, write_once, digest, revision)
+
+
+def plan_table(plan: BuildPlan) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: tag, new/exists, digest, write-once or mutable, revision."""
+    headers = ["Tag", "Status", "Digest", "Kind", "Revision"]
+    rows = [[entry.tag, "exists" if entry.exists else "new", entry.digest or "-",
+             "write-once" if entry.write_once else "mutable",
+             entry.revision or "-"] for entry in plan.entries]
+    return headers, rows
+
+
+def format_plan(plan: BuildPlan) -> str:
+    """The plan as an aligned plain-text table for the log."""
+    headers, rows = plan_table(plan)
+    if not rows:
+        return f"{plan.tag_plan.reason}\nNo tag for {plan.image}."
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             .rstrip() for row in [headers, *rows]]
+    return "\n".join([plan.tag_plan.reason, f"Image: {plan.image}", *lines])
+
+
+def plan_summary(plan: BuildPlan) -> str:
+    headers, rows = plan_table(plan)
+    parts = [f"### Tag plan for `{plan.image}` ({plan.tag_plan.kind})", "",
+             plan.tag_plan.reason, ""]
+    parts.append(markdown_table(headers, rows) if rows else "Nothing is pushed.")
+    return "\n".join(parts)
+
+
+def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+    """``deploykit tags``: print the plan, set outputs tags, version, status=planned."""
+    actions.mask(settings.registry_password)
+    client = RegistryClient(settings.registry, settings.image_repo,
+                            settings.registry_username, settings.registry_password)
+    with actions.group(f"Tag plan for {settings.image_name}"):
+        plan = make_plan(settings, client)
+        actions.info(format_plan(plan))
+    actions.add_summary(plan_summary(plan))
+    actions.set_output("tags", "\n".join(plan.tags))
+    actions.set_output("version", plan.tag_plan.version)
+    actions.set_output("status", "planned")

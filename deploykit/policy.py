@@ -1,0 +1,115 @@
+"""The production gate: which image tag may be deployed where.
+
+Pure: it runs before anything touches the Docker engine or the registry, so a
+refused deploy makes no connection at all.
+
+- Production takes only ``vX.Y.Z`` (no pre-release), a digest ``sha256:<64 hex>``,
+  or ``vX.Y.Z@sha256:<64 hex>``.
+- Other environments take any valid tag or digest except ``latest``, which the
+  ADR keeps as a co-tag that no environment consumes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from deploykit.errors import InputError, PolicyError
+from deploykit.tags import LATEST, STAGING_LATEST, is_release_tag, parse_version
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_PRODUCTION_HINT = ("Pass a release tag such as `image_tag: v1.4.2`, or a digest "
+                    "(`sha256:...` or `v1.4.2@sha256:...`; `deploykit resolve "
+                    "REGISTRY/REPO:v1.4.2` prints it).")
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """What the gate let through: a tag, a digest, or both (``tag@digest``)."""
+
+    tag: str | None
+    digest: str | None
+    is_production: bool
+
+    @property
+    def reference(self) -> str:
+        """What to pull: the digest when given (it pins harder than a tag)."""
+        return self.digest or self.tag or ""
+
+    def __str__(self) -> str:
+        if self.tag and self.digest:
+            return f"{self.tag}@{self.digest}"
+        return self.reference
+
+
+def check_deploy_target(
+    *, environment: str, image_tag: str, production_environments: tuple[str, ...]
+) -> DeployTarget:
+    """Let ``image_tag`` through to ``environment``, or raise a PolicyError saying why."""
+    name = environment.strip()
+    if not name:
+        raise InputError("environment", "is empty: deploykit must know where it deploys.",
+                         hint="Set `environment: staging` or `environment: production`.")
+    production = name.lower() in {env.strip().lower() for env in production_environments}
+    tag, digest = _split(image_tag.strip(), name, production)
+    if production:
+        _check_production(tag, digest, name)
+    elif tag == LATEST:
+        raise PolicyError(
+            f"Refusing to deploy `latest` to {name}: `latest` is only a co-tag of releases "
+            "and no environment consumes it.",
+            hint="Deploy `staging-latest` or an exact `test-YYYYMMDD-N` to staging, and a "
+            "`vX.Y.Z` to production.")
+    return DeployTarget(tag, digest, production)
+
+
+def _split(image_tag: str, environment: str, production: bool) -> tuple[str | None, str | None]:
+    """``tag``, ``sha256:...`` or ``tag@sha256:...`` into (tag, digest)."""
+    if not image_tag:
+        if production:
+            raise PolicyError(f"No image tag given for production environment {environment}.",
+                              hint=_PRODUCTION_HINT)
+        raise InputError("image_tag", "is empty.",
+                         hint="Set `image_tag`, e.g. `staging-latest` or `test-20260101-1`.")
+    tag, at, digest = image_tag.partition("@")
+    if _DIGEST_RE.match(image_tag):
+        return None, image_tag
+    if at and not _DIGEST_RE.match(digest):
+        raise InputError("image_tag", f"{digest!r} after `@` is not a digest.",
+                         hint="A digest is `sha256:` and 64 lower-case hex digits.")
+    if not _TAG_RE.match(tag):
+        raise InputError("image_tag", f"{image_tag!r} is not an image tag.",
+                         hint="Pass only the tag (e.g. `v1.4.2`), not REGISTRY/REPO:TAG: "
+                         "`registry` and `image_repo` name the image.")
+    return tag, digest or None
+
+
+def _check_production(tag: str | None, digest: str | None, environment: str) -> None:
+    if tag is None:  # a bare digest: the strictest pin there is
+        return
+    why = _production_refusal(tag)
+    if why:
+        shown = f"{tag}@{digest}" if digest else tag
+        raise PolicyError(f"Refusing to deploy `{shown}` to production environment "
+                          f"{environment}: {why}", hint=_PRODUCTION_HINT)
+
+
+def _production_refusal(tag: str) -> str:
+    """Why ``tag`` may not go to production; empty when it may."""
+    if tag == LATEST:
+        return "`latest` moves with every release and is never deployed to production."
+    if tag == STAGING_LATEST:
+        return "`staging-latest` is the moving staging alias."
+    if tag.startswith("test-"):
+        return "`test-*` tags are staging builds."
+    if tag.startswith("sha-"):
+        return "`sha-*` tags are builds of a commit, not releases."
+    if is_release_tag(tag):
+        version = parse_version(tag)
+        if version is not None and version.prerelease:
+            return f"{tag} is a pre-release."
+        return ""
+    if parse_version(tag) is not None:
+        return f"release tags start with `v` (`v{tag}`)."
+    return "production takes only a release `vX.Y.Z` or a digest."

@@ -1,0 +1,586 @@
+"""A client of the OCI distribution API (the registry's ``/v2/`` HTTP API).
+
+Reads only: resolve a tag to its digest with one ``HEAD``, read manifests,
+platforms and labels, list every tag (paginated). Authentication is anonymous,
+Basic, or the Bearer-token challenge flow GHCR and Docker Hub use; tokens are
+cached per scope. Idempotent calls are retried with tenacity on connection
+errors, 429 and 5xx, honouring ``Retry-After``, within ``retry_seconds``.
+
+Every failure is a typed :class:`~deploykit.errors.RegistryError`; only a
+"manifest unknown" answer ever means "this tag does not exist".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.auth import HTTPBasicAuth
+from requests.utils import parse_dict_header
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from deploykit.actions import Actions
+from deploykit.errors import (
+    DeniedError,
+    InputError,
+    ManifestUnknownError,
+    RegistryError,
+    RegistryUnreachableError,
+    UnauthorizedError,
+)
+from deploykit.settings import Settings
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
+INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+REVISION_LABEL = "org.opencontainers.image.revision"
+ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
+
+DOCKER_HUB = "docker.io"
+_DOCKER_HUB_API = "registry-1.docker.io"
+_TAGS_PAGE_SIZE = 1000
+_UNKNOWN_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REPO_RE = re.compile(r"^[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
+_HOST_RE = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:]+\])(:[0-9]{1,5})?$")
+
+
+# -- references ---------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageReference:
+    """``registry/repository[:tag][@digest]``, split into its parts."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What to ask the registry for: the digest when there is one, else the tag."""
+        return self.digest or self.tag or ""
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse_reference(text: str) -> ImageReference:
+    """Split an image reference; a name without a registry host is on Docker Hub."""
+    value = text.strip()
+    rest, at, digest = value.partition("@")
+    if at and not _DIGEST_RE.match(digest):
+        raise _bad_reference(text, f"{digest!r} is not a sha256 digest (sha256:<64 hex>).")
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or first[:1] == "["):
+        registry, path = first.lower(), remainder
+    else:
+        registry, path = DOCKER_HUB, rest
+    tag: str | None = None
+    last_slash = path.rfind("/")
+    colon = path.rfind(":")
+    if colon > last_slash:
+        path, tag = path[:colon], path[colon + 1:]
+        if not _TAG_RE.match(tag):
+            raise _bad_reference(text, f"{tag!r} is not a valid tag.")
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if not _HOST_RE.match(registry):
+        raise _bad_reference(text, f"{registry!r} is not a registry host.")
+    if not _REPO_RE.match(path):
+        raise _bad_reference(text, f"{path!r} is not a valid repository name.")
+    return ImageReference(registry, path, tag, digest or None)
+
+
+def _bad_reference(text: str, why: str) -> InputError:
+    return InputError("reference", f"{text!r}: {why}",
+                      hint="Write REGISTRY/REPO:TAG, REGISTRY/REPO@sha256:<64 hex> or "
+                      "REGISTRY/REPO:TAG@sha256:..., e.g. `ghcr.io/org/app:v1.4.2`.")
+
+
+def _manifest_reference(reference: str) -> str:
+    """A bare tag or digest; ``tag@sha256:...`` means the digest."""
+    _, at, digest = reference.partition("@")
+    value = digest if at else reference
+    if not (_DIGEST_RE.match(value) or _TAG_RE.match(value)):
+        raise InputError("reference", f"{reference!r} is neither a tag nor a sha256 digest.",
+                         hint="Pass a tag such as `v1.4.2` or a digest `sha256:<64 hex>`.")
+    return value
+
+
+# -- manifests ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    digest: str
+    body: dict[str, Any]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES or "manifests" in self.body
+
+
+def platform_key(platform: Mapping[str, Any]) -> str:
+    """``os/arch[/variant]`` of an index entry's ``platform`` or an image config."""
+    key = f"{platform.get('os', 'unknown')}/{platform.get('architecture', 'unknown')}"
+    variant = platform.get("variant")
+    return f"{key}/{variant}" if variant else key
+
+
+def _image_entries(index: Manifest) -> list[dict[str, Any]]:
+    """The index's runnable images: attestations (unknown/unknown) left out."""
+    entries = []
+    for entry in index.body.get("manifests") or []:
+        annotations = entry.get("annotations") or {}
+        platform = entry.get("platform") or {}
+        if ATTESTATION_ANNOTATION in annotations or platform_key(platform) == "unknown/unknown":
+            continue
+        entries.append(entry)
+    return entries
+
+
+# -- errors -----------------------------------------------------------------------
+def denied_error(registry: str, what: str, detail: str = "") -> DeniedError:
+    """A 403 (or a push's ``denied:``) as a :class:`DeniedError` with the fix."""
+    suffix = f": {detail}" if detail else ""
+    if registry == "ghcr.io" or "write_package" in detail or "permission_denied" in detail:
+        hint = ("In the package's settings on GitHub (Package settings > Manage Actions "
+                "access), grant this repository access with the Write role, and check that "
+                "the token has the `write:packages` scope (`read:packages` is enough to "
+                "deploy).")
+    else:
+        hint = ("The credentials were accepted but do not allow this on the repository: "
+                "check the account's permissions in the registry.")
+    return DeniedError(f"{registry} denied access to {what}{suffix}", hint=hint)
+
+
+class _Retryable(Exception):
+    """A transient failure: connection error, 429 or 5xx."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _error_codes(response: requests.Response) -> tuple[set[str], str]:
+    """The registry's ``errors[].code`` set and a short detail text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return set(), response.text.strip()[:200]
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return set(), ""
+    codes = {str(error.get("code", "")) for error in errors if isinstance(error, dict)}
+    messages = [f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
+                for error in errors if isinstance(error, dict)]
+    return codes, "; ".join(messages)
+
+
+# Patched by tests: the clock and the sleep of the retry loop.
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _monotonic() -> float:
+    return time.monotonic()
+
+
+def _scheme(registry: str) -> str:
+    """Plain HTTP only on loopback (as dockerd allows), HTTPS everywhere else."""
+    host = urlsplit(f"//{registry}").hostname or ""
+    if host == "localhost":
+        return "http"
+    try:
+        return "http" if ipaddress.ip_address(host).is_loopback else "https"
+    except ValueError:
+        return "https"
+
+
+# -- the client ---------------------------------------------------------------------
+class RegistryClient:
+    """Reads one repository of one registry."""
+
+    def __init__(
+        self,
+        registry: str,
+        repository: str,
+        username: str = "",
+        password: str = "",
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 30,
+        retry_seconds: float = 60,
+    ) -> None:
+        self.registry = registry
+        self.repository = repository
+        self._username = username
+        self._password = password
+        self._session = session or requests.Session()
+        self._timeout = timeout
+        self._retry_seconds = retry_seconds
+        api_host = _DOCKER_HUB_API if registry == DOCKER_HUB else registry
+        self.base_url = f"{_scheme(registry)}://{api_host}"
+        self._tokens: dict[str, str] = {}
+        self._basic = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def pull_scope(self) -> str:
+        return f"repository:{self.repository}:pull"
+
+    # -- public reads ------------------------------------------------------------
+    def resolve(self, reference: str) -> str:
+        """The digest ``reference`` (tag or digest) points to, from one ``HEAD``."""
+        ref = _manifest_reference(reference)
+        what = self._what(ref)
+        response = self._call("HEAD", self._url(f"manifests/{ref}"), what,
+                              headers={"Accept": MANIFEST_ACCEPT})
+        self._raise_for_manifest(response, what)
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if not _DIGEST_RE.match(digest):
+            return self.manifest(ref).digest
+        return digest
+
+    def find(self, reference: str) -> str | None:
+        """Like :meth:`resolve`, but ``None`` when (and only when) the tag is unknown."""
+        try:
+            return self.resolve(reference)
+        except ManifestUnknownError:
+            return None
+
+    def manifest(self, reference: str) -> Manifest:
+        ref = _manifest_reference(reference)
+        what = self._what(ref)
+        response = self._call("GET", self._url(f"manifests/{ref}"), what,
+                              headers={"Accept": MANIFEST_ACCEPT})
+        self._raise_for_manifest(response, what)
+        computed = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        if _DIGEST_RE.match(ref) and computed != ref:
+            raise RegistryError(f"{self.registry} sent a manifest for {what} whose digest is "
+                                f"{computed}.", hint="The registry or a proxy altered the "
+                                "manifest; do not deploy it.")
+        body = self._json(response, what)
+        media_type = str(body.get("mediaType") or
+                         response.headers.get("Content-Type", "").split(";")[0].strip())
+        digest = response.headers.get("Docker-Content-Digest", "")
+        return Manifest(media_type, digest if _DIGEST_RE.match(digest) else computed, body)
+
+    def platforms(self, reference: str) -> dict[str, str]:
+        """``os/arch[/variant]`` -> manifest digest (attestations left out)."""
+        manifest = self.manifest(reference)
+        if manifest.is_index:
+            return {platform_key(entry.get("platform") or {}): str(entry["digest"])
+                    for entry in _image_entries(manifest)}
+        return {platform_key(self._config(manifest)): manifest.digest}
+
+    def labels(self, reference: str, platform: str | None = None) -> dict[str, str]:
+        """The image config's labels (of ``platform``, or of the index's first image)."""
+        manifest = self.manifest(reference)
+        if manifest.is_index:
+            entry = self._pick_platform(manifest, reference, platform)
+            manifest = self.manifest(str(entry["digest"]))
+        config = self._config(manifest)
+        if platform and platform_key(config) != platform:
+            raise self._no_platform(reference, platform, [platform_key(config)])
+        labels = (config.get("config") or {}).get("Labels") or {}
+        return {str(key): str(value) for key, value in labels.items()}
+
+    def tags(self) -> list[str]:
+        """Every tag of the repository, following ``Link: <...>; rel="next"`` pages."""
+        what = f"{self.name} (tag list)"
+        url: str | None = self._url("tags/list")
+        params: dict[str, str] | None = {"n": str(_TAGS_PAGE_SIZE)}
+        tags: dict[str, None] = {}
+        seen: set[str] = set()
+        while url:
+            response = self._call("GET", url, what, params=params)
+            if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response)[0]:
+                return []  # no image pushed yet: a new repository has no tags
+            self._raise_for_status(response, what)
+            tags.update(dict.fromkeys(self._json(response, what).get("tags") or []))
+            url, params = self._next_page(response, seen), None
+        return list(tags)
+
+    # -- helpers of the reads --------------------------------------------------------
+    def _what(self, reference: str) -> str:
+        separator = "@" if reference.startswith("sha256:") else ":"
+        return f"{self.name}{separator}{reference}"
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/v2/{self.repository}/{path}"
+
+    def _next_page(self, response: requests.Response, seen: set[str]) -> str | None:
+        link = response.links.get("next", {}).get("url")
+        if not link:
+            return None
+        url = urljoin(response.url, link)
+        if url in seen:
+            raise RegistryError(f"{self.registry} sent the same tag page twice ({url}).",
+                                hint="The registry's pagination is broken; report it.")
+        seen.add(url)
+        return url
+
+    def _config(self, manifest: Manifest) -> dict[str, Any]:
+        digest = str((manifest.body.get("config") or {}).get("digest", ""))
+        what = f"{self.name}@{digest} (image config)"
+        response = self._call("GET", self._url(f"blobs/{digest}"), what)
+        self._raise_for_status(response, what)
+        return self._json(response, what)
+
+    def _pick_platform(
+        self, index: Manifest, reference: str, platform: str | None
+    ) -> dict[str, Any]:
+        entries = _image_entries(index)
+        for entry in entries:
+            if platform is None or platform_key(entry.get("platform") or {}) == platform:
+                return entry
+        raise self._no_platform(reference, platform or "any",
+                                [platform_key(e.get("platform") or {}) for e in entries])
+
+    def _no_platform(self, reference: str, platform: str, found: list[str]) -> RegistryError:
+        return ManifestUnknownError(
+            f"{self._what(_manifest_reference(reference))} has no image for platform "
+            f"{platform}.", hint=f"Its platforms: {', '.join(found) or 'none'}.")
+
+    def _json(self, response: requests.Response, what: str) -> dict[str, Any]:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RegistryError(f"{self.registry} sent a body that is not a JSON object for "
+                                f"{what}.", hint="Is the registry an OCI distribution "
+                                "registry? Check `registry`.")
+        return body
+
+    def _raise_for_manifest(self, response: requests.Response, what: str) -> None:
+        if response.status_code == 404:
+            codes, detail = _error_codes(response)
+            # A HEAD has no body; a GET names the reason, which must be "unknown".
+            if response.request.method == "HEAD" or not codes or codes & _UNKNOWN_CODES:
+                raise ManifestUnknownError(
+                    f"{what} does not exist in the registry.",
+                    hint="Check the tag (e.g. `deploykit tags` or the package page) and that "
+                    "the build that publishes it has finished.")
+            raise RegistryError(f"{self.registry} answered 404 for {what}: {detail}",
+                                hint="Check `registry` and `image_repo`.")
+        self._raise_for_status(response, what)
+
+    def _raise_for_status(self, response: requests.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        _, detail = _error_codes(response)
+        if status == 401:
+            raise self._unauthorized(what, detail)
+        if status == 403:
+            raise denied_error(self.registry, what, detail)
+        if status == 404:
+            raise ManifestUnknownError(f"{what} does not exist in the registry.",
+                                       hint="Check `registry` and `image_repo`.")
+        raise RegistryError(f"{self.registry} answered {status} for {what}"
+                            + (f": {detail}" if detail else "."),
+                            hint="Check `registry` and `image_repo`.")
+
+    def _unauthorized(self, what: str, detail: str = "") -> UnauthorizedError:
+        suffix = f": {detail}" if detail else "."
+        if not self._password:
+            return UnauthorizedError(
+                f"{self.registry} requires a login to read {what}{suffix}",
+                hint="Set `registry_username` and `registry_password` (for GHCR a token with "
+                "`read:packages`).")
+        return UnauthorizedError(
+            f"{self.registry} rejected the credentials of {self._username or '(no user)'} "
+            f"for {what}{suffix}",
+            hint="Check `registry_username` and `registry_password` (for GHCR: a token with "
+            "`read:packages`, plus `write:packages` to build, not expired).")
+
+    # -- transport: auth and retries ------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """One idempotent request (HEAD/GET), authenticated, retried when transient."""
+        return self._retrying(what, lambda: self._authorized(method, url, what, headers, params))
+
+    def _retrying(
+        self, what: str, call: Callable[[], requests.Response]
+    ) -> requests.Response:
+        deadline = _monotonic() + self._retry_seconds
+
+        def out_of_time(state: RetryCallState) -> bool:
+            return state.upcoming_sleep > deadline - _monotonic()
+
+        retryer = Retrying(retry=retry_if_exception_type(_Retryable), wait=_backoff,
+                           stop=out_of_time, sleep=_sleep,
+                           reraise=True)
+        try:
+            return retryer(call)
+        except _Retryable as exc:
+            raise RegistryUnreachableError(
+                f"{self.registry} did not answer for {what}: {exc.detail} "
+                f"(gave up after {retryer.statistics.get('attempt_number', 1)} attempts).",
+                hint=f"Check that {self.registry} is reachable from this runner and "
+                "try again later.") from None
+
+    def _authorized(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+    ) -> requests.Response:
+        scope = self.pull_scope
+        response = self._send(method, url, scope, headers, params)
+        if response.status_code == 401 and self._authenticate(response, scope, what):
+            response = self._send(method, url, scope, headers, params)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        scope: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+    ) -> requests.Response:
+        request_headers = dict(headers or {})
+        auth = None
+        if scope in self._tokens:
+            request_headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+        elif self._basic:
+            auth = HTTPBasicAuth(self._username, self._password)
+        return self._transient_checked(lambda: self._session.request(
+            method, url, headers=request_headers, params=params, auth=auth,
+            timeout=self._timeout))
+
+    def _transient_checked(
+        self, send: Callable[[], requests.Response]
+    ) -> requests.Response:
+        try:
+            response = send()
+        except requests.exceptions.SSLError as exc:
+            raise RegistryUnreachableError(
+                f"TLS with {self.registry} failed: {exc}",
+                hint="Check the registry's certificate, or the runner's CA bundle.") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        except requests.RequestException as exc:
+            raise RegistryUnreachableError(f"Cannot talk to {self.registry}: {exc}",
+                                           hint="Check `registry`.") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise _Retryable(f"HTTP {response.status_code}", retry_after)
+        return response
+
+    def _authenticate(self, response: requests.Response, scope: str, what: str) -> bool:
+        """Answer a 401's challenge; True when the request is worth sending again."""
+        scheme, _, params_text = response.headers.get("WWW-Authenticate", "").partition(" ")
+        params = parse_dict_header(params_text)  # type: ignore[no-untyped-call]
+        if scheme.lower() == "bearer" and params.get("realm"):
+            self._tokens[scope] = self._fetch_token(params, scope, what)
+            return True
+        if scheme.lower() == "basic" and self._password and not self._basic:
+            self._basic = True
+            return True
+        return False
+
+    def _fetch_token(self, challenge: Mapping[str, str | None], scope: str, what: str) -> str:
+        realm = str(challenge["realm"])
+        query = {"scope": challenge.get("scope") or scope}
+        if challenge.get("service"):
+            query["service"] = str(challenge["service"])
+        auth = HTTPBasicAuth(self._username, self._password) if self._password else None
+        response = self._transient_checked(lambda: self._session.get(
+            realm, params=query, auth=auth, timeout=self._timeout))
+        if response.status_code in (401, 403):
+            raise self._unauthorized(what, _error_codes(response)[1])
+        if response.status_code != 200:
+            raise RegistryError(f"The token service {realm} answered {response.status_code} "
+                                f"for {what}.", hint="Check `registry`.")
+        body = self._json(response, f"a token for {what}")
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryError(f"The token service {realm} sent no token for {what}.",
+                                hint="Check `registry`.")
+        return str(token)
+
+
+def _backoff(state: RetryCallState) -> float:
+    """Exponential back-off, never shorter than the server's ``Retry-After``."""
+    backoff = min(0.5 * 2.0 ** (state.attempt_number - 1), 10.0)
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        return max(exc.retry_after, backoff)
+    return backoff
+
+
+# -- CLI ---------------------------------------------------------------------------
+def resolve_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+    """``deploykit resolve REGISTRY/REPO:TAG``: outputs ``digest`` and ``image``."""
+    reference = parse_reference(str(args.reference))
+    if not reference.reference:
+        raise InputError("reference", f"{args.reference!r} names no tag or digest.",
+                         hint=f"Write e.g. `{reference.name}:v1.4.2`; deploykit never "
+                         "assumes `latest`.")
+    own_registry = reference.registry == settings.registry
+    client = RegistryClient(
+        reference.registry, reference.repository,
+        settings.registry_username if own_registry else "",
+        settings.registry_password if own_registry else "",
+    )
+    digest = client.resolve(reference.reference)
+    actions.info(f"{reference} -> {digest}")
+    actions.set_output("digest", digest)
+    actions.set_output("image", f"{reference.name}@{digest}")
