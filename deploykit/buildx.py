@@ -1,0 +1,321 @@
+"""Raw ``docker buildx`` calls: builder choice, the build argv, its results.
+
+Everything here goes through :class:`DockerCLI`. Orchestration (which tags,
+whether to push, the write-once guard, verification) lives in ``build.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as host_platform
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploykit.dockercli import DockerCLI
+from deploykit.errors import BuildError, InputError
+
+BUILDER_NAME = "deploykit"
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+FAILURE_TAIL_LINES = 30
+GHA_CACHE_ENV = ("ACTIONS_CACHE_URL", "ACTIONS_RUNTIME_TOKEN")
+# Also read by buildx for the v2 cache service; passed through when present.
+GHA_OPTIONAL_ENV = ("ACTIONS_RESULTS_URL", "ACTIONS_CACHE_SERVICE_V2")
+
+QEMU_HINT = (
+    "Register QEMU for the foreign platforms on the runner: "
+    "`docker run --privileged --rm tonistiigi/binfmt --install all` "
+    "(or on Debian/Ubuntu `sudo apt-get install qemu-user-static binfmt-support`), "
+    "or on GitHub-hosted runners add `docker/setup-qemu-action` before this step. "
+    "Or drop the platform from `platforms`."
+)
+
+# Docker architecture -> QEMU binfmt handler name.
+_QEMU_NAMES = {
+    "amd64": "x86_64", "386": "i386", "arm64": "aarch64", "arm": "arm",
+    "riscv64": "riscv64", "ppc64le": "ppc64le", "ppc64": "ppc64", "s390x": "s390x",
+    "mips64le": "mips64el", "mips64": "mips64", "loong64": "loongarch64",
+}
+# uname -m -> Docker architectures that run natively there.
+_NATIVE = {
+    "x86_64": ("amd64", "386"), "amd64": ("amd64", "386"),
+    "aarch64": ("arm64", "arm"), "arm64": ("arm64", "arm"),
+    "armv7l": ("arm",), "riscv64": ("riscv64",), "ppc64le": ("ppc64le",),
+    "s390x": ("s390x",),
+}
+_STEP_RE = re.compile(r"^#(\d+) \[(?!internal\b)[^\]]*\b\d+/\d+\] ")
+_VERTEX_RE = re.compile(r"^#(\d+) (.*)$")
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A buildx builder: ``name`` empty means the current one."""
+
+    name: str
+    driver: str
+    platforms: tuple[str, ...]
+    created: bool = False
+
+    @property
+    def argv(self) -> list[str]:
+        return ["--builder", self.name] if self.name else []
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context: str
+    dockerfile: str
+    platforms: tuple[str, ...]
+    tags: tuple[str, ...]
+    push: bool
+    labels: tuple[tuple[str, str], ...] = ()
+    build_args: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[tuple[str, str], ...] = ()  # (id, environment variable)
+    target: str = ""
+    provenance: bool = False
+    sbom: bool = False
+    cache: str = "none"
+    cache_ref: str = ""
+    builder: Builder = field(default_factory=lambda: Builder("", "", ()))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    digest: str
+    descriptor: Mapping[str, object]
+    cached_steps: int
+    total_steps: int
+    output: str
+
+
+# -- builder ------------------------------------------------------------------
+def parse_inspect(text: str) -> Builder:
+    """Name, driver and platforms from ``docker buildx inspect`` output."""
+    name = driver = ""
+    platforms: list[str] = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "Name" and not name:
+            name = value
+        elif key == "Driver" and not driver:
+            driver = value
+        elif key == "Platforms":
+            platforms.extend(p.strip().rstrip("*") for p in value.split(",") if p.strip())
+    return Builder(name, driver, tuple(dict.fromkeys(platforms)))
+
+
+def missing_platforms(builder: Builder, wanted: Sequence[str]) -> list[str]:
+    return [p for p in wanted if p not in builder.platforms]
+
+
+def foreign_platforms(wanted: Sequence[str], machine: str | None = None) -> list[str]:
+    """Platforms the host CPU cannot run natively (they need QEMU)."""
+    native = _NATIVE.get((machine or host_platform.machine()).lower(), ())
+    return [p for p in wanted if p.split("/")[1] not in native]
+
+
+def qemu_registered(platform: str, binfmt_dir: str | None = None) -> bool:
+    arch = platform.split("/")[1]
+    handler = Path(binfmt_dir or BINFMT_DIR) / f"qemu-{_QEMU_NAMES.get(arch, arch)}"
+    try:
+        return handler.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        return False
+
+
+def check_emulation(
+    builder: Builder, wanted: Sequence[str], *, machine: str | None = None,
+    binfmt_dir: str | None = None,
+) -> None:
+    """Fail before building when a foreign platform has no emulator at all."""
+    unsupported = [
+        p for p in foreign_platforms(wanted, machine)
+        if p not in builder.platforms and not qemu_registered(p, binfmt_dir)
+    ]
+    if unsupported:
+        raise BuildError(
+            f"Input 'platforms': {', '.join(unsupported)} cannot be built on this "
+            f"{machine or host_platform.machine()} runner: QEMU is not registered in binfmt_misc "
+            f"and builder {builder.name or 'default'} does not list "
+            f"{'it' if len(unsupported) == 1 else 'them'}.",
+            hint=QEMU_HINT, title="QEMU missing for multi-arch build")
+
+
+def select_builder(
+    docker: DockerCLI, platforms: Sequence[str], *, machine: str | None = None,
+    binfmt_dir: str | None = None,
+) -> Builder:
+    """The current builder when it builds every platform; else a docker-container one."""
+    current = parse_inspect(docker.run(["buildx", "inspect"]).stdout)
+    check_emulation(current, platforms, machine=machine, binfmt_dir=binfmt_dir)
+    if missing := missing_platforms(current, platforms):
+        return _container_builder(docker, platforms, current,
+                                  f"it lists no {', '.join(missing)}")
+    if current.driver == "docker" and len(platforms) > 1 and not _containerd_store(docker):
+        return _container_builder(docker, platforms, current, "the docker driver without "
+                                  "the containerd image store builds one platform at a time")
+    docker.actions.info(f"Using buildx builder {current.name} ({current.driver}): "
+                        f"it builds {', '.join(platforms)}.")
+    return current
+
+
+def _containerd_store(docker: DockerCLI) -> bool:
+    result = docker.run(["info", "--format", "{{json .DriverStatus}}"], check=False)
+    return "io.containerd.snapshotter" in result.stdout
+
+
+def _container_builder(
+    docker: DockerCLI, platforms: Sequence[str], current: Builder, reason: str
+) -> Builder:
+    docker.actions.notice(
+        f"Builder {current.name or 'default'} cannot be used ({reason}); using a "
+        f"docker-container builder `{BUILDER_NAME}` instead.", title="buildx builder")
+    existing = docker.run(["buildx", "inspect", BUILDER_NAME, "--bootstrap"], check=False)
+    if existing.returncode != 0:
+        created = docker.run(["buildx", "create", "--name", BUILDER_NAME,
+                              "--driver", "docker-container",
+                              "--driver-opt", "network=host", "--bootstrap"], check=False)
+        if created.returncode != 0:
+            raise BuildError(
+                f"Could not create the docker-container builder `{BUILDER_NAME}`: "
+                f"{_tail(docker.actions.redact(created.stderr or created.stdout), 10)}",
+                hint="The builder runs the moby/buildkit image: the runner must be able to "
+                "pull it. Or enable the containerd image store in /etc/docker/daemon.json "
+                '(`{"features":{"containerd-snapshotter":true}}`) and use the default '
+                "builder.")
+        existing = docker.run(["buildx", "inspect", BUILDER_NAME])
+    builder = parse_inspect(existing.stdout)
+    builder = Builder(BUILDER_NAME, builder.driver, builder.platforms, created=True)
+    if missing := missing_platforms(builder, platforms):
+        raise BuildError(
+            f"Input 'platforms': builder `{BUILDER_NAME}` cannot build {', '.join(missing)} "
+            f"(it lists {', '.join(builder.platforms) or 'nothing'}).", hint=QEMU_HINT,
+            title="QEMU missing for multi-arch build")
+    return builder
+
+
+# -- argv ---------------------------------------------------------------------
+def cache_flags(cache: str, cache_ref: str, *, export: bool) -> list[str]:
+    """``--cache-from``/``--cache-to``; a build that pushes nothing exports no cache."""
+    if cache == "registry":
+        flags = ["--cache-from", f"type=registry,ref={cache_ref}"]
+        if export:
+            flags += ["--cache-to", f"type=registry,ref={cache_ref},mode=max"]
+        return flags
+    if cache == "gha":
+        flags = ["--cache-from", "type=gha"]
+        return [*flags, "--cache-to", "type=gha,mode=max"] if export else flags
+    return []
+
+
+def build_argv(request: BuildRequest, metadata_file: str) -> list[str]:
+    """The full ``docker buildx build`` argv. Secrets travel by name, never by value."""
+    argv = ["buildx", "build", *request.builder.argv, "--progress=plain",
+            "--platform", ",".join(request.platforms), "-f", request.dockerfile,
+            "--metadata-file", metadata_file,
+            f"--provenance={str(request.provenance).lower()}",
+            f"--sbom={str(request.sbom).lower()}"]
+    for tag in request.tags:
+        argv += ["-t", tag]
+    for key, value in request.labels:
+        argv += ["--label", f"{key}={value}"]
+    for key, value in request.build_args:
+        argv += ["--build-arg", f"{key}={value}"]
+    for secret_id, env_name in request.secrets:
+        argv += ["--secret", f"id={secret_id},env={env_name}"]
+    if request.target:
+        argv += ["--target", request.target]
+    argv += cache_flags(request.cache, request.cache_ref, export=request.push)
+    if request.push:
+        argv.append("--push")
+    argv.append(request.context)
+    return argv
+
+
+def build_env(request: BuildRequest, env: Mapping[str, str]) -> dict[str, str]:
+    """Environment the build needs: secret sources and the GitHub cache service."""
+    missing = [name for _, name in request.secrets if name not in env]
+    if missing:
+        raise InputError("build_secrets", f"environment variable {', '.join(missing)} "
+                         "is not set.", hint="Pass the secret to this step's `env:`, e.g. "
+                         f"`{missing[0]}: ${{{{ secrets.{missing[0]} }}}}`.")
+    passed = {name: env[name] for _, name in request.secrets}
+    if request.cache == "gha":
+        absent = [name for name in GHA_CACHE_ENV if not env.get(name)]
+        if absent:
+            raise InputError("cache", f"`gha` needs {' and '.join(absent)}, which only "
+                             "GitHub Actions sets.", hint="Use `cache: registry` outside "
+                             "GitHub Actions (or `cache: none`).")
+        passed.update({n: env[n] for n in (*GHA_CACHE_ENV, *GHA_OPTIONAL_ENV) if n in env})
+    return passed
+
+
+# -- run ----------------------------------------------------------------------
+def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
+    """Run the build, streaming its plain progress; BuildError on failure."""
+    extra_env = build_env(request, docker.env)
+    for value in extra_env.values():
+        docker.actions.mask(value)
+    with tempfile.TemporaryDirectory(prefix="deploykit-build-") as directory:
+        metadata_file = str(Path(directory) / "metadata.json")
+        argv = build_argv(request, metadata_file)
+        result = docker.run(argv, stream=True, check=False, extra_env=extra_env)
+        output = docker.actions.redact(result.stdout or "")
+        if result.returncode != 0:
+            raise BuildError(
+                f"docker buildx build failed (exit {result.returncode}):\n"
+                f"{failing_step_output(output)}",
+                hint="The output above is the failing step's; fix the Dockerfile or the "
+                "context and push again.")
+        metadata = read_metadata(metadata_file)
+    cached, total = count_cache_hits(output)
+    return BuildResult(
+        digest=str(metadata.get("containerimage.digest", "")),
+        descriptor=_mapping(metadata.get("containerimage.descriptor")),
+        cached_steps=cached, total_steps=total, output=output)
+
+
+def read_metadata(path: str) -> dict[str, object]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"buildx wrote an unreadable metadata file: {exc}.",
+                         hint="Update docker buildx to 0.10 or later.") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _mapping(value: object) -> dict[str, object]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def count_cache_hits(output: str) -> tuple[int, int]:
+    """``(cached, total)`` Dockerfile steps from ``--progress=plain`` output."""
+    steps: set[str] = set()
+    cached: set[str] = set()
+    for line in output.splitlines():
+        if match := _STEP_RE.match(line):
+            steps.add(match.group(1))
+        elif (match := _VERTEX_RE.match(line)) and match.group(2).strip() == "CACHED":
+            cached.add(match.group(1))
+    return len(cached & steps), len(steps)
+
+
+def failing_step_output(output: str, limit: int = FAILURE_TAIL_LINES) -> str:
+    """The failing step's own lines (its title, output and error), else the tail."""
+    lines = output.splitlines()
+    failed = {m.group(1) for line in lines
+              if (m := _VERTEX_RE.match(line)) and m.group(2).startswith("ERROR")}
+    step_lines = [line for line in lines
+                  if (m := _VERTEX_RE.match(line)) and m.group(1) in failed]
+    final = [line for line in lines if line.startswith("ERROR:")]
+    picked = step_lines[-limit:] + final[-1:] if step_lines else lines[-limit:]
+    return "\n".join(picked)
+
+
+def _tail(text: str, count: int) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
