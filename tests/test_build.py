@@ -1,0 +1,445 @@
+"""Unit tests of deploykit.build with fake docker and registry (no daemon, no HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploykit import build
+from deploykit.errors import BuildError, InputError, ManifestUnknownError, WriteOnceTagError
+from deploykit.settings import Settings, load_settings
+from tests.conftest import CapturedActions, parse_github_output
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
+IMAGE = "127.0.0.1:5001/org/app"
+OLD = "sha256:" + "1" * 64
+NEW = "sha256:" + "2" * 64
+AMD, ARM = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+PASSWORD = "registry-pass-123"
+
+INSPECT = """\
+Name:          default
+Driver:        docker
+Nodes:
+Name:      default
+Platforms: linux/amd64, linux/arm64
+"""
+
+BUILD_OUTPUT = """\
+#3 [linux/amd64 1/2] FROM 127.0.0.1:5000/testbed/busybox:latest
+#3 CACHED
+#4 [linux/arm64 1/2] FROM 127.0.0.1:5000/testbed/busybox:latest
+#4 CACHED
+#5 [linux/amd64 2/2] COPY index.html /www/index.html
+#5 DONE 0.1s
+#6 [linux/arm64 2/2] COPY index.html /www/index.html
+#6 DONE 0.1s
+"""
+
+
+class FakeRegistry:
+    """tags -> digests, digest -> revision label and platforms."""
+
+    def __init__(self) -> None:
+        self.tag_digests: dict[str, str] = {}
+        self.revisions: dict[str, str] = {}
+        self.index: dict[str, dict[str, str]] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def publish(self, tag: str, digest: str, revision: str) -> None:
+        self.tag_digests[tag] = digest
+        self.revisions[digest] = revision
+        self.index[digest] = {"linux/amd64": AMD, "linux/arm64": ARM}
+
+    def tags(self) -> list[str]:
+        self.calls.append(("tags", ""))
+        return list(self.tag_digests)
+
+    def resolve(self, reference: str) -> str:
+        self.calls.append(("resolve", reference))
+        if reference.startswith("sha256:"):
+            return reference
+        if reference not in self.tag_digests:
+            raise ManifestUnknownError(f"{reference} unknown")
+        return self.tag_digests[reference]
+
+    def find(self, reference: str) -> str | None:
+        try:
+            return self.resolve(reference)
+        except ManifestUnknownError:
+            return None
+
+    def labels(self, reference: str, platform: str | None = None) -> dict[str, str]:
+        self.calls.append(("labels", reference))
+        digest = self.resolve(reference)
+        return {"org.opencontainers.image.revision": self.revisions[digest]}
+
+    def platforms(self, reference: str) -> dict[str, str]:
+        self.calls.append(("platforms", reference))
+        return self.index[self.resolve(reference)]
+
+
+class FakeDocker:
+    """Records docker calls; a ``buildx build`` "pushes" into the fake registry."""
+
+    def __init__(self, actions: CapturedActions, registry: FakeRegistry,
+                 push: Callable[[list[str]], None] | None = None,
+                 build_code: int = 0, build_output: str = BUILD_OUTPUT) -> None:
+        self.actions = actions
+        self.env: dict[str, str] = {}
+        self.registry = registry
+        self.calls: list[list[str]] = []
+        self.logins: list[tuple[str, str, str]] = []
+        self.push = push or self.push_all
+        self.build_code = build_code
+        self.build_output = build_output
+
+    @contextmanager
+    def logged_in(self, registry: str, username: str, password: str) -> Iterator[None]:
+        self.logins.append((registry, username, password))
+        yield
+
+    def run(self, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        argv = list(args)
+        self.calls.append(argv)
+        if argv[:2] == ["buildx", "inspect"]:
+            return subprocess.CompletedProcess(argv, 0, INSPECT, "")
+        if argv[:1] == ["info"]:
+            return subprocess.CompletedProcess(argv, 0, "io.containerd.snapshotter.v1", "")
+        assert argv[:2] == ["buildx", "build"], argv
+        if self.build_code == 0:
+            self.push(argv)
+        return subprocess.CompletedProcess(argv, self.build_code, self.build_output, "")
+
+    def push_all(self, argv: list[str], digest: str = NEW) -> None:
+        metadata = argv[argv.index("--metadata-file") + 1]
+        Path(metadata).write_text(json.dumps({"containerimage.digest": digest}))
+        if "--push" in argv:
+            for index, value in enumerate(argv):
+                if value == "-t":
+                    self.registry.publish(argv[index + 1].rsplit(":", 1)[1], digest, SHA)
+
+    @property
+    def builds(self) -> list[list[str]]:
+        return [argv for argv in self.calls if argv[:2] == ["buildx", "build"]]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    app = tmp_path / "ws" / "app"
+    app.mkdir(parents=True)
+    (app / "Dockerfile").write_text("FROM scratch\n")
+    return tmp_path / "ws"
+
+
+def settings_for(workspace: Path, ref: str = "refs/tags/v1.2.3", sha: str = SHA,
+                 **inputs: str) -> Settings:
+    env = {
+        "GITHUB_EVENT_NAME": "push", "GITHUB_REF": ref, "GITHUB_SHA": sha,
+        "GITHUB_REPOSITORY": "org/app", "GITHUB_WORKSPACE": str(workspace),
+        "SOURCE_DATE_EPOCH": "1717243200",  # 2024-06-01T12:00:00Z
+        "INPUT_REGISTRY": "127.0.0.1:5001", "INPUT_REGISTRY_USERNAME": "deploykit",
+        "INPUT_REGISTRY_PASSWORD": PASSWORD, "INPUT_CONTEXT": "app",
+    }
+    env.update({f"INPUT_{key.upper()}": value for key, value in inputs.items()})
+    return load_settings(env, {"mode": "build"})
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter([100.0, 112.34])
+    monkeypatch.setattr(build.time, "monotonic", lambda: next(ticks))
+
+
+def execute(settings: Settings, actions: CapturedActions, registry: FakeRegistry,
+            docker: FakeDocker) -> build.Outcome:
+    return build.execute(settings, actions, registry, docker)  # type: ignore[arg-type]
+
+
+def outputs(tmp_path: Path) -> dict[str, str]:
+    return parse_github_output((tmp_path / "github_output").read_text())
+
+
+# -- built ---------------------------------------------------------------------------
+def test_release_build_pushes_verifies_and_reports(
+    workspace: Path, tmp_path: Path, make_actions: Callable[..., CapturedActions], clock: None,
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace), actions, registry, docker)
+    assert outcome.status == "built"
+    assert outputs(tmp_path) == {
+        "digest": NEW,
+        "image": f"{IMAGE}@{NEW}",
+        "tags": "v1.2.3\nlatest",
+        "version": "v1.2.3",
+        "platforms": f'{{"linux/amd64":"{AMD}","linux/arm64":"{ARM}"}}',
+        "status": "built",
+    }
+    assert docker.logins == [("127.0.0.1:5001", "deploykit", PASSWORD)]
+    assert actions.summary_parts == [
+        f"### Build & Push `{IMAGE}`: built\n\n"
+        "| Tag | Digest |\n| --- | --- |\n"
+        f"| `v1.2.3` | `{NEW}` |\n| `latest` | `{NEW}` |\n\n"
+        "- Platforms: linux/amd64, linux/arm64\n"
+        "- Cache: 2 of 4 steps cached\n"
+        "- Duration: 12.3 s\n"]
+    assert ("resolve", "v1.2.3") in registry.calls and ("resolve", "latest") in registry.calls
+
+
+def test_build_argv_has_labels_tags_and_no_password(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    execute(settings_for(workspace, build_args="A=1"), actions, registry, docker)
+    [argv] = docker.builds
+    metadata = argv[argv.index("--metadata-file") + 1]
+    app = str(workspace / "app")
+    assert argv == [
+        "buildx", "build", "--builder", "default", "--progress=plain",
+        "--platform", "linux/amd64,linux/arm64", "-f", f"{app}/Dockerfile",
+        "--metadata-file", metadata, "--provenance=false", "--sbom=false",
+        "-t", f"{IMAGE}:v1.2.3", "-t", f"{IMAGE}:latest",
+        "--label", "org.opencontainers.image.source=https://github.com/org/app",
+        "--label", f"org.opencontainers.image.revision={SHA}",
+        "--label", "org.opencontainers.image.version=v1.2.3",
+        "--label", "org.opencontainers.image.created=2024-06-01T12:00:00Z",
+        "--label", "org.opencontainers.image.title=app",
+        "--build-arg", "A=1",
+        "--cache-from", f"type=registry,ref={IMAGE}:buildcache",
+        "--cache-to", f"type=registry,ref={IMAGE}:buildcache,mode=max",
+        "--push", app,
+    ]
+    assert all(PASSWORD not in " ".join(call) for call in docker.calls)
+
+
+def test_staging_build_labels_its_test_tag_as_version(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
+    [argv] = docker.builds
+    assert "org.opencontainers.image.version=test-20240601-1" in argv
+
+
+# -- validation ----------------------------------------------------------------------
+def test_feature_branch_is_a_validation_build_without_push_or_login_of_tags(
+    workspace: Path, tmp_path: Path, make_actions: Callable[..., CapturedActions], clock: None,
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    execute(settings_for(workspace, ref="refs/heads/feature/x", cache="none"), actions,
+            registry, docker)
+    [argv] = docker.builds
+    assert "--push" not in argv and "-t" not in argv and "--cache-from" not in argv
+    assert registry.calls == []
+    assert outputs(tmp_path) == {"digest": "", "image": "", "tags": "", "version": "",
+                                 "platforms": "{}", "status": "validated"}
+    assert actions.summary_parts[0].startswith(
+        f"### Build & Push `{IMAGE}`: validated\n\nValidation build for branch "
+        "`feature/x`: the image is built but nothing is pushed.")
+    assert actions.summary_parts[0].endswith(
+        "Nothing was pushed.\n\n- Platforms: linux/amd64, linux/arm64\n"
+        "- Cache: 2 of 4 steps cached\n- Duration: 12.3 s\n")
+
+
+# -- the write-once guard ------------------------------------------------------------
+def test_same_revision_rerun_is_skipped_without_building(
+    workspace: Path, tmp_path: Path, make_actions: Callable[..., CapturedActions], clock: None,
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, SHA)
+    registry.publish("latest", OLD, SHA)
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace), actions, registry, docker)
+    assert outcome.status == "skipped"
+    assert docker.calls == [] and docker.logins == []
+    assert outputs(tmp_path)["digest"] == OLD
+    assert outputs(tmp_path)["status"] == "skipped"
+    assert outputs(tmp_path)["tags"] == "v1.2.3\nlatest"
+    assert actions.summary_parts == [
+        f"### Build & Push `{IMAGE}`: skipped\n\n"
+        "Skipped: v1.2.3 already published (an idempotent re-run of the same revision).\n\n"
+        "| Tag | Digest |\n| --- | --- |\n"
+        f"| `v1.2.3` | `{OLD}` |\n| `latest` | `{OLD}` |\n\n"
+        "- Platforms: linux/amd64, linux/arm64\n"
+        "- Cache: not built\n"
+        "- Duration: 12.3 s\n"]
+
+
+def test_tag_from_another_revision_is_refused_naming_tag_digest_revision(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, OTHER_SHA)
+    docker = FakeDocker(actions, registry)
+    with pytest.raises(WriteOnceTagError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == (
+        f"Tag {IMAGE}:v1.2.3 is already published at {OLD} from revision {OTHER_SHA}; "
+        f"this build is revision {SHA}. A build never moves a write-once tag.")
+    assert "skip_build_if_image_present: true" in info.value.hint
+    assert docker.calls == []
+    assert registry.tag_digests == {"v1.2.3": OLD}
+
+
+def test_skip_build_if_image_present_reuses_a_foreign_revision(
+    workspace: Path, tmp_path: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, OTHER_SHA)
+    docker = FakeDocker(actions, registry)
+    settings = settings_for(workspace, skip_build_if_image_present="true")
+    outcome = execute(settings, actions, registry, docker)
+    assert (outcome.status, outcome.digest, outcome.tags) == ("skipped", OLD, ("v1.2.3",))
+    assert docker.calls == []
+    assert outcome.note == (f"Skipped: v1.2.3 already published (published from revision "
+                            f"{OTHER_SHA}; skip_build_if_image_present is true).")
+
+
+def test_staging_rerun_of_same_commit_skips_on_its_sha_tag(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("sha-0123456", OLD, SHA)
+    registry.publish("test-20240601-1", OLD, SHA)
+    registry.publish("staging-latest", OLD, SHA)
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    assert (outcome.status, outcome.digest) == ("skipped", OLD)
+    assert outcome.tags == ("staging-latest", "sha-0123456")
+    assert docker.calls == []
+
+
+def test_mutable_tags_never_trigger_the_guard(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("latest", OLD, OTHER_SHA)
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace), actions, registry, docker)
+    assert (outcome.status, outcome.digest) == ("built", NEW)
+    assert registry.tag_digests == {"latest": NEW, "v1.2.3": NEW}
+
+
+# -- verification ----------------------------------------------------------------------
+def test_tag_not_pointing_to_the_pushed_digest_fails_loudly(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+
+    def racing_push(argv: list[str]) -> None:
+        docker.push_all(argv)
+        registry.publish("latest", OLD, OTHER_SHA)  # another build won the race
+
+    docker = FakeDocker(actions, registry, push=racing_push)
+    with pytest.raises(BuildError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == (
+        f"After the push, not every tag points to the pushed index {NEW}: "
+        f"{IMAGE}:latest -> {OLD}.")
+    assert info.value.title == "Pushed digest not verified"
+
+
+def test_index_missing_a_platform_fails_loudly(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+
+    def amd64_only(argv: list[str]) -> None:
+        docker.push_all(argv)
+        registry.index[NEW] = {"linux/amd64": AMD}
+
+    docker = FakeDocker(actions, registry, push=amd64_only)
+    with pytest.raises(BuildError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == (
+        f"The pushed index {NEW} has no manifest for linux/arm64 (it holds linux/amd64).")
+
+
+def test_missing_digest_in_metadata_is_an_error(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry, push=lambda argv: None)
+    with pytest.raises(BuildError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == ("buildx pushed, but reported no image digest in its "
+                                  "metadata file.")
+
+
+def test_failed_build_is_a_build_error_and_nothing_is_verified(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    output = ("#5 [linux/amd64 2/2] RUN echo boom-marker && false\n#5 0.1 boom-marker\n"
+              "#5 ERROR: process did not complete successfully: exit code: 1\n"
+              "ERROR: failed to solve: exit code: 1\n")
+    docker = FakeDocker(actions, registry, build_code=1, build_output=output)
+    with pytest.raises(BuildError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == "docker buildx build failed (exit 1):\n" + output.rstrip()
+    assert [call for call in registry.calls if call[0] == "platforms"] == []
+
+
+# -- paths and dry run -------------------------------------------------------------------
+def test_missing_dockerfile_names_the_input(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    with pytest.raises(InputError) as info:
+        execute(settings_for(workspace, dockerfile="docker/Dockerfile.prod"), actions,
+                registry, FakeDocker(actions, registry))
+    assert info.value.message == (f"Input 'dockerfile': {workspace}/docker/Dockerfile.prod "
+                                  "does not exist.")
+
+
+def test_missing_context_names_the_input(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    with pytest.raises(InputError) as info:
+        execute(settings_for(workspace, context="nope"), actions, registry,
+                FakeDocker(actions, registry))
+    assert info.value.message == f"Input 'context': {workspace}/nope is not a directory."
+
+
+def test_dry_run_delegates_to_the_plan_command(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Settings] = []
+    monkeypatch.setattr(build, "plan_command", lambda settings, actions, args:
+                        seen.append(settings))
+    monkeypatch.setattr(build, "execute", lambda *a: pytest.fail("must not build"))
+    settings = settings_for(workspace, dry_run="true")
+    build.run(settings, make_actions(), argparse.Namespace())
+    assert seen == [settings]
