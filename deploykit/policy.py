@@ -95,21 +95,29 @@ def _check_production(tag: str | None, digest: str | None, environment: str) -> 
                           f"{environment}: {why}", hint=_PRODUCTION_HINT)
 
 
+# Tags production refuses by name, and why (exact name or prefix).
+_REFUSED_NAMES = {
+    LATEST: "`latest` moves with every release and is never deployed to production.",
+    STAGING_LATEST: "`staging-latest` is the moving staging alias.",
+}
+_REFUSED_PREFIXES = {
+    "test-": "`test-*` tags are staging builds.",
+    "sha-": "`sha-*` tags are builds of a commit, not releases.",
+}
+
+
 def _production_refusal(tag: str) -> str:
     """Why ``tag`` may not go to production; empty when it may."""
-    if tag == LATEST:
-        return "`latest` moves with every release and is never deployed to production."
-    if tag == STAGING_LATEST:
-        return "`staging-latest` is the moving staging alias."
-    if tag.startswith("test-"):
-        return "`test-*` tags are staging builds."
-    if tag.startswith("sha-"):
-        return "`sha-*` tags are builds of a commit, not releases."
-    if is_release_tag(tag):
-        version = parse_version(tag)
-        if version is not None and version.prerelease:
-            return f"{tag} is a pre-release."
-        return ""
-    if parse_version(tag) is not None:
+    if tag in _REFUSED_NAMES:
+        return _REFUSED_NAMES[tag]
+    for prefix, why in _REFUSED_PREFIXES.items():
+        if tag.startswith(prefix):
+            return why
+    version = parse_version(tag)
+    if version is None:
+        return "production takes only a release `vX.Y.Z` or a digest."
+    if not is_release_tag(tag):
         return f"release tags start with `v` (`v{tag}`)."
-    return "production takes only a release `vX.Y.Z` or a digest."
+    if version.prerelease:
+        return f"{tag} is a pre-release."
+    return ""

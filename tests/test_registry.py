@@ -1,0 +1,574 @@
+"""The OCI distribution client against recorded registry answers (``responses``)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from deploykit import registry
+from deploykit.cli import main
+from deploykit.errors import (
+    DeniedError,
+    InputError,
+    ManifestUnknownError,
+    RegistryError,
+    RegistryUnreachableError,
+    UnauthorizedError,
+)
+from deploykit.registry import (
+    DOCKER_MANIFEST,
+    MANIFEST_ACCEPT,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ImageReference,
+    RegistryClient,
+    parse_reference,
+    parse_retry_after,
+    resolve_command,
+)
+from deploykit.settings import load_settings
+
+GHCR = "https://ghcr.io"
+MANIFEST_URL = f"{GHCR}/v2/org/app/manifests"
+TOKEN_URL = f"{GHCR}/token"
+GHCR_CHALLENGE = 'Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:org/app:pull"'
+DIGEST = "sha256:" + "a" * 64
+ATTESTATION = "sha256:" + "3" * 64
+CONFIG = "sha256:" + "4" * 64
+ARM_CONFIG = "sha256:" + "5" * 64
+UNAUTHORIZED_BODY = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+
+
+class FakeClock:
+    """The retry loop's clock: sleeping advances it instantly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(registry, "_sleep", fake.sleep)
+    monkeypatch.setattr(registry, "_monotonic", fake.monotonic)
+    return fake
+
+
+@pytest.fixture
+def rsps() -> Any:
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def ghcr(username: str = "octocat", password: str = "ghp_token") -> RegistryClient:
+    return RegistryClient("ghcr.io", "org/app", username, password)
+
+
+def add_challenge(rsps: Any, method: str = responses.HEAD, url: str = f"{MANIFEST_URL}/v1.0.0",
+                  challenge: str = GHCR_CHALLENGE) -> None:
+    body = json.dumps(UNAUTHORIZED_BODY) if method == responses.GET else None
+    rsps.add(method, url, status=401, body=body, headers={"WWW-Authenticate": challenge})
+
+
+def add_token(rsps: Any, token: str = "tok-1", *, auth: str | None = None,
+              key: str = "token", scope: str = "repository:org/app:pull") -> None:
+    match = [matchers.query_param_matcher({"scope": scope, "service": "ghcr.io"})]
+    if auth:
+        match.append(matchers.header_matcher({"Authorization": auth}))
+    rsps.add(responses.GET, TOKEN_URL, json={key: token}, match=match)
+
+
+def add_head(rsps: Any, reference: str = "v1.0.0", digest: str = DIGEST,
+             token: str = "tok-1") -> None:
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/{reference}",
+             headers={"Docker-Content-Digest": digest},
+             match=[matchers.header_matcher({"Authorization": f"Bearer {token}",
+                                             "Accept": MANIFEST_ACCEPT})])
+
+
+# -- references -------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:5000/org/app:test-20261127-1",
+     ImageReference("127.0.0.1:5000", "org/app", "test-20261127-1", None)),
+    (f"ghcr.io/org/app@{DIGEST}", ImageReference("ghcr.io", "org/app", None, DIGEST)),
+    (f"ghcr.io/org/sub/app:v1.2.3@{DIGEST}",
+     ImageReference("ghcr.io", "org/sub/app", "v1.2.3", DIGEST)),
+    ("GHCR.io/org/app", ImageReference("ghcr.io", "org/app", None, None)),
+    ("localhost/app:1", ImageReference("localhost", "app", "1", None)),
+    ("[::1]:5000/org/app:v1", ImageReference("[::1]:5000", "org/app", "v1", None)),
+    ("busybox:1.36", ImageReference("docker.io", "library/busybox", "1.36", None)),
+    ("org/app:v1", ImageReference("docker.io", "org/app", "v1", None)),
+])
+def test_parse_reference(text: str, expected: ImageReference) -> None:
+    assert parse_reference(text) == expected
+
+
+def test_reference_name_and_text() -> None:
+    ref = parse_reference(f"127.0.0.1:5000/org/app:v1@{DIGEST}")
+    assert (ref.name, ref.reference, str(ref)) == (
+        "127.0.0.1:5000/org/app", DIGEST, f"127.0.0.1:5000/org/app:v1@{DIGEST}")
+
+
+@pytest.mark.parametrize("text", ["ghcr.io/org/App:v1", "ghcr.io/org/app:-bad",
+                                  "ghcr.io/org/app@sha256:abc", "ghcr.io/org/app@md5:" + "a" * 32,
+                                  "ghcr.io//app:v1", ""])
+def test_parse_reference_refuses_malformed(text: str) -> None:
+    with pytest.raises(InputError) as error:
+        parse_reference(text)
+    assert error.value.input_name == "reference"
+    assert "ghcr.io/org/app:v1.4.2" in error.value.hint
+
+
+@pytest.mark.parametrize(("host", "base"), [
+    ("127.0.0.1:5000", "http://127.0.0.1:5000"), ("127.8.9.10", "http://127.8.9.10"),
+    ("localhost:5001", "http://localhost:5001"), ("[::1]:5000", "http://[::1]:5000"),
+    ("ghcr.io", "https://ghcr.io"), ("10.0.0.1:5000", "https://10.0.0.1:5000"),
+    ("docker.io", "https://registry-1.docker.io"),
+])
+def test_plain_http_only_on_loopback(host: str, base: str) -> None:
+    assert RegistryClient(host, "org/app").base_url == base
+
+
+# -- Bearer flow (GHCR's header shapes) -------------------------------------------------------
+def test_bearer_challenge_fetches_a_token_with_basic_credentials(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps, auth=basic("octocat", "ghp_token"))
+    add_head(rsps)
+    assert ghcr().resolve("v1.0.0") == DIGEST
+    assert [call.request.method for call in rsps.calls] == ["HEAD", "GET", "HEAD"]
+    assert "Authorization" not in rsps.calls[0].request.headers
+
+
+def test_token_is_cached_so_a_resolve_is_one_round_trip(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps)
+    add_head(rsps)
+    add_head(rsps, "v1.0.1", ARM64)
+    client = ghcr()
+    client.resolve("v1.0.0")
+    before = len(rsps.calls)
+    assert client.resolve("v1.0.1") == ARM64
+    assert len(rsps.calls) - before == 1
+
+
+def test_docker_hub_style_access_token_and_anonymous_pull(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps, "anon", key="access_token")
+    add_head(rsps, token="anon")
+    assert RegistryClient("ghcr.io", "org/app").resolve("v1.0.0") == DIGEST
+    assert "Authorization" not in rsps.calls[1].request.headers
+
+
+def test_expired_token_is_fetched_again(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps, "old")
+    add_head(rsps, token="old")
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1.0.1", status=401,
+             headers={"WWW-Authenticate": GHCR_CHALLENGE},
+             match=[matchers.header_matcher({"Authorization": "Bearer old"})])
+    add_token(rsps, "new")
+    add_head(rsps, "v1.0.1", ARM64, token="new")
+    client = ghcr()
+    assert client.resolve("v1.0.0") == DIGEST
+    assert client.resolve("v1.0.1") == ARM64
+
+
+def test_challenge_without_scope_uses_the_pull_scope(rsps: Any) -> None:
+    add_challenge(rsps, challenge='Bearer realm="https://ghcr.io/token",service="ghcr.io"')
+    add_token(rsps)
+    add_head(rsps)
+    assert ghcr().resolve("v1.0.0") == DIGEST
+
+
+def test_token_service_rejecting_credentials_is_unauthorized(rsps: Any) -> None:
+    add_challenge(rsps)
+    rsps.add(responses.GET, TOKEN_URL, status=401, json=UNAUTHORIZED_BODY)
+    with pytest.raises(UnauthorizedError) as error:
+        ghcr().resolve("v1.0.0")
+    assert error.value.message == ("ghcr.io rejected the credentials of octocat for "
+                                   "ghcr.io/org/app:v1.0.0: UNAUTHORIZED: authentication required")
+    assert "`registry_password`" in error.value.hint
+
+
+def test_401_after_a_token_is_unauthorized(rsps: Any) -> None:
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
+    add_token(rsps)
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
+    with pytest.raises(UnauthorizedError) as error:
+        ghcr().tags()
+    assert error.value.message == ("ghcr.io rejected the credentials of octocat for "
+                                   "ghcr.io/org/app (tag list): UNAUTHORIZED: authentication "
+                                   "required")
+
+
+# -- Basic ------------------------------------------------------------------------------
+def test_basic_challenge_then_basic_on_every_request(rsps: Any) -> None:
+    url = "http://127.0.0.1:5001/v2/org/app/manifests"
+    rsps.add(responses.HEAD, f"{url}/v1", status=401,
+             headers={"WWW-Authenticate": 'Basic realm="deploykit-testbed"'})
+    auth = [matchers.header_matcher({"Authorization": basic("deploykit", "pw")})]
+    rsps.add(responses.HEAD, f"{url}/v1", headers={"Docker-Content-Digest": DIGEST}, match=auth)
+    rsps.add(responses.HEAD, f"{url}/v2", headers={"Docker-Content-Digest": ARM64}, match=auth)
+    client = RegistryClient("127.0.0.1:5001", "org/app", "deploykit", "pw")
+    assert client.resolve("v1") == DIGEST
+    assert client.resolve("v2") == ARM64
+    assert len(rsps.calls) == 3
+
+
+def test_basic_challenge_without_credentials_asks_for_a_login(rsps: Any) -> None:
+    rsps.add(responses.HEAD, "http://127.0.0.1:5001/v2/org/app/manifests/v1", status=401,
+             headers={"WWW-Authenticate": 'Basic realm="deploykit-testbed"'})
+    with pytest.raises(UnauthorizedError) as error:
+        RegistryClient("127.0.0.1:5001", "org/app").resolve("v1")
+    assert error.value.message == ("127.0.0.1:5001 requires a login to read "
+                                   "127.0.0.1:5001/org/app:v1.")
+    assert error.value.hint.startswith("Set `registry_username` and `registry_password`")
+
+
+# -- typed errors -------------------------------------------------------------------------------
+def test_404_is_manifest_unknown_and_find_returns_none(rsps: Any) -> None:
+    add_challenge(rsps, url=f"{MANIFEST_URL}/v9.9.9")
+    add_token(rsps)
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v9.9.9", status=404)
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v9.9.9", status=404)
+    client = ghcr()
+    assert client.find("v9.9.9") is None
+    with pytest.raises(ManifestUnknownError) as error:
+        client.resolve("v9.9.9")
+    assert error.value.message == "ghcr.io/org/app:v9.9.9 does not exist in the registry."
+
+
+def test_403_denied_names_the_ghcr_fix(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps)
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1.0.0", status=403)
+    with pytest.raises(DeniedError) as error:
+        ghcr().resolve("v1.0.0")
+    assert error.value.message == "ghcr.io denied access to ghcr.io/org/app:v1.0.0"
+    assert "Manage Actions access" in error.value.hint
+    assert "`write:packages`" in error.value.hint
+
+
+def test_denied_error_recognises_write_package_anywhere() -> None:
+    error = registry.denied_error("registry.example.com", "registry.example.com/org/app:v1",
+                                  "DENIED: permission_denied: write_package")
+    assert error.message == ("registry.example.com denied access to "
+                             "registry.example.com/org/app:v1: DENIED: permission_denied: "
+                             "write_package")
+    assert "Manage Actions access" in error.hint
+    generic = registry.denied_error("registry.example.com", "x", "DENIED: nope")
+    assert generic.hint.startswith("The credentials were accepted but do not allow this")
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (401, UnauthorizedError), (403, DeniedError), (400, RegistryError), (405, RegistryError),
+])
+def test_no_other_error_is_ever_read_as_tag_absent(rsps: Any, status: int,
+                                                   error_type: type[Exception]) -> None:
+    rsps.add(responses.HEAD, "http://127.0.0.1:5000/v2/org/app/manifests/v1", status=status)
+    with pytest.raises(error_type) as error:
+        RegistryClient("127.0.0.1:5000", "org/app").find("v1")
+    assert not isinstance(error.value, ManifestUnknownError)
+
+
+def test_a_404_whose_reason_is_not_unknown_is_not_tag_absent(rsps: Any) -> None:
+    rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/manifests/v1", status=404,
+             json={"errors": [{"code": "UNSUPPORTED", "message": "not here"}]})
+    with pytest.raises(RegistryError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app").manifest("v1")
+    assert not isinstance(error.value, ManifestUnknownError)
+    assert error.value.message == ("127.0.0.1:5000 answered 404 for 127.0.0.1:5000/org/app:v1: "
+                                   "UNSUPPORTED: not here")
+
+
+def test_unreachable_registry_is_never_tag_absent(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    with pytest.raises(RegistryUnreachableError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=5).find("v1")
+    assert error.value.message == (
+        "127.0.0.1:5000 did not answer for 127.0.0.1:5000/org/app:v1: ConnectionError: "
+        "connection refused (gave up after 4 attempts).")
+    assert clock.sleeps == [0.5, 1.0, 2.0]
+
+
+def test_tls_errors_are_not_retried(rsps: Any, clock: FakeClock) -> None:
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1", body=requests.exceptions.SSLError("bad cert"))
+    with pytest.raises(RegistryUnreachableError, match=r"TLS with ghcr\.io failed: bad cert"):
+        ghcr().resolve("v1")
+    assert (len(rsps.calls), clock.sleeps) == (1, [])
+
+
+# -- retries -------------------------------------------------------------------------------------
+def test_429_with_retry_after_seconds_then_success(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=429, headers={"Retry-After": "7"})
+    rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
+    assert RegistryClient("127.0.0.1:5000", "org/app").resolve("v1") == DIGEST
+    assert clock.sleeps == [7.0]
+
+
+def test_5xx_then_success_backs_off(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=502)
+    rsps.add(responses.HEAD, url, status=503)
+    rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
+    assert RegistryClient("127.0.0.1:5000", "org/app").resolve("v1") == DIGEST
+    assert clock.sleeps == [0.5, 1.0]
+
+
+def test_retries_are_bounded_by_retry_seconds(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/tags/list"
+    rsps.add(responses.GET, url, status=500)
+    with pytest.raises(RegistryUnreachableError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=60).tags()
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    assert sum(clock.sleeps) <= 60
+    assert len(rsps.calls) == 10
+    assert error.value.message.endswith("HTTP 500 (gave up after 10 attempts).")
+
+
+def test_retry_after_beyond_the_budget_gives_up_at_once(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=429, headers={"Retry-After": "120"})
+    with pytest.raises(RegistryUnreachableError, match=r"HTTP 429 \(gave up after 1 attempts\)"):
+        RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=60).resolve("v1")
+    assert clock.sleeps == []
+
+
+def test_token_service_errors_are_retried_too(rsps: Any, clock: FakeClock) -> None:
+    add_challenge(rsps)
+    rsps.add(responses.GET, TOKEN_URL, status=503, headers={"Retry-After": "3"})
+    add_challenge(rsps)
+    add_token(rsps)
+    add_head(rsps)
+    assert ghcr().resolve("v1.0.0") == DIGEST
+    assert clock.sleeps == [3.0]
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("30", now) == 30.0
+    assert parse_retry_after("Fri, 27 Nov 2026 12:00:45 GMT", now) == 45.0
+    assert parse_retry_after("Fri, 27 Nov 2026 11:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_retry_after_as_an_http_date_is_honoured(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=6), usegmt=True)
+    rsps.add(responses.HEAD, url, status=503, headers={"Retry-After": soon})
+    far = "Fri, 01 Jan 2100 00:00:00 GMT"
+    rsps.add(responses.HEAD, url, status=503, headers={"Retry-After": far})
+    with pytest.raises(RegistryUnreachableError):
+        RegistryClient("127.0.0.1:5000", "org/app").resolve("v1")
+    assert len(clock.sleeps) == 1  # then the next date is decades away: beyond any budget
+    assert 4.0 <= clock.sleeps[0] <= 6.0
+
+
+# -- tags ------------------------------------------------------------------------------------------
+def test_tags_follow_link_headers_across_pages(rsps: Any) -> None:
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
+    add_token(rsps)
+    pages = [({"n": "1000"}, ["a", "b"], "/v2/org/app/tags/list?last=b&n=2"),
+             ({"last": "b", "n": "2"}, ["c", "d"], "/v2/org/app/tags/list?last=d&n=2"),
+             ({"last": "d", "n": "2"}, ["e", "f"], "/v2/org/app/tags/list?last=f&n=2"),
+             ({"last": "f", "n": "2"}, ["g"], None)]
+    for query, tags, link in pages:
+        headers = {"Link": f'<{link}>; rel="next"'} if link else {}
+        rsps.add(responses.GET, f"{GHCR}/v2/org/app/tags/list",
+                 json={"name": "org/app", "tags": tags}, headers=headers,
+                 match=[matchers.query_param_matcher(query),
+                        matchers.header_matcher({"Authorization": "Bearer tok-1"})])
+    assert ghcr().tags() == ["a", "b", "c", "d", "e", "f", "g"]
+    assert len(rsps.calls) == 6
+
+
+def test_tags_of_a_new_repository_are_empty(rsps: Any) -> None:
+    rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/tags/list", status=404,
+             json={"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]})
+    rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/other/tags/list",
+             json={"name": "org/other", "tags": None})
+    assert RegistryClient("127.0.0.1:5000", "org/app").tags() == []
+    assert RegistryClient("127.0.0.1:5000", "org/other").tags() == []
+
+
+def test_tags_404_without_name_unknown_is_an_error(rsps: Any) -> None:
+    rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/tags/list", status=404,
+             body="<html>Not Found</html>")
+    with pytest.raises(ManifestUnknownError):
+        RegistryClient("127.0.0.1:5000", "org/app").tags()
+
+
+def test_tags_pagination_loop_is_an_error(rsps: Any) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/tags/list"
+    rsps.add(responses.GET, url, json={"tags": ["a"]},
+             headers={"Link": '</v2/org/app/tags/list?last=a&n=1>; rel="next"'})
+    with pytest.raises(RegistryError, match="sent the same tag page twice"):
+        RegistryClient("127.0.0.1:5000", "org/app").tags()
+
+
+# -- manifests, platforms, labels ----------------------------------------------------------------
+def index_body() -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": AMD64, "size": 1,
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": OCI_MANIFEST, "digest": ARM64, "size": 1,
+         "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"mediaType": OCI_MANIFEST, "digest": ATTESTATION, "size": 1,
+         "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                         "vnd.docker.reference.digest": AMD64}},
+    ]}
+
+
+def image_body(config: str = CONFIG) -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "digest": config, "size": 1}, "layers": []}
+
+
+def digest_of(body: dict[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+AMD64 = digest_of(image_body(CONFIG))
+ARM64 = digest_of(image_body(ARM_CONFIG))
+
+
+BASE = "http://127.0.0.1:5000/v2/org/app"
+
+
+def add_manifest(rsps: Any, reference: str, body: dict[str, Any], digest: str = DIGEST,
+                 content_type: str = OCI_INDEX) -> None:
+    rsps.add(responses.GET, f"{BASE}/manifests/{reference}", body=json.dumps(body),
+             headers={"Docker-Content-Digest": digest, "Content-Type": content_type},
+             match=[matchers.header_matcher({"Accept": MANIFEST_ACCEPT})])
+
+
+def add_config(rsps: Any, digest: str, arch: str, labels: dict[str, str] | None) -> None:
+    rsps.add(responses.GET, f"{BASE}/blobs/{digest}", json={
+        "os": "linux", "architecture": arch, "config": {"Labels": labels}})
+
+
+def test_manifest_reads_media_type_and_digest(rsps: Any) -> None:
+    add_manifest(rsps, "v1", index_body())
+    manifest = RegistryClient("127.0.0.1:5000", "org/app").manifest("v1")
+    assert (manifest.media_type, manifest.digest, manifest.is_index) == (OCI_INDEX, DIGEST, True)
+    assert manifest.body == index_body()
+
+
+def test_manifest_by_digest_is_verified(rsps: Any) -> None:
+    body = json.dumps(image_body()).encode()
+    real = "sha256:" + hashlib.sha256(body).hexdigest()
+    rsps.add(responses.GET, f"{BASE}/manifests/{real}", body=body)
+    rsps.add(responses.GET, f"{BASE}/manifests/{DIGEST}", body=body)
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+    assert client.manifest(f"v1@{real}").digest == real
+    with pytest.raises(RegistryError, match=f"whose digest is {real}"):
+        client.manifest(DIGEST)
+
+
+def test_platforms_of_an_index_skip_attestations(rsps: Any) -> None:
+    add_manifest(rsps, "v1", index_body())
+    assert RegistryClient("127.0.0.1:5000", "org/app").platforms("v1") == {
+        "linux/amd64": AMD64, "linux/arm64/v8": ARM64}
+
+
+def test_platforms_of_a_single_manifest_come_from_its_config(rsps: Any) -> None:
+    add_manifest(rsps, "v1", image_body(), AMD64, DOCKER_MANIFEST)
+    add_config(rsps, CONFIG, "amd64", None)
+    assert RegistryClient("127.0.0.1:5000", "org/app").platforms("v1") == {"linux/amd64": AMD64}
+
+
+def test_labels_of_an_index_are_those_of_its_first_image(rsps: Any) -> None:
+    add_manifest(rsps, "v1", index_body())
+    add_manifest(rsps, AMD64, image_body(), AMD64, OCI_MANIFEST)
+    add_config(rsps, CONFIG, "amd64", {"org.opencontainers.image.revision": "abc"})
+    assert RegistryClient("127.0.0.1:5000", "org/app").labels("v1") == {
+        "org.opencontainers.image.revision": "abc"}
+
+
+def test_labels_of_a_given_platform(rsps: Any) -> None:
+    add_manifest(rsps, "v1", index_body())
+    add_manifest(rsps, ARM64, image_body(ARM_CONFIG), ARM64, OCI_MANIFEST)
+    rsps.add(responses.GET, f"{BASE}/blobs/{ARM_CONFIG}", json={
+        "os": "linux", "architecture": "arm64", "variant": "v8", "config": {}})
+    assert RegistryClient("127.0.0.1:5000", "org/app").labels("v1", "linux/arm64/v8") == {}
+
+
+def test_labels_of_a_missing_platform_list_the_platforms(rsps: Any) -> None:
+    add_manifest(rsps, "v1", index_body())
+    with pytest.raises(ManifestUnknownError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app").labels("v1", "linux/s390x")
+    assert error.value.message == "127.0.0.1:5000/org/app:v1 has no image for platform linux/s390x."
+    assert error.value.hint == "Its platforms: linux/amd64, linux/arm64/v8."
+
+
+def test_head_without_digest_header_falls_back_to_the_body(rsps: Any) -> None:
+    body = json.dumps(image_body()).encode()
+    rsps.add(responses.HEAD, f"{BASE}/manifests/v1")
+    rsps.add(responses.GET, f"{BASE}/manifests/v1", body=body)
+    digest = RegistryClient("127.0.0.1:5000", "org/app").resolve("v1")
+    assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_bad_references_are_input_errors() -> None:
+    with pytest.raises(InputError, match="is neither a tag nor a sha256 digest"):
+        RegistryClient("127.0.0.1:5000", "org/app").resolve("../v1")
+
+
+# -- deploykit resolve -------------------------------------------------------------------------
+def test_resolve_command_uses_the_settings_credentials_for_its_registry(
+    rsps: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_challenge(rsps)
+    add_token(rsps, auth=basic("octocat", "ghp_secret"))
+    add_head(rsps)
+    env = {"INPUT_REGISTRY_USERNAME": "octocat", "INPUT_REGISTRY_PASSWORD": "ghp_secret",
+           "INPUT_IMAGE_REPO": "org/other"}
+    assert main(["resolve", "ghcr.io/org/app:v1.0.0"], env=env) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"digest={DIGEST}\nimage=ghcr.io/org/app@{DIGEST}\n"
+    assert captured.err == f"ghcr.io/org/app:v1.0.0 -> {DIGEST}\n"
+
+
+def test_resolve_command_is_anonymous_on_another_registry(rsps: Any) -> None:
+    rsps.add(responses.HEAD, "http://127.0.0.1:5000/v2/org/app/manifests/v1",
+             headers={"Docker-Content-Digest": DIGEST})
+    settings = load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
+                              "INPUT_REGISTRY_USERNAME": "u", "INPUT_REGISTRY_PASSWORD": "p"})
+    actions = registry.Actions({})
+    resolve_command(settings, actions, argparse.Namespace(reference="127.0.0.1:5000/org/app:v1"))
+    assert actions.outputs == {"digest": DIGEST, "image": f"127.0.0.1:5000/org/app@{DIGEST}"}
+    assert "Authorization" not in rsps.calls[0].request.headers
+
+
+def test_resolve_command_needs_a_tag_or_digest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resolve", "ghcr.io/org/app"], env={"INPUT_IMAGE_REPO": "org/app"}) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Input 'reference': 'ghcr.io/org/app' names no tag or digest." in captured.err
