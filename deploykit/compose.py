@@ -1,0 +1,240 @@
+"""``docker compose`` (v2 only, never ``docker-compose``) for a pull-only deploy.
+
+The three image variables are always passed in compose's process environment,
+which wins over a ``.env`` file in compose v2 interpolation: a ``.env`` left in
+the project directory cannot silently change the image. ``IMAGE_TAG`` is
+``<tag>@sha256:...``, so the containers run exactly the resolved digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tenacity
+
+from deploykit.dockercli import DockerCLI
+from deploykit.errors import ComposeError, DockerError, InputError
+from deploykit.settings import IMAGE_VARIABLES, Settings
+
+DEFAULT_FILES = ("compose.yaml", "docker-compose.yml")
+EXPECTED_IMAGE_LINE = "image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
+# A variable with an optional default (`${IMAGE_TAG:-staging-latest}`) still counts.
+_VARIABLE = r"\$\{{{name}(?:[:]?[-?+][^}}]*)?\}}"
+_IMAGE_RE = re.compile("^" + _VARIABLE.format(name="IMAGE_REGISTRY") + "/"
+                       + _VARIABLE.format(name="IMAGE_REPO") + ":"
+                       + _VARIABLE.format(name="IMAGE_TAG") + "$")
+PLACEHOLDER_TAG = "pinned"
+PULL_ATTEMPTS = 3
+_TOP_LEVEL = ("--ansi", "never", "--progress", "plain")
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """A validated compose project: which services run the deployed image."""
+
+    directory: Path
+    file: Path
+    name: str
+    services: tuple[str, ...]
+    image_services: tuple[str, ...]
+
+
+def image_environment(registry: str, repository: str, tag: str | None,
+                      digest: str) -> dict[str, str]:
+    """IMAGE_REGISTRY/IMAGE_REPO/IMAGE_TAG so that ``registry/repo:tag@digest`` is pulled.
+
+    The engine resolves ``name:tag@digest`` by the digest alone; the tag is only a
+    readable label (``pinned`` when a bare digest was deployed).
+    """
+    return {"IMAGE_REGISTRY": registry, "IMAGE_REPO": repository,
+            "IMAGE_TAG": f"{tag or PLACEHOLDER_TAG}@{digest}"}
+
+
+# -- locating the project -------------------------------------------------------
+def project_directory(settings: Settings) -> Path:
+    workspace = Path(settings.github.workspace or ".")
+    directory = (workspace / (settings.project_dir or ".")).resolve()
+    if not directory.is_dir():
+        raise InputError("project_dir", f"{directory} is not a directory.",
+                         hint="`project_dir` is relative to the workspace (GITHUB_WORKSPACE).")
+    return directory
+
+
+def locate_compose_file(settings: Settings) -> Path:
+    directory = project_directory(settings)
+    if settings.compose_file:
+        path = directory / settings.compose_file
+        if not path.is_file():
+            raise InputError("compose_file", f"{path} does not exist.",
+                             hint="`compose_file` is relative to `project_dir`.")
+        return path
+    for name in DEFAULT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise ComposeError(
+        f"No compose file in {directory} (looked for {' and '.join(DEFAULT_FILES)}).",
+        hint="Set `project_dir` to the directory of the compose project, or `compose_file`.")
+
+
+# -- validation (pure, over `docker compose config` output) ----------------------
+def check_services(raw: Mapping[str, Any], file: Path) -> tuple[str, ...]:
+    """Names of the services that run the deployed image; raises on a misuse."""
+    services = raw.get("services") or {}
+    users = []
+    for name, service in sorted(services.items()):
+        image = str((service or {}).get("image") or "")
+        if _IMAGE_RE.match(image):
+            if "build" in (service or {}):
+                raise ComposeError(
+                    f"Service {name!r} in {file} runs the deployed image but has `build:`; "
+                    "a deploy never builds.",
+                    hint=f"Remove `build:` from {name!r} and keep `{EXPECTED_IMAGE_LINE}`.")
+            users.append(name)
+        elif any(variable in image for variable in IMAGE_VARIABLES):
+            raise ComposeError(
+                f"Service {name!r} in {file} has `image: {image}`, which uses the image "
+                "variables only in part: deploykit could not pin it to the deployed digest.",
+                hint=f"Write exactly `{EXPECTED_IMAGE_LINE}`.")
+    if not users:
+        raise ComposeError(
+            f"No service in {file} runs the image deploykit deploys.",
+            hint=f"Give the app's services (e.g. `app` and `worker`) the line\n"
+                 f"    {EXPECTED_IMAGE_LINE}")
+    return tuple(users)
+
+
+# -- bind mounts seen from inside the action container ---------------------------
+def host_path(path: str, mounts: Mapping[str, str]) -> str:
+    """Translate ``path`` (as this container sees it) to the host through the longest mount."""
+    for destination in sorted(mounts, key=len, reverse=True):
+        if path == destination or path.startswith(destination.rstrip("/") + "/"):
+            return mounts[destination] + path[len(destination.rstrip("/")):]
+    return path
+
+
+def rewrite_bind_sources(config: Mapping[str, Any], mounts: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of a resolved compose config whose bind sources (and file-based secrets and
+    configs, which compose also bind-mounts) are host paths."""
+    result = json.loads(json.dumps(config))
+    for service in (result.get("services") or {}).values():
+        for volume in service.get("volumes") or []:
+            if isinstance(volume, dict) and volume.get("type") == "bind" and volume.get("source"):
+                volume["source"] = host_path(str(volume["source"]), mounts)
+    for section in ("secrets", "configs"):
+        for item in (result.get(section) or {}).values():
+            if isinstance(item, dict) and item.get("file"):
+                item["file"] = host_path(str(item["file"]), mounts)
+    return dict(result)
+
+
+# -- the compose CLI --------------------------------------------------------------
+@dataclass(frozen=True)
+class Compose:
+    """One compose project, called with an explicit file, directory and project name
+    (so COMPOSE_FILE or COMPOSE_PROJECT_NAME in a `.env` change nothing)."""
+
+    docker: DockerCLI
+    directory: Path
+    file: Path
+    name: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def args(self, *command: str) -> list[str]:
+        project = ["-p", self.name] if self.name else []
+        return ["compose", *_TOP_LEVEL, "--project-directory", str(self.directory),
+                "-f", str(self.file), *project, *command]
+
+    def with_env(self, service_env: Mapping[str, str],
+                 image_env: Mapping[str, str]) -> Compose:
+        """The image variables are applied last: nothing can override them."""
+        return replace(self, env={**service_env, **image_env})
+
+    def _run(self, *command: str, stream: bool = False) -> str:
+        result = self.docker.run(self.args(*command), extra_env=self.env,
+                                 cwd=str(self.directory), stream=stream)
+        return result.stdout
+
+    def config(self, *, interpolate: bool = True) -> dict[str, Any]:
+        flags = [] if interpolate else ["--no-interpolate"]
+        try:
+            output = self._run("config", "--format", "json", *flags)
+        except DockerError as exc:
+            raise ComposeError(f"`docker compose config` rejected {self.file}:\n{exc.message}",
+                               hint="Run `docker compose config` in the project directory "
+                               "to see the error.") from exc
+        try:
+            parsed: dict[str, Any] = json.loads(output)
+        except json.JSONDecodeError as exc:
+            raise ComposeError(f"`docker compose config` printed no JSON for {self.file}.",
+                               hint="Use Docker Compose v2.20 or later.") from exc
+        return parsed
+
+    def load(self) -> ComposeProject:
+        """Validate the raw file (no interpolation) and learn the project's name."""
+        raw = self.config(interpolate=False)
+        image_services = check_services(raw, self.file)
+        name = self.name or str(raw.get("name") or "")
+        if not name:
+            raise ComposeError(f"Compose found no project name for {self.file}.",
+                               hint="Set `project_name`.")
+        return ComposeProject(self.directory, self.file, name,
+                              tuple(sorted(raw.get("services") or {})), image_services)
+
+    def pull(self) -> None:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(PULL_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=2, max=20),
+            retry=tenacity.retry_if_exception_type(DockerError), reraise=True)
+        retrying(self._run, "pull", "--quiet")
+
+    def up(self, *, force_recreate: bool = False) -> None:
+        recreate = ["--force-recreate"] if force_recreate else []
+        self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, stream=True)
+
+    def ps(self) -> list[dict[str, Any]]:
+        output = self._run("ps", "--all", "--format", "json").strip()
+        if output.startswith("["):
+            rows: list[dict[str, Any]] = json.loads(output)
+            return rows
+        return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+    @contextmanager
+    def for_engine(self, mounts: Mapping[str, str]) -> Iterator[Compose]:
+        """This project as the engine must see it.
+
+        Inside the action container (``mounts`` maps its bind destinations to host
+        sources), relative bind mounts resolve to container paths the engine does not
+        know; deploy the fully resolved config with host sources instead. The file
+        holds interpolated values (secrets too): 0600, and removed afterwards.
+        """
+        if not mounts:
+            yield self
+            return
+        resolved = rewrite_bind_sources(self.config(), mounts)
+        directory = tempfile.mkdtemp(prefix="deploykit-compose-")
+        path = Path(directory) / "compose.resolved.json"
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(resolved, handle)
+            yield replace(self, file=path, name=self.name or str(resolved.get("name") or ""))
+        finally:
+            path.unlink(missing_ok=True)
+            os.rmdir(directory)
+
+
+def compose_for(settings: Settings, docker: DockerCLI) -> Compose:
+    directory = project_directory(settings)
+    return Compose(docker, directory, locate_compose_file(settings), settings.project_name)
+
+
+def service_names(raw: Mapping[str, Any]) -> Sequence[str]:
+    return sorted(raw.get("services") or {})
