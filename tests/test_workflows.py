@@ -1,0 +1,299 @@
+"""Rules for the shipped workflows, examples and action image (static: no daemon, no network).
+
+The reusable workflows (.github/workflows/build-push.yml, deploy.yml), deploykit's own CI and
+release workflows, the child-repository examples (examples/workflows, examples/compose.yaml)
+and the Dockerfile are checked against the ADR and issue 6: least privilege, timeouts,
+pinned actions, one deploy per environment, production approval, and inputs that exist.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+EXAMPLES = sorted((ROOT / "examples" / "workflows").glob("*.yml"))
+REUSABLE = ("build-push.yml", "deploy.yml")
+ACTION = "deploykit-org/deploykit@v1"
+REUSABLE_PREFIX = "deploykit-org/deploykit/.github/workflows/"
+SHA_PINNED = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[^@]+)?@[0-9a-f]{40}$")
+IMAGE = "${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
+
+
+def load(path: Path) -> dict[str, Any]:
+    document: dict[Any, Any] = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as True.
+    if True in document:
+        document["on"] = document.pop(True)
+    return document
+
+
+def action_inputs() -> dict[str, Any]:
+    inputs: dict[str, Any] = load(ROOT / "action.yml")["inputs"]
+    return inputs
+
+
+def action_outputs() -> set[str]:
+    return set(load(ROOT / "action.yml")["outputs"])
+
+
+def jobs(path: Path) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = load(path)["jobs"]
+    return found
+
+
+def steps(path: Path) -> list[dict[str, Any]]:
+    return [step for job in jobs(path).values() for step in job.get("steps", [])]
+
+
+def reusable(name: str) -> dict[str, Any]:
+    return load(ROOT / ".github" / "workflows" / name)
+
+
+ALL = [*WORKFLOWS, *EXAMPLES]
+IDS = [str(path.relative_to(ROOT)) for path in ALL]
+
+
+def test_the_expected_files_exist() -> None:
+    assert [p.name for p in WORKFLOWS] == ["build-push.yml", "ci.yml", "deploy.yml",
+                                           "release.yml"]
+    assert [p.name for p in EXAMPLES] == ["deploy.yml", "hotfix.yml", "pre-release.yml",
+                                          "release.yml"]
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_default_token_permissions_are_empty(path: Path) -> None:
+    assert load(path)["permissions"] == {}
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_every_job_has_permissions_and_a_timeout(path: Path) -> None:
+    for name, job in jobs(path).items():
+        assert isinstance(job.get("permissions"), dict), f"{name}: no permissions"
+        assert "write-all" not in str(job["permissions"]), name
+        if "uses" in job:
+            # A job that calls a reusable workflow cannot set timeout-minutes: the called
+            # workflow's own jobs carry it (checked on those files).
+            assert job["uses"].startswith(REUSABLE_PREFIX), name
+            assert "timeout-minutes" not in job, name
+        else:
+            assert job.get("timeout-minutes"), f"{name}: no timeout-minutes"
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_actions_are_pinned_by_sha_except_deploykit_itself(path: Path) -> None:
+    for step in steps(path):
+        uses = step.get("uses")
+        if uses is None or uses == "./":
+            continue
+        assert uses == ACTION or SHA_PINNED.match(uses), uses
+        if SHA_PINNED.match(uses):
+            assert "#" not in uses  # the version comment is a YAML comment, not part of it
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_no_expression_is_expanded_inside_a_shell_script(path: Path) -> None:
+    # Template injection: values reach scripts through env:, never through ${{ }} in run:.
+    for step in steps(path):
+        assert "${{" not in step.get("run", ""), step.get("name")
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_checkouts_do_not_persist_credentials(path: Path) -> None:
+    for step in steps(path):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+
+
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_action_steps_pass_only_inputs_the_action_has(path: Path) -> None:
+    known = action_inputs()
+    for step in steps(path):
+        if step.get("uses") in (ACTION, "./"):
+            given = step["with"]
+            assert given["mode"] in ("build", "deploy", "rollback")
+            assert set(given) <= set(known), set(given) - set(known)
+
+
+@pytest.mark.parametrize("name", REUSABLE)
+def test_reusable_workflows_are_workflow_call_only(name: str) -> None:
+    trigger = reusable(name)["on"]
+    assert list(trigger) == ["workflow_call"]
+    assert trigger["workflow_call"]["secrets"]["GHCR_PAT"]["required"] is True
+
+
+@pytest.mark.parametrize("name", REUSABLE)
+def test_reusable_outputs_come_from_the_action_step(name: str) -> None:
+    document = reusable(name)
+    (job_name, job), = document["jobs"].items()
+    step_ids = {step.get("id") for step in job["steps"]}
+    for output, spec in document["on"]["workflow_call"]["outputs"].items():
+        assert spec["value"] == f"${{{{ jobs.{job_name}.outputs.{output} }}}}"
+        match = re.fullmatch(r"\$\{\{ steps\.(\w+)\.outputs\.(\w+) \}\}", job["outputs"][output])
+        assert match and match.group(1) in step_ids and match.group(2) == output
+        assert output in action_outputs()
+
+
+def test_build_push_uses_the_pat_and_defaults_to_two_platforms() -> None:
+    call = reusable("build-push.yml")["on"]["workflow_call"]
+    assert call["inputs"]["platforms"]["default"] == "linux/amd64,linux/arm64"
+    assert call["inputs"]["registry"]["default"] == "ghcr.io"
+    (step,) = [s for s in steps(ROOT / ".github/workflows/build-push.yml") if s.get("id")]
+    assert step["uses"] == ACTION
+    assert step["with"]["mode"] == "build"
+    assert step["with"]["registry_password"] == "${{ secrets.GHCR_PAT }}"
+
+
+def test_deploy_runs_per_environment_on_its_labelled_runner_with_approval() -> None:
+    document = reusable("deploy.yml")
+    call = document["on"]["workflow_call"]
+    assert call["inputs"]["environment"]["required"] is True
+    assert call["inputs"]["image_tag"]["required"] is True
+    assert set(call["secrets"]) == {"GHCR_PAT", "COMPOSE_ENV"}
+    job = document["jobs"]["deploy"]
+    assert job["environment"] == {"name": "${{ inputs.environment }}"}
+    assert job["concurrency"] == {
+        "group": "deploy-${{ github.repository }}-${{ inputs.environment }}",
+        "cancel-in-progress": False,
+    }
+    runner = job["runs-on"]
+    assert runner[0] == "self-hosted"
+    assert "'prod'" in runner[1] and "'stage'" in runner[1]
+    assert "inputs.production_environments" in runner[1]
+    (step,) = [s for s in job["steps"] if s.get("id") == "deploy"]
+    assert step["with"]["mode"] == "deploy"
+    assert step["with"]["registry_password"] == "${{ secrets.GHCR_PAT }}"
+    assert step["with"]["compose_env"] == "${{ secrets.COMPOSE_ENV }}"
+
+
+def test_deploy_never_builds() -> None:
+    text = (ROOT / ".github/workflows/deploy.yml").read_text()
+    assert "mode: build" not in text
+    assert "buildx" not in text
+    assert "setup-qemu" not in text
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_call_the_reusables_with_known_inputs_and_secrets(path: Path) -> None:
+    for name, job in jobs(path).items():
+        if "uses" not in job:
+            continue
+        target = job["uses"].removeprefix(REUSABLE_PREFIX)
+        workflow, _, ref = target.partition("@")
+        assert ref == "v1", name
+        call = reusable(workflow)["on"]["workflow_call"]
+        given = job.get("with", {})
+        assert set(given) <= set(call["inputs"]), set(given) - set(call["inputs"])
+        required = {key for key, spec in call["inputs"].items() if spec.get("required")}
+        assert required <= set(given), required - set(given)
+        assert "GHCR_PAT" in job["secrets"]
+        assert set(job["secrets"]) <= set(call["secrets"])
+
+
+def test_example_triggers_follow_the_adr() -> None:
+    def trigger(name: str) -> dict[str, Any]:
+        found: dict[str, Any] = load(ROOT / "examples/workflows" / name)["on"]
+        return found
+
+    assert trigger("pre-release.yml")["push"] == {"branches": ["pre-release"],
+                                                  "tags": ["test-*"]}
+    assert trigger("release.yml")["push"] == {"branches": ["release"], "tags": ["v*"]}
+    assert trigger("hotfix.yml")["push"] == {"branches": ["hotfix/**"]}
+    deploy = trigger("deploy.yml")
+    assert deploy["push"] == {"branches": ["deploy"]}
+    dispatch = deploy["workflow_dispatch"]["inputs"]
+    assert dispatch["image_tag"]["required"] is True
+    assert dispatch["environment"]["options"] == ["staging", "production"]
+
+
+def test_release_dogfoods_the_action_and_publishes_a_prebuilt_image() -> None:
+    path = ROOT / ".github/workflows/release.yml"
+    image_job = jobs(path)["image"]
+    (build,) = [s for s in image_job["steps"] if s.get("id") == "build"]
+    assert build["uses"] == "./"
+    assert build["with"]["mode"] == "build"
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert image_job["permissions"] == {"contents": "read", "packages": "write"}
+    scripts = "\n".join(step.get("run", "") for step in steps(path))
+    assert "docker buildx imagetools create" in scripts
+    assert 'image: docker://$repo:v$VERSION' in scripts
+    assert jobs(path)["action"]["permissions"] == {"contents": "write"}
+
+
+def test_ci_runs_the_ci_script() -> None:
+    (run,) = [s["run"] for s in steps(ROOT / ".github/workflows/ci.yml") if "run" in s]
+    assert run.endswith("bash .ci/run")
+
+
+# -- compose files ------------------------------------------------------------------------
+def compose(path: str) -> dict[str, Any]:
+    found: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
+    return found
+
+
+@pytest.mark.parametrize("path", ["examples/compose.yaml", "examples/demo/compose.yaml"])
+def test_app_and_worker_share_the_parameterised_image_without_build(path: str) -> None:
+    services = compose(path)["services"]
+    for name in ("app", "worker"):
+        assert services[name]["image"] == IMAGE
+        assert "build" not in services[name]
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+        assert "build" not in service, name
+
+
+@pytest.mark.parametrize("path", ["examples/compose.yaml", "examples/demo/compose.yaml"])
+def test_named_volumes_are_declared(path: str) -> None:
+    document = compose(path)
+    for service in document["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in document["volumes"], source
+
+
+def test_child_example_has_the_adr_services() -> None:
+    services = compose("examples/compose.yaml")["services"]
+    assert set(services) == {"app", "worker", "db", "redis"}
+    assert services["db"]["image"] == "postgres:16"
+    assert services["redis"]["image"] == "redis:7-alpine"
+
+
+def test_demo_has_a_relative_bind_mount_with_a_file_behind_it() -> None:
+    app = compose("examples/demo/compose.yaml")["services"]["app"]
+    assert "./media:/www/media:ro" in app["volumes"]
+    assert (ROOT / "examples/demo/media/hello.txt").read_text() == "hello from the bind mount\n"
+
+
+# -- the action image ---------------------------------------------------------------------
+def dockerfile_lines() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip()
+            and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_base_is_an_arg_and_runs_as_root_with_an_exec_entrypoint() -> None:
+    lines = dockerfile_lines()
+    assert lines[0].startswith("ARG BASE_IMAGE=")
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert all(line.startswith("FROM ${BASE_IMAGE}") for line in froms)
+    assert not any(line.startswith("USER ") for line in lines)
+    (entrypoint,) = [line for line in lines if line.startswith("ENTRYPOINT ")]
+    assert entrypoint == 'ENTRYPOINT ["/opt/deploykit/bin/python", "/app/entrypoint.py"]'
+    assert any("PYTHONUNBUFFERED=1" in line for line in lines)
+    install = " ".join(line for line in lines if "apt-get install" in line)
+    for package in ("docker-cli", "docker-buildx", "docker-compose"):
+        assert f" {package}" in install
+    assert any("pip install --no-deps -r /src/requirements.lock" in line for line in lines)
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
+    entries = (ROOT / ".dockerignore").read_text().split()
+    assert entries[entries.index("*"):] == [
+        "*", "!Dockerfile", "!README.md", "!entrypoint.py", "!pyproject.toml",
+        "!requirements.lock", "!deploykit/", "**/__pycache__", "**/*.pyc"]
