@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from deploykit.actions import Actions, markdown_table
 from deploykit.registry import REVISION_LABEL, RegistryClient
 from deploykit.settings import Settings
-from deploykit.tags import VALIDATION, TagPlan, build_kind, plan_tags
+from deploykit.tags import TagPlan, plan_tags
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,16 @@ class BuildPlan:
 def make_plan(settings: Settings, client: RegistryClient) -> BuildPlan:
     """Plan the tags of this build; the registry is read only when something is pushed."""
     github = settings.github
-    pushes = build_kind(github.event_name, github.ref) != VALIDATION
-    existing = client.tags() if pushes else []
-    tag_plan = plan_tags(event_name=github.event_name, ref=github.ref, sha=github.sha,
+
+    def plan_with(existing: list[str]) -> TagPlan:
+        return plan_tags(event_name=github.event_name, ref=github.ref, sha=github.sha,
                          version=settings.version, existing_tags=existing,
                          build_date=settings.build_date, latest=settings.latest)
+
+    tag_plan = plan_with([])  # checks the inputs before any connection
+    existing = client.tags() if tag_plan.push else []
+    if existing:
+        tag_plan = plan_with(existing)
     present = set(existing)
     entries = tuple(_planned_tag(client, tag, tag in tag_plan.write_once, tag in present)
                     for tag in tag_plan.tags)

@@ -11,7 +11,7 @@ import pytest
 import responses
 
 from deploykit.cli import main
-from deploykit.errors import RegistryUnreachableError
+from deploykit.errors import InputError, RegistryUnreachableError
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
 from deploykit.settings import Settings, load_settings
 from tests.conftest import CapturedActions, parse_github_output
@@ -164,3 +164,10 @@ def test_an_unreachable_registry_fails_the_plan(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(fake, "tags", unreachable)
     with pytest.raises(RegistryUnreachableError):
         make_plan(settings_for("refs/heads/pre-release"), fake)  # type: ignore[arg-type]
+
+
+def test_a_missing_release_version_fails_before_any_connection() -> None:
+    fake = FakeRegistry({})
+    with pytest.raises(InputError) as error:
+        make_plan(settings_for("refs/heads/release"), fake)  # type: ignore[arg-type]
+    assert (error.value.input_name, fake.calls) == ("version", [])
