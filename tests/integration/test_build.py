@@ -1,0 +1,210 @@
+"""Build & Push against the real engine and the htpasswd registry (127.0.0.1:5001).
+
+Each test uses a fresh repository. Digests are checked with plain ``requests``
+and Basic auth, independently of deploykit's own RegistryClient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from deploykit.cli import main
+from tests.conftest import parse_github_output
+from tests.integration.conftest import TestRegistry
+
+INDEX_ACCEPT = ("application/vnd.oci.image.index.v1+json,"
+                "application/vnd.docker.distribution.manifest.list.v2+json,"
+                "application/vnd.oci.image.manifest.v1+json,"
+                "application/vnd.docker.distribution.manifest.v2+json")
+BUILD_GROUP = "::group::Build and push"
+
+
+@dataclass
+class BuildRun:
+    code: int
+    outputs: dict[str, str]
+    log: str
+
+
+def sha() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def run_build(
+    auth_registry: TestRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., BuildRun]:
+    """Factory: ``run_build(context, repo, ref=..., sha=...)`` runs ``deploykit build``."""
+
+    def factory(context: str, repo: str, *, ref: str, commit: str, **inputs: str) -> BuildRun:
+        files = tmp_path_factory.mktemp("gh")
+        env = {
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_OUTPUT": str(files / "output"),
+            "GITHUB_STEP_SUMMARY": str(files / "summary"),
+            "GITHUB_EVENT_NAME": "push", "GITHUB_REF": ref, "GITHUB_SHA": commit,
+            "GITHUB_REPOSITORY": "deploykit/it-app", "GITHUB_ACTOR": "it",
+            "GITHUB_WORKSPACE": context,
+            "INPUT_REGISTRY": auth_registry.host, "INPUT_IMAGE_REPO": repo,
+            "INPUT_REGISTRY_USERNAME": auth_registry.username,
+            "INPUT_REGISTRY_PASSWORD": auth_registry.password,
+            "INPUT_PLATFORMS": "linux/amd64,linux/arm64",
+        }
+        env.update({f"INPUT_{key.upper()}": value for key, value in inputs.items()})
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["build"], env=env)
+        output_file = files / "output"
+        outputs = parse_github_output(output_file.read_text()) if output_file.exists() else {}
+        log = out.getvalue() + err.getvalue()
+        assert_password_only_masked(log, auth_registry.password)
+        return BuildRun(code, outputs, log)
+
+    return factory
+
+
+def assert_password_only_masked(log: str, password: str) -> None:
+    leaks = [line for line in log.splitlines()
+             if password in line and not line.startswith("::add-mask::")]
+    assert leaks == []
+    assert f"::add-mask::{password}" in log
+
+
+class Registry:
+    """Plain HTTP reads of the htpasswd registry."""
+
+    def __init__(self, registry: TestRegistry, repo: str) -> None:
+        self.base = f"http://{registry.host}/v2/{repo}"
+        self.auth = (registry.username, registry.password)
+
+    def digest(self, tag: str) -> str:
+        response = requests.head(f"{self.base}/manifests/{tag}", auth=self.auth, timeout=10,
+                                 headers={"Accept": INDEX_ACCEPT})
+        assert response.status_code == 200, (tag, response.status_code)
+        return response.headers["Docker-Content-Digest"]
+
+    def platforms(self, reference: str) -> dict[str, str]:
+        response = requests.get(f"{self.base}/manifests/{reference}", auth=self.auth,
+                                timeout=10, headers={"Accept": INDEX_ACCEPT})
+        response.raise_for_status()
+        return {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"]
+                for m in response.json()["manifests"]}
+
+    def media_type(self, reference: str) -> str:
+        response = requests.head(f"{self.base}/manifests/{reference}", auth=self.auth,
+                                 timeout=10, headers={"Accept": INDEX_ACCEPT})
+        return response.headers["Content-Type"]
+
+    def tags(self) -> list[str]:
+        response = requests.get(f"{self.base}/tags/list", auth=self.auth, timeout=10)
+        response.raise_for_status()
+        return sorted(response.json()["tags"])
+
+
+def test_two_platform_release_is_pushed_verified_and_rerun_skipped(
+    run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
+    auth_registry: TestRegistry,
+) -> None:
+    repo = auth_registry.repo("build")
+    registry = Registry(auth_registry, repo)
+    context, commit = make_app_context(body="release one"), sha()
+
+    first = run_build(context, repo, ref="refs/tags/v1.2.3", commit=commit)
+
+    assert first.code == 0, first.log
+    digest = first.outputs["digest"]
+    assert first.outputs["status"] == "built"
+    assert first.outputs["tags"] == "v1.2.3\nlatest"
+    assert first.outputs["version"] == "v1.2.3"
+    assert first.outputs["image"] == f"{auth_registry.host}/{repo}@{digest}"
+    assert registry.digest("v1.2.3") == digest
+    assert registry.digest("latest") == digest
+    index = registry.platforms(digest)
+    assert sorted(index) == ["linux/amd64", "linux/arm64"]
+    assert json.loads(first.outputs["platforms"]) == index
+    assert BUILD_GROUP in first.log
+    assert registry.tags() == ["buildcache", "latest", "v1.2.3"]
+
+    again = run_build(context, repo, ref="refs/tags/v1.2.3", commit=commit)
+
+    assert again.code == 0, again.log
+    assert again.outputs["status"] == "skipped"
+    assert again.outputs["digest"] == digest
+    assert BUILD_GROUP not in again.log
+    assert "buildx" not in again.log
+    assert registry.tags() == ["buildcache", "latest", "v1.2.3"]
+    assert (registry.digest("v1.2.3"), registry.digest("latest")) == (digest, digest)
+
+
+def test_changed_context_under_a_published_version_is_refused(
+    run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
+    auth_registry: TestRegistry,
+) -> None:
+    repo = auth_registry.repo("build")
+    registry = Registry(auth_registry, repo)
+    first = run_build(make_app_context(body="one"), repo, ref="refs/tags/v2.0.0",
+                      commit=sha(), cache="none")
+    assert first.code == 0, first.log
+    old = first.outputs["digest"]
+
+    changed = run_build(make_app_context(body="two"), repo, ref="refs/tags/v2.0.0",
+                        commit=sha(), cache="none")
+
+    assert changed.code == 1
+    assert f"Tag {auth_registry.host}/{repo}:v2.0.0 is already published at {old}" \
+        in changed.log
+    assert changed.outputs.get("status") is None
+    assert BUILD_GROUP not in changed.log
+    assert registry.digest("v2.0.0") == old
+    assert registry.digest("latest") == old
+
+
+def test_pre_release_branch_publishes_the_three_staging_tags(
+    run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
+    auth_registry: TestRegistry,
+) -> None:
+    repo = auth_registry.repo("build")
+    registry = Registry(auth_registry, repo)
+    commit = sha()
+
+    staged = run_build(make_app_context(body="staging"), repo, ref="refs/heads/pre-release",
+                       commit=commit, platforms="linux/arm64", cache="none")
+
+    assert staged.code == 0, staged.log
+    digest = staged.outputs["digest"]
+    tags = staged.outputs["tags"].splitlines()
+    assert tags[0] == "staging-latest" and tags[2] == f"sha-{commit[:7]}"
+    assert tags[1].startswith("test-") and tags[1].endswith("-1")
+    assert [registry.digest(tag) for tag in tags] == [digest] * 3
+    assert registry.media_type(digest) in ("application/vnd.oci.image.manifest.v1+json",
+                                           "application/vnd.docker.distribution.manifest.v2+json")
+    assert staged.outputs["version"] == ""
+
+
+def test_failing_run_step_exits_1_with_the_step_output(
+    run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
+    auth_registry: TestRegistry,
+) -> None:
+    repo = auth_registry.repo("build")
+    context = make_app_context(extra_run="echo boom-marker && false")
+
+    failed = run_build(context, repo, ref="refs/heads/pre-release", commit=sha(),
+                       cache="none")
+
+    assert failed.code == 1
+    errors = [line for line in failed.log.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert "boom-marker" in errors[0]
+    assert "docker buildx build failed (exit 1)" in errors[0]
+    assert "Traceback" not in failed.log
+    assert requests.get(f"http://{auth_registry.host}/v2/{repo}/tags/list",
+                        auth=(auth_registry.username, auth_registry.password),
+                        timeout=10).status_code == 404
