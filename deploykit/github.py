@@ -40,6 +40,7 @@ T = TypeVar("T")
 DEPLOYMENTS_WRITE = "deployments: write"
 DEPLOYMENTS_READ = "deployments: read"
 CONTENTS_WRITE = "contents: write"
+CONTENTS_READ = "contents: read"
 
 ATTEMPTS = 4
 MAX_WAIT_SECONDS = 90.0  # a rate-limit reset further away fails the record instead of stalling
@@ -193,6 +194,18 @@ class GitHubRecorder:
                 tag=tag, sha=sha, digest=digest, image=image, platforms=platforms,
                 prerelease=prerelease, create_tag=create_tag),
         )
+
+    def release_for(self, image_tag: str) -> ReleaseRecord | None:
+        """The GitHub release of a deployed ``vX.Y.Z`` (for the deploy summary), or None."""
+        if not image_tag.startswith("v") or not _VERSION_RE.match(image_tag):
+            return None
+        release = self._record(f"read the GitHub release {image_tag}", CONTENTS_READ,
+                               lambda: self._find_release(image_tag))
+        if release is None:
+            return None
+        return ReleaseRecord(tag=image_tag, id=release.id, url=release.url,
+                             html_url=release.html_url, created=False, previous_tag=None,
+                             changelog="")
 
     # -- deployments, inside --------------------------------------------------------------
     def _start_deployment(

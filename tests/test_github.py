@@ -704,6 +704,24 @@ def test_tag_created_by_a_concurrent_run_is_accepted_when_it_is_ours(
     assert harness.warnings() == []
 
 
+def test_release_for_a_deployed_version_links_it_and_is_quiet_when_missing(
+    rsps: responses.RequestsMock, make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness()
+    rsps.get(f"{API}/releases/tags/v1.2.0", json=release_json(9, "v1.2.0"))
+    rsps.get(f"{API}/releases/tags/v1.3.0", status=404, json={"message": "Not Found"})
+
+    assert harness.recorder.release_for("v1.2.0") == ReleaseRecord(
+        tag="v1.2.0", id=9, url="https://api.github.com/repos/octo/app/releases/9",
+        html_url="https://github.com/octo/app/releases/tag/v1.2.0", created=False,
+        previous_tag=None, changelog="")
+    assert harness.recorder.release_for("v1.3.0") is None
+    assert harness.recorder.release_for("staging-latest") is None
+    assert harness.recorder.release_for(DIGEST) is None
+    assert len(rsps.calls) == 2
+    assert harness.warnings() == []
+
+
 # -- pure functions --------------------------------------------------------------------------
 def test_render_changelog_without_conventional_commits_is_one_list() -> None:
     assert render_changelog(["Add login page", "Fix typo\n\nbody", "", "Merge branch 'x'"]) == (
