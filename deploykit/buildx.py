@@ -229,8 +229,8 @@ def build_argv(request: BuildRequest, metadata_file: str) -> list[str]:
     if request.target:
         argv += ["--target", request.target]
     argv += cache_flags(request.cache, request.cache_ref, export=request.push)
-    if request.push:
-        argv.append("--push")
+    # A validation build keeps its result in the build cache only: no dangling image.
+    argv += ["--push"] if request.push else ["--output", "type=cacheonly"]
     argv.append(request.context)
     return argv
 

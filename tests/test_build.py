@@ -248,6 +248,7 @@ def test_feature_branch_is_a_validation_build_without_push_or_login_of_tags(
             registry, docker)
     [argv] = docker.builds
     assert "--push" not in argv and "-t" not in argv and "--cache-from" not in argv
+    assert argv[-3:] == ["--output", "type=cacheonly", str(workspace / "app")]
     assert registry.calls == []
     assert outputs(tmp_path) == {"digest": "", "image": "", "tags": "", "version": "",
                                  "platforms": "{}", "status": "validated"}

@@ -187,8 +187,9 @@ def test_validation_build_neither_pushes_nor_exports_cache() -> None:
     argv = buildx.build_argv(request(push=False, tags=()), "/m.json")
     assert "--push" not in argv
     assert "-t" not in argv
-    assert argv[-3:] == ["--cache-from",
-                         "type=registry,ref=127.0.0.1:5001/org/app:buildcache", "/ws/app"]
+    assert argv[-5:] == ["--cache-from",
+                         "type=registry,ref=127.0.0.1:5001/org/app:buildcache",
+                         "--output", "type=cacheonly", "/ws/app"]
 
 
 @pytest.mark.parametrize(("cache", "export", "flags"), [

@@ -189,6 +189,23 @@ def test_pre_release_branch_publishes_the_three_staging_tags(
     assert staged.outputs["version"] == ""
 
 
+def test_feature_branch_is_validated_and_pushes_nothing(
+    run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
+    auth_registry: TestRegistry,
+) -> None:
+    repo = auth_registry.repo("build")
+
+    checked = run_build(make_app_context(body="feature"), repo, ref="refs/heads/feature/x",
+                        commit=sha())
+
+    assert checked.code == 0, checked.log
+    assert (checked.outputs["status"], checked.outputs["digest"]) == ("validated", "")
+    assert "::group::Validation build (no push) of" in checked.log
+    assert requests.get(f"http://{auth_registry.host}/v2/{repo}/tags/list",
+                        auth=(auth_registry.username, auth_registry.password),
+                        timeout=10).status_code == 404
+
+
 def test_failing_run_step_exits_1_with_the_step_output(
     run_build: Callable[..., BuildRun], make_app_context: Callable[..., str],
     auth_registry: TestRegistry,
