@@ -420,9 +420,6 @@ class RegistryClient:
             raise self._unauthorized(what, detail)
         if status == 403:
             raise denied_error(self.registry, what, detail)
-        if status == 404:
-            raise ManifestUnknownError(f"{what} does not exist in the registry.",
-                                       hint="Check `registry` and `image_repo`.")
         raise RegistryError(f"{self.registry} answered {status} for {what}"
                             + (f": {detail}" if detail else "."),
                             hint="Check `registry` and `image_repo`.")

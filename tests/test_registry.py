@@ -419,8 +419,11 @@ def test_tags_of_a_new_repository_are_empty(rsps: Any) -> None:
 def test_tags_404_without_name_unknown_is_an_error(rsps: Any) -> None:
     rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/tags/list", status=404,
              body="<html>Not Found</html>")
-    with pytest.raises(ManifestUnknownError):
+    with pytest.raises(RegistryError) as error:
         RegistryClient("127.0.0.1:5000", "org/app").tags()
+    assert not isinstance(error.value, ManifestUnknownError)
+    assert error.value.message == ("127.0.0.1:5000 answered 404 for 127.0.0.1:5000/org/app "
+                                   "(tag list): <html>Not Found</html>")
 
 
 def test_tags_pagination_loop_is_an_error(rsps: Any) -> None:
