@@ -167,7 +167,8 @@ class Compose:
         try:
             output = self._run("config", "--format", "json", *flags)
         except DockerError as exc:
-            raise ComposeError(f"`docker compose config` rejected {self.file}:\n{exc.message}",
+            detail = exc.message.partition("\n")[2] or exc.message
+            raise ComposeError(f"`docker compose config` rejected {self.file}:\n{detail}",
                                hint="Run `docker compose config` in the project directory "
                                "to see the error.") from exc
         try:

@@ -205,10 +205,10 @@ class Deployment:
                 change = "recreate"
             rows.append([service, current.digest if current else "-", target.digest, change])
         table = markdown_table(["service", "current digest", "target digest", "change"], rows)
-        self.actions.info(f"Plan: pull {self.image_name}:{target.label}, then "
-                          "`docker compose up -d --no-build --remove-orphans`"
-                          f"{' --force-recreate' if self.settings.force_redeploy else ''}.\n"
-                          + table)
+        force = " --force-recreate" if self.settings.force_redeploy else ""
+        self.actions.info(f"Plan: pull {self.image_name}:{target.label}, then `docker compose "
+                          f"up -d --no-build --remove-orphans{force}`."
+                          + (f"\n{table}" if self.actions.in_actions else ""))
         self._outputs(target)
         self.actions.set_output("status", PLANNED)
         self.actions.add_summary(f"### Plan: {self.action} {project.name} to "
@@ -230,7 +230,7 @@ class Rollout:
         self.d, self.api, self.compose, self.project = deployment, api, compose, project
         self.mounts, self.lock = mounts, lock
         self.settings, self.actions = deployment.settings, deployment.actions
-        self.health: HealthReport | None = None
+        self.health_reports: list[tuple[str, HealthReport]] = []
 
     def run(self, target: Target, previous: Previous) -> None:
         self.d._outputs(target)
@@ -260,9 +260,9 @@ class Rollout:
     def up_and_check(self, compose: Compose, target: Target) -> None:
         with self.actions.group("docker compose up"):
             compose.up(force_recreate=self.settings.force_redeploy)
-        self.health = self.check_health("Health of the new containers")
-        if not self.health.ok:
-            raise DeployError(f"Health check failed: {self.health.reasons()}.")
+        health = self.check_health("Health of the new containers")
+        if not health.ok:
+            raise DeployError(f"Health check failed: {health.reasons()}.")
         if self.settings.smoke_url:
             with self.actions.group("Smoke test"):
                 smoke_test(self.settings.smoke_url, status=self.settings.smoke_status,
@@ -276,6 +276,7 @@ class Rollout:
                                  timeout=self.settings.health_timeout,
                                  settle=self.settings.health_settle).wait()
             self.actions.info(report.table())
+        self.health_reports.append((title, report))
         if not report.ok:
             report_failures(self.api, report, self.actions)
         return report
@@ -310,14 +311,14 @@ class Rollout:
         with compose.for_engine(self.mounts) as engine_compose, \
                 self.actions.group(f"Restore {self.d.image_name}:{back.label}"):
             engine_compose.up()
-        self.health = self.check_health("Health after the rollback")
-        status = FAILED if self.d.action == ROLLBACK or not self.health.ok else ROLLED_BACK
+        health = self.check_health("Health after the rollback")
+        status = FAILED if self.d.action == ROLLBACK or not health.ok else ROLLED_BACK
         self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
         now_runs = (f"{self.d.image_name}@{back.digest} runs again and is healthy"
-                    if self.health.ok else
+                    if health.ok else
                     f"{self.d.image_name}@{back.digest} was restored but is not healthy either: "
-                    f"{self.health.reasons()}")
+                    f"{health.reasons()}")
         raise DeployError(f"{what} Rolled back: {now_runs}.", hint=_INSPECT_HINT,
                           status=status, title="Deploy failed and was rolled back") from failure
 
@@ -347,8 +348,8 @@ class Rollout:
                 ["duration", f"{self.d.elapsed():.1f} s"]]
         text = f"### {self.d.action.capitalize()}: {status}\n\n" + markdown_table(
             ["", ""], rows)
-        if self.health is not None:
-            text += "\n\n#### Health\n\n" + self.health.table()
+        for title, report in self.health_reports:
+            text += f"\n\n#### {title}\n\n" + report.table()
         return text
 
 

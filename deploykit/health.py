@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import docker
 import docker.errors
+from docker.client import DockerClient
 
 from deploykit.actions import Actions, markdown_table
 from deploykit.errors import DockerError
@@ -38,7 +38,8 @@ def docker_client(env: Mapping[str, str]) -> Any:
     """An SDK client for the engine the docker CLI would talk to."""
     host = env.get("DOCKER_HOST", "")
     try:
-        return docker.from_env(environment=dict(env), use_ssh_client=host.startswith("ssh://"))
+        return DockerClient.from_env(environment=dict(env),
+                                     use_ssh_client=host.startswith("ssh://"))
     except docker.errors.DockerException as exc:
         raise DockerError(f"Cannot reach the Docker engine ({host or 'default socket'}): {exc}",
                           hint="Start the engine, or point DOCKER_HOST at it (e.g. "
@@ -187,7 +188,7 @@ class HealthReport:
 
     @property
     def failed(self) -> list[ContainerHealth]:
-        return [c for c in self.containers if c.verdict not in (HEALTHY, RUNNING)]
+        return [c for c in self.containers if c.verdict == FAILED]
 
     def table(self) -> str:
         return markdown_table(["service", "container", "state", "health", "restarts",
@@ -230,7 +231,7 @@ class HealthWatch:
             if report.ok or any(c.verdict == FAILED for c in report.containers):
                 return report
             if self.clock() >= deadline:
-                for container in report.failed:
+                for container in (c for c in report.containers if c.verdict == WAITING):
                     container.verdict = FAILED
                     container.reason = (f"not {'healthy' if container.health else 'settled'} "
                                         f"after {self.timeout:g} s ({container.state}"

@@ -1,0 +1,269 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploykit.compose import (
+    EXPECTED_IMAGE_LINE,
+    Compose,
+    check_services,
+    host_path,
+    image_environment,
+    locate_compose_file,
+    project_directory,
+    rewrite_bind_sources,
+)
+from deploykit.errors import ComposeError, DockerError, InputError
+from deploykit.settings import load_settings
+
+IMAGE = "${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
+DIGEST = "sha256:" + "a" * 64
+
+
+def settings_for(workspace: Path, **inputs: str) -> Any:
+    env = {"GITHUB_WORKSPACE": str(workspace), "GITHUB_REPOSITORY": "org/app"}
+    env.update({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
+    return load_settings(env, {"mode": "deploy"})
+
+
+class FakeDocker:
+    """Records argv and env of each call; answers from a queue."""
+
+    def __init__(self, *answers: str | Exception) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[list[str], dict[str, str], bool]] = []
+
+    def run(self, args: Sequence[str], *, extra_env: Mapping[str, str] | None = None,
+            cwd: str | None = None, stream: bool = False, **_: Any
+            ) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(args), dict(extra_env or {}), stream))
+        answer = self.answers.pop(0) if self.answers else ""
+        if isinstance(answer, Exception):
+            raise answer
+        return subprocess.CompletedProcess(list(args), 0, answer, "")
+
+
+def compose_with(docker: FakeDocker, tmp_path: Path, name: str = "") -> Compose:
+    return Compose(docker, tmp_path, tmp_path / "compose.yaml", name)  # type: ignore[arg-type]
+
+
+# -- image variables -----------------------------------------------------------
+def test_image_environment_pins_the_digest() -> None:
+    assert image_environment("127.0.0.1:5000", "org/app", "v1.2.3", DIGEST) == {
+        "IMAGE_REGISTRY": "127.0.0.1:5000", "IMAGE_REPO": "org/app",
+        "IMAGE_TAG": f"v1.2.3@{DIGEST}"}
+    assert image_environment("ghcr.io", "org/app", None, DIGEST)["IMAGE_TAG"] == \
+        f"pinned@{DIGEST}"
+
+
+def test_image_variables_win_over_service_env(tmp_path: Path) -> None:
+    compose = compose_with(FakeDocker(), tmp_path).with_env(
+        {"DATABASE_URL": "postgres://x", "IMAGE_TAG": "evil"},
+        image_environment("r", "o/a", "v1", DIGEST))
+    assert compose.env == {"DATABASE_URL": "postgres://x", "IMAGE_REGISTRY": "r",
+                           "IMAGE_REPO": "o/a", "IMAGE_TAG": f"v1@{DIGEST}"}
+
+
+# -- locating the file -----------------------------------------------------------
+def test_default_compose_file_order(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    assert locate_compose_file(settings_for(tmp_path)) == tmp_path / "docker-compose.yml"
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    assert locate_compose_file(settings_for(tmp_path)) == tmp_path / "compose.yaml"
+
+
+def test_project_dir_and_compose_file_are_relative_to_the_workspace(tmp_path: Path) -> None:
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "stack.yml").write_text("services: {}\n")
+    settings = settings_for(tmp_path, project_dir="deploy", compose_file="stack.yml")
+    assert project_directory(settings) == tmp_path / "deploy"
+    assert locate_compose_file(settings) == tmp_path / "deploy" / "stack.yml"
+
+
+def test_missing_compose_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ComposeError, match=r"looked for compose\.yaml and docker-compose\.yml"):
+        locate_compose_file(settings_for(tmp_path))
+    with pytest.raises(InputError, match="Input 'compose_file'"):
+        locate_compose_file(settings_for(tmp_path, compose_file="nope.yml"))
+    with pytest.raises(InputError, match="Input 'project_dir'"):
+        project_directory(settings_for(tmp_path, project_dir="missing"))
+
+
+# -- validation -----------------------------------------------------------------
+def test_services_using_the_three_variables_are_found() -> None:
+    raw = {"services": {"app": {"image": IMAGE}, "worker": {"image": IMAGE},
+                        "db": {"image": "postgres:16"},
+                        "web": {"image": "${IMAGE_REGISTRY:-ghcr.io}/${IMAGE_REPO}:"
+                                "${IMAGE_TAG:-staging-latest}"}}}
+    assert check_services(raw, Path("c.yaml")) == ("app", "web", "worker")
+
+
+def test_build_next_to_the_deployed_image_is_refused() -> None:
+    raw = {"services": {"app": {"image": IMAGE, "build": {"context": "."}}}}
+    with pytest.raises(ComposeError, match=r"Service 'app' in c\.yaml runs the deployed image "
+                       "but has `build:`") as info:
+        check_services(raw, Path("c.yaml"))
+    assert EXPECTED_IMAGE_LINE in info.value.hint
+
+
+def test_build_on_another_service_is_allowed() -> None:
+    raw = {"services": {"app": {"image": IMAGE}, "tools": {"build": {"context": "."}}}}
+    assert check_services(raw, Path("c.yaml")) == ("app",)
+
+
+def test_no_service_with_the_variables_shows_the_expected_line() -> None:
+    raw = {"services": {"app": {"image": "ghcr.io/org/app:latest"}}}
+    with pytest.raises(ComposeError) as info:
+        check_services(raw, Path("c.yaml"))
+    assert info.value.message == "No service in c.yaml runs the image deploykit deploys."
+    assert "image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}" in info.value.hint
+
+
+def test_partial_use_of_the_variables_is_refused() -> None:
+    raw = {"services": {"app": {"image": "ghcr.io/${IMAGE_REPO}:${IMAGE_TAG}"}}}
+    with pytest.raises(ComposeError, match="uses the image variables only in part"):
+        check_services(raw, Path("c.yaml"))
+
+
+def test_load_reads_the_raw_config_and_the_project_name(tmp_path: Path) -> None:
+    raw = {"name": "shop", "services": {"app": {"image": IMAGE}, "db": {"image": "pg"}}}
+    docker = FakeDocker(json.dumps(raw))
+    project = compose_with(docker, tmp_path).load()
+    assert (project.name, project.services, project.image_services) == \
+        ("shop", ("app", "db"), ("app",))
+    argv = docker.calls[0][0]
+    assert argv == ["compose", "--ansi", "never", "--progress", "plain",
+                    "--project-directory", str(tmp_path), "-f", str(tmp_path / "compose.yaml"),
+                    "config", "--format", "json", "--no-interpolate"]
+
+
+def test_config_failure_is_a_compose_error(tmp_path: Path) -> None:
+    docker = FakeDocker(DockerError("`docker compose` failed:\nyaml: line 3: bad"))
+    with pytest.raises(ComposeError) as info:
+        compose_with(docker, tmp_path).load()
+    assert info.value.message == (f"`docker compose config` rejected {tmp_path}/compose.yaml:\n"
+                                  "yaml: line 3: bad")
+
+
+# -- the calls ---------------------------------------------------------------------
+def test_up_pull_and_ps_argv(tmp_path: Path) -> None:
+    docker = FakeDocker("", "", "", '{"Service":"app","State":"running"}\n'
+                        '{"Service":"worker","State":"running"}\n')
+    compose = compose_with(docker, tmp_path, "shop").with_env(
+        {}, image_environment("r", "o/a", "v1", DIGEST))
+    compose.pull()
+    compose.up()
+    compose.up(force_recreate=True)
+    rows = compose.ps()
+    prefix = ["compose", "--ansi", "never", "--progress", "plain", "--project-directory",
+              str(tmp_path), "-f", str(tmp_path / "compose.yaml"), "-p", "shop"]
+    assert [call[0][len(prefix):] for call in docker.calls] == [
+        ["pull", "--quiet"],
+        ["up", "-d", "--no-build", "--remove-orphans"],
+        ["up", "-d", "--no-build", "--remove-orphans", "--force-recreate"],
+        ["ps", "--all", "--format", "json"]]
+    assert all(call[0][:len(prefix)] == prefix for call in docker.calls)
+    assert all(call[1]["IMAGE_TAG"] == f"v1@{DIGEST}" for call in docker.calls)
+    assert [row["Service"] for row in rows] == ["app", "worker"]
+    assert "docker-compose" not in json.dumps(docker.calls)
+
+
+def test_ps_accepts_a_json_array(tmp_path: Path) -> None:
+    docker = FakeDocker('[{"Service":"app"}]')
+    assert compose_with(docker, tmp_path, "shop").ps() == [{"Service": "app"}]
+
+
+def test_pull_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    docker = FakeDocker(DockerError("timeout"), DockerError("timeout"), "")
+    compose_with(docker, tmp_path, "shop").pull()
+    assert len(docker.calls) == 3
+
+
+def test_pull_gives_up_after_three_attempts(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    docker = FakeDocker(*(DockerError("manifest unknown") for _ in range(4)))
+    with pytest.raises(DockerError, match="manifest unknown"):
+        compose_with(docker, tmp_path, "shop").pull()
+    assert len(docker.calls) == 3
+
+
+# -- bind mounts from inside the action container ---------------------------------
+MOUNTS = {"/github/workspace": "/home/runner/work/app/app",
+          "/github/home": "/home/runner/work/_temp/_github_home",
+          "/var/run/docker.sock": "/var/run/docker.sock"}
+
+
+def test_host_path_uses_the_longest_matching_mount() -> None:
+    assert host_path("/github/workspace/media", MOUNTS) == "/home/runner/work/app/app/media"
+    assert host_path("/github/workspace", MOUNTS) == "/home/runner/work/app/app"
+    assert host_path("/github/workspace2/x", MOUNTS) == "/github/workspace2/x"
+    assert host_path("/srv/data", MOUNTS) == "/srv/data"
+    nested = {**MOUNTS, "/github/workspace/cache": "/mnt/cache"}
+    assert host_path("/github/workspace/cache/a", nested) == "/mnt/cache/a"
+
+
+def test_rewrite_bind_sources_only_touches_binds_secrets_and_configs() -> None:
+    resolved = {
+        "name": "shop",
+        "services": {
+            "app": {"image": "r/o/a:v1@" + DIGEST, "volumes": [
+                {"type": "bind", "source": "/github/workspace/media", "target": "/app/media"},
+                {"type": "volume", "source": "data", "target": "/data"},
+                {"type": "bind", "source": "/etc/localtime", "target": "/etc/localtime"}]},
+            "worker": {"image": "r/o/a:v1@" + DIGEST}},
+        "secrets": {"key": {"file": "/github/workspace/secrets/key"}},
+        "configs": {"nginx": {"file": "/github/workspace/nginx.conf"}},
+        "volumes": {"data": {"name": "shop_data"}},
+    }
+    rewritten = rewrite_bind_sources(resolved, MOUNTS)
+    volumes = rewritten["services"]["app"]["volumes"]
+    assert [v["source"] for v in volumes] == ["/home/runner/work/app/app/media", "data",
+                                              "/etc/localtime"]
+    assert rewritten["secrets"]["key"]["file"] == "/home/runner/work/app/app/secrets/key"
+    assert rewritten["configs"]["nginx"]["file"] == "/home/runner/work/app/app/nginx.conf"
+    assert rewritten["volumes"] == {"data": {"name": "shop_data"}}
+    assert resolved["services"]["app"]["volumes"][0]["source"] == "/github/workspace/media"
+
+
+def test_for_engine_without_mounts_is_the_project_itself(tmp_path: Path) -> None:
+    compose = compose_with(FakeDocker(), tmp_path, "shop")
+    with compose.for_engine({}) as used:
+        assert used is compose
+
+
+def test_for_engine_deploys_the_rewritten_resolved_config(tmp_path: Path) -> None:
+    resolved = {"name": "shop", "services": {"app": {"image": "x", "volumes": [
+        {"type": "bind", "source": "/github/workspace/media", "target": "/m"}]}}}
+    docker = FakeDocker(json.dumps(resolved), "")
+    compose = compose_with(docker, tmp_path, "shop").with_env(
+        {"SECRET": "s3cret"}, image_environment("r", "o/a", "v1", DIGEST))
+    with compose.for_engine(MOUNTS) as used:
+        written = Path(used.file)
+        assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+        assert json.loads(written.read_text())["services"]["app"]["volumes"][0]["source"] == \
+            "/home/runner/work/app/app/media"
+        used.up()
+    assert not written.exists() and not written.parent.exists()
+    config_call, up_call = docker.calls
+    assert config_call[0][-3:] == ["config", "--format", "json"]
+    assert up_call[0][up_call[0].index("-f") + 1] == str(written)
+    assert up_call[0][up_call[0].index("--project-directory") + 1] == str(tmp_path)
+    assert up_call[1]["SECRET"] == "s3cret"
+
+
+def test_for_engine_removes_the_file_on_error(tmp_path: Path) -> None:
+    docker = FakeDocker('{"name": "shop", "services": {}}')
+    compose = compose_with(docker, tmp_path, "shop")
+    with pytest.raises(RuntimeError), compose.for_engine(MOUNTS) as used:
+        path = Path(used.file)
+        raise RuntimeError
+    assert not path.exists()

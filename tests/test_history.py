@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from deploykit.errors import DeploykitError
+from deploykit.history import (
+    History,
+    HistoryEntry,
+    release_stack,
+    show,
+    state_directory,
+    text_table,
+)
+from deploykit.settings import load_settings
+
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+
+
+def entry(digest: str, *, action: str = "deploy", status: str = "deployed", tag: str = "",
+          rolled_back_from: str = "", environment: str = "staging",
+          project: str = "shop") -> HistoryEntry:
+    return HistoryEntry(time="2026-01-01T00:00:00Z", action=action, environment=environment,
+                        project=project, tag=tag, digest=digest, previous_digest="",
+                        status=status, duration_seconds=1.5, rolled_back_from=rolled_back_from)
+
+
+def test_append_writes_one_json_line_per_entry(tmp_path: Path) -> None:
+    history = History(tmp_path / "state")
+    history.append(entry(D1, tag="v1.0.0"))
+    history.append(entry(D2, tag="v1.1.0"))
+    lines = (tmp_path / "state" / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["digest"] == D2
+    assert json.loads(lines[1])["tag"] == "v1.1.0"
+    assert history.entries() == [entry(D1, tag="v1.0.0"), entry(D2, tag="v1.1.0")]
+
+
+def test_a_corrupt_line_does_not_hide_the_others(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.append(entry(D1))
+    with history.path.open("a") as handle:
+        handle.write('{"time": "cut in the mid\n')
+    history.append(entry(D2))
+    assert [e.digest for e in history.entries()] == [D1, D2]
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DeploykitError, match="Cannot write the deploy history") as info:
+        History(blocker / "sub").append(entry(D1))
+    assert "state_dir" in info.value.hint
+
+
+def test_previous_successful_is_the_release_below_the_current_one(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    for digest in (D1, D2, D3):
+        history.append(entry(digest))
+    previous = history.previous_successful("staging", "shop")
+    assert previous is not None and previous.digest == D2
+
+
+def test_rolling_back_twice_goes_back_two_releases() -> None:
+    entries = [entry(D1), entry(D2), entry(D3),
+               entry(D2, action="rollback", status="rolled_back", rolled_back_from=D3)]
+    assert [e.digest for e in release_stack(entries)] == [D1, D2]
+    entries.append(entry(D1, action="rollback", status="rolled_back", rolled_back_from=D2))
+    assert [e.digest for e in release_stack(entries)] == [D1]
+
+
+def test_failed_and_auto_rolled_back_deploys_do_not_change_the_release() -> None:
+    entries = [entry(D1), entry(D2, status="rolled_back"), entry(D3, status="failed"),
+               entry(D1, action="rollback", status="failed", rolled_back_from=D1)]
+    assert [e.digest for e in release_stack(entries)] == [D1]
+
+
+def test_redeploying_the_same_digest_is_one_release() -> None:
+    assert [e.digest for e in release_stack([entry(D1), entry(D2), entry(D2)])] == [D1, D2]
+
+
+def test_history_is_per_environment_and_project(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.append(entry(D1))
+    history.append(entry(D2, environment="production"))
+    history.append(entry(D3, project="other"))
+    history.append(entry(D2))
+    previous = history.previous_successful("staging", "shop")
+    assert previous is not None and previous.digest == D1
+    assert history.previous_successful("production", "shop") is None
+
+
+def test_state_directory_default_and_configured(tmp_path: Path) -> None:
+    assert state_directory(str(tmp_path)) == tmp_path
+    assert state_directory("") == Path.home() / ".local" / "state" / "deploykit"
+
+
+def test_text_table_aligns_columns() -> None:
+    assert text_table(["a", "long"], [["xyz", "1"]]) == "a    long\nxyz  1"
+
+
+def test_show_prints_the_table_and_summary(tmp_path: Path, make_actions) -> None:  # type: ignore[no-untyped-def]
+    history = History(tmp_path)
+    history.append(entry(D1, tag="v1.0.0"))
+    history.append(entry(D2, tag="v1.1.0", environment="production"))
+    settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
+                              "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
+    actions = make_actions()
+    show(settings, actions, argparse.Namespace())
+    printed = actions.out.getvalue()
+    assert "v1.0.0" in printed and "sha256:111111111111" in printed
+    assert "v1.1.0" not in printed
+    summary = actions.summary_parts[0]
+    assert summary.startswith("### Deploy history")
+    assert "| 2026-01-01T00:00:00Z | staging | shop | deploy | v1.0.0 |" in summary
+
+
+def test_show_with_no_history_says_so(tmp_path: Path, make_actions) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "GITHUB_REPOSITORY": "o/a"},
+                             {"mode": "deploy"})
+    actions = make_actions()
+    show(settings, actions, argparse.Namespace())
+    assert actions.out.getvalue() == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
+    assert actions.summary_parts == []
