@@ -45,7 +45,9 @@ _NATIVE = {
     "armv7l": ("arm",), "riscv64": ("riscv64",), "ppc64le": ("ppc64le",),
     "s390x": ("s390x",),
 }
-_STEP_RE = re.compile(r"^#(\d+) \[(?!internal\b)[^\]]*\b\d+/\d+\] ")
+# A Dockerfile step that does work: `#7 [linux/arm64 2/3] RUN ...` (FROM excluded: it
+# shows DONE, not CACHED, when every later step comes from cache).
+_STEP_RE = re.compile(r"^#(\d+) \[(?!internal\b)[^\]]*\b\d+/\d+\] (?!FROM\b)")
 _VERTEX_RE = re.compile(r"^#(\d+) (.*)$")
 
 
@@ -294,7 +296,7 @@ def _mapping(value: object) -> dict[str, object]:
 
 
 def count_cache_hits(output: str) -> tuple[int, int]:
-    """``(cached, total)`` Dockerfile steps from ``--progress=plain`` output."""
+    """``(cached, total)`` Dockerfile steps (FROM aside) from ``--progress=plain`` output."""
     steps: set[str] = set()
     cached: set[str] = set()
     for line in output.splitlines():

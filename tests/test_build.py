@@ -39,7 +39,7 @@ BUILD_OUTPUT = """\
 #4 [linux/arm64 1/2] FROM 127.0.0.1:5000/testbed/busybox:latest
 #4 CACHED
 #5 [linux/amd64 2/2] COPY index.html /www/index.html
-#5 DONE 0.1s
+#5 CACHED
 #6 [linux/arm64 2/2] COPY index.html /www/index.html
 #6 DONE 0.1s
 """
@@ -191,7 +191,7 @@ def test_release_build_pushes_verifies_and_reports(
         "| Tag | Digest |\n| --- | --- |\n"
         f"| `v1.2.3` | `{NEW}` |\n| `latest` | `{NEW}` |\n\n"
         "- Platforms: linux/amd64, linux/arm64\n"
-        "- Cache: 2 of 4 steps cached\n"
+        "- Cache: 1 of 2 steps cached\n"
         "- Duration: 12.3 s\n"]
     assert ("resolve", "v1.2.3") in registry.calls and ("resolve", "latest") in registry.calls
 
@@ -257,7 +257,7 @@ def test_feature_branch_is_a_validation_build_without_push_or_login_of_tags(
         "`feature/x`: the image is built but nothing is pushed.")
     assert actions.summary_parts[0].endswith(
         "Nothing was pushed.\n\n- Platforms: linux/amd64, linux/arm64\n"
-        "- Cache: 2 of 4 steps cached\n- Duration: 12.3 s\n")
+        "- Cache: 1 of 2 steps cached\n- Duration: 12.3 s\n")
 
 
 # -- the write-once guard ------------------------------------------------------------
