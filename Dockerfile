@@ -13,10 +13,14 @@ FROM ${BASE_IMAGE} AS venv
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# Extra CAs (docker/ca-certificates/*.crt, usually none) join the system store, which pip uses.
+COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && update-ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
 COPY requirements.lock /src/requirements.lock
 RUN python3 -m venv /opt/deploykit \
  && /opt/deploykit/bin/pip install --no-deps -r /src/requirements.lock
@@ -31,15 +35,18 @@ RUN /opt/deploykit/bin/pip install --no-deps setuptools==80.9.0 \
 # Stage 2: the runtime, with only Python, the docker CLI plugins and the virtualenv.
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 ca-certificates docker-cli docker-buildx docker-compose \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /usr/share/doc/* /usr/share/man/* \
+ && update-ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log /usr/share/doc/* /usr/share/man/* \
  && docker buildx version \
  && docker compose version
 COPY --from=venv /opt/deploykit /opt/deploykit
 COPY entrypoint.py /app/entrypoint.py
 ENV PATH=/opt/deploykit/bin:$PATH \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # No USER: GitHub runs container actions as root, with the workspace and docker socket mounted.
