@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import BuildError, InputError
+from deploykit.errors import BuildError, DeniedError, InputError
+from deploykit.registry import denied_error
 
 BUILDER_NAME = "deploykit"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
@@ -49,6 +50,8 @@ _NATIVE = {
 # shows DONE, not CACHED, when every later step comes from cache).
 _STEP_RE = re.compile(r"^#(\d+) \[(?!internal\b)[^\]]*\b\d+/\d+\] (?!FROM\b)")
 _VERTEX_RE = re.compile(r"^#(\d+) (.*)$")
+# GHCR: "failed to push ghcr.io/o/a:v1: denied: permission_denied: write_package"
+_DENIED_RE = re.compile(r"failed to push (\S+?): (denied: .*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,8 @@ def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
         result = docker.run(argv, stream=True, check=False, extra_env=extra_env)
         output = docker.actions.redact(result.stdout or "")
         if result.returncode != 0:
+            if denied := push_denied(output):
+                raise denied
             raise BuildError(
                 f"docker buildx build failed (exit {result.returncode}):\n"
                 f"{failing_step_output(output)}",
@@ -278,6 +283,15 @@ def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
         digest=str(metadata.get("containerimage.digest", "")),
         descriptor=_mapping(metadata.get("containerimage.descriptor")),
         cached_steps=cached, total_steps=total, output=output)
+
+
+def push_denied(output: str) -> DeniedError | None:
+    """The registry refused the push (e.g. GHCR's ``write_package``): a DeniedError."""
+    match = _DENIED_RE.search(output)
+    if not match:
+        return None
+    reference = match.group(1)
+    return denied_error(reference.split("/", 1)[0], f"push {reference}", match.group(2))
 
 
 def read_metadata(path: str) -> dict[str, object]:

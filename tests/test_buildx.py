@@ -12,7 +12,7 @@ import pytest
 
 from deploykit import buildx
 from deploykit.buildx import Builder, BuildRequest
-from deploykit.errors import BuildError, InputError
+from deploykit.errors import BuildError, DeniedError, InputError
 
 INSPECT_DEFAULT = """\
 Name:          default
@@ -409,3 +409,16 @@ def test_failed_build_raises_build_error_with_the_step_output() -> None:
                               "#5 0.151 boom-marker\n")
     assert "#6 CANCELED" not in message
     assert "Traceback" not in str(info.value)
+
+
+def test_ghcr_write_package_denial_is_a_denied_error_with_the_fix() -> None:
+    output = ("#12 pushing layers 0.3s done\n"
+              "ERROR: failed to solve: failed to push ghcr.io/org/app:v1.2.3: denied: "
+              "permission_denied: write_package\n")
+    docker = FakeDocker([(["buildx", "build"], 1, output)])
+    with pytest.raises(DeniedError) as info:
+        buildx.run_build(docker, request())  # type: ignore[arg-type]
+    assert info.value.message == ("ghcr.io denied access to push ghcr.io/org/app:v1.2.3: "
+                                  "denied: permission_denied: write_package")
+    assert "Manage Actions access" in info.value.hint
+    assert "write:packages" in info.value.hint
