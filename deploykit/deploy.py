@@ -169,7 +169,7 @@ class Deployment:
     def _engine_context(self, api: Any) -> tuple[str, dict[str, str]]:
         """The ID of the container we run in (on this engine), and its bind mounts when
         it mounts the workspace (the action container); empty on a plain host."""
-        workspace = os.environ.get("GITHUB_WORKSPACE", "")
+        workspace = self.settings.github.workspace
         container = own_container(api, own_container_candidates(
             hostname=os.environ.get("HOSTNAME", "")))
         mounts = workspace_mounts(container, workspace)

@@ -1,0 +1,329 @@
+"""The deploy orchestration with every outside system faked (no daemon, no registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import deploykit.deploy as deploy_module
+from deploykit.cli import main
+from deploykit.compose import ComposeProject
+from deploykit.errors import DeployError, DockerError
+from deploykit.health import ContainerHealth, HealthReport, RunningService
+from deploykit.history import History, HistoryEntry
+from tests.conftest import parse_github_output
+
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+NAME = "127.0.0.1:5000/org/app"
+TAGS = {"v1.0.0": D1, "v2.0.0": D2, "v3.0.0": D3, "staging-latest": D2}
+
+
+@dataclass
+class World:
+    """What the fakes saw and what they answer."""
+
+    calls: list[str] = field(default_factory=list)
+    running: dict[str, str] = field(default_factory=dict)  # service -> digest
+    health: list[bool] = field(default_factory=list)  # one verdict per health run
+    pull_fails: bool = False
+    smoke_fails: bool = False
+
+
+@dataclass(frozen=True)
+class FakeCompose:
+    world: World
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    def load(self) -> ComposeProject:
+        self.world.calls.append("compose config (raw)")
+        return ComposeProject(Path("."), Path("compose.yaml"), "shop", ("app", "db", "worker"),
+                              ("app", "worker"))
+
+    def config(self) -> dict[str, Any]:
+        self.world.calls.append(f"compose config {self.env['IMAGE_TAG']}")
+        return {}
+
+    def with_env(self, service_env: dict[str, str], image_env: dict[str, str]) -> FakeCompose:
+        return replace(self, env={**service_env, **image_env})
+
+    @contextmanager
+    def for_engine(self, mounts: dict[str, str]) -> Iterator[FakeCompose]:
+        yield self
+
+    def pull(self) -> None:
+        self.world.calls.append(f"pull {self.env['IMAGE_TAG']}")
+        if self.world.pull_fails:
+            raise DockerError("`docker compose pull` failed:\nmanifest unknown")
+
+    def up(self, *, force_recreate: bool = False) -> None:
+        self.world.calls.append(f"up {self.env['IMAGE_TAG']}"
+                                + (" --force-recreate" if force_recreate else ""))
+        digest = self.env["IMAGE_TAG"].partition("@")[2]
+        self.world.running = {"app": digest, "worker": digest}
+
+
+class FakeWatch:
+    world: World
+
+    def __init__(self, api: Any, project: str, *, timeout: float, settle: float) -> None:
+        self.world.calls.append(f"health {project}")
+
+    def wait(self) -> HealthReport:
+        ok = self.world.health.pop(0) if self.world.health else True
+        app = ContainerHealth("app", "shop-app-1", "a", "running" if ok else "exited",
+                              verdict="healthy" if ok else "failed",
+                              reason="" if ok else "exited with code 3")
+        return HealthReport([app])
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> World:
+    world = World()
+
+    class Registry:
+        def __init__(self, registry: str, repository: str, username: str, password: str
+                     ) -> None:
+            world.calls.append(f"registry {registry}/{repository}")
+
+        def resolve(self, reference: str) -> str:
+            world.calls.append(f"resolve {reference}")
+            return TAGS.get(reference, reference)
+
+    class Client:
+        api = object()
+
+    def client(env: Any) -> Client:
+        world.calls.append("engine")
+        return Client()
+
+    @contextmanager
+    def lock(client: Any, holder: Any, *, timeout: float, actions: Any) -> Iterator[Any]:
+        world.calls.append(f"lock {holder.project}")
+        try:
+            yield type("Lock", (), {"verify": lambda self: None})()
+        finally:
+            world.calls.append("unlock")
+
+    def running(api: Any, project: str, image_name: str, services: Any) -> list[Any]:
+        return [RunningService(s, f"id-{s}", f"{image_name}:v@{d}", d)
+                for s, d in sorted(world.running.items())]
+
+    def smoke(urls: Any, **kwargs: Any) -> list[Any]:
+        world.calls.append(f"smoke {' '.join(urls)}")
+        if world.smoke_fails:
+            raise DeployError("Smoke test: http://x/ answered 500, expected 200 (retried for 1 s).")
+        return []
+
+    FakeWatch.world = world
+    monkeypatch.setattr(deploy_module, "RegistryClient", Registry)
+    monkeypatch.setattr(deploy_module, "docker_client", client)
+    monkeypatch.setattr(deploy_module, "engine_lock", lock)
+    monkeypatch.setattr(deploy_module, "own_container", lambda api, candidates: None)
+    monkeypatch.setattr(deploy_module, "running_services", running)
+    monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
+    monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
+    monkeypatch.setattr(deploy_module, "smoke_test", smoke)
+    monkeypatch.setattr(deploy_module, "compose_for", lambda settings, docker: FakeCompose(world))
+    return world
+
+
+@pytest.fixture
+def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    def runner(command: str, *flags: str, **inputs: str) -> tuple[int, dict[str, str], str]:
+        output = tmp_path / "github_output"
+        output.write_text("")
+        env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output),
+               "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "GITHUB_REPOSITORY": "org/app",
+               "GITHUB_RUN_ID": "42", "GITHUB_ACTOR": "ana", "GITHUB_WORKSPACE": str(tmp_path),
+               "INPUT_REGISTRY": "127.0.0.1:5000", "INPUT_STATE_DIR": str(tmp_path / "state"),
+               "INPUT_ENVIRONMENT": "staging", "INPUT_HEALTH_SETTLE": "0"}
+        env.update({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
+        code = main([command, *flags], env=env)
+        return code, parse_github_output(output.read_text()), capsys.readouterr().out
+
+    return runner
+
+
+def history(tmp_path: Path) -> list[HistoryEntry]:
+    return History(tmp_path / "state").entries()
+
+
+def test_deploy_happy_path(world: World, run: Any, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    code, outputs, log = run("deploy", image_tag="v2.0.0", smoke_url="http://x/",
+                             compose_env="DATABASE_URL=postgres://u:pw@db/x")
+    assert code == 0
+    assert world.calls == [
+        "registry 127.0.0.1:5000/org/app", "resolve v2.0.0", "compose config (raw)",
+        f"compose config v2.0.0@{D2}", "engine", "lock shop", f"pull v2.0.0@{D2}",
+        f"up v2.0.0@{D2}", "health shop", "smoke http://x/", "unlock"]
+    assert {k: outputs[k] for k in ("digest", "image", "previous_image", "status")} == {
+        "digest": D2, "image": f"{NAME}@{D2}", "previous_image": f"{NAME}@{D1}",
+        "status": "deployed"}
+    [entry] = history(tmp_path)
+    assert (entry.action, entry.tag, entry.digest, entry.previous_digest, entry.status,
+            entry.project, entry.run_url) == (
+        "deploy", "v2.0.0", D2, D1, "deployed", "shop",
+        "https://github.com/org/app/actions/runs/42")
+    summary = (tmp_path / "summary").read_text()
+    assert "| status | deployed |" in summary
+    assert "| app | shop-app-1 | running | - | 0 | healthy |" in summary
+    assert "::add-mask::postgres://u:pw@db/x" in log
+
+
+def test_production_latest_is_refused_before_any_connection(world: World, run: Any) -> None:
+    code, outputs, log = run("deploy", environment="production", image_tag="latest")
+    assert code == 1
+    assert world.calls == []
+    assert "Refusing to deploy `latest` to production environment production" in log
+    assert "digest" not in outputs
+
+
+def test_force_redeploy_recreates(world: World, run: Any) -> None:
+    code, _, _ = run("deploy", image_tag="v2.0.0", force_redeploy="true")
+    assert code == 0
+    assert f"up v2.0.0@{D2} --force-recreate" in world.calls
+
+
+def test_failed_health_rolls_back_to_what_ran(world: World, run: Any, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False, True]
+    code, outputs, log = run("deploy", image_tag="v2.0.0", smoke_url="http://x/")
+    assert code == 1
+    assert world.calls[world.calls.index(f"up v2.0.0@{D2}"):] == [
+        f"up v2.0.0@{D2}", "health shop", f"up v@{D1}", "health shop", "unlock"]
+    assert outputs["status"] == "rolled_back"
+    assert outputs["previous_image"] == f"{NAME}@{D1}"
+    assert ("Health check failed: app (shop-app-1) exited with code 3. Rolled back: "
+            f"{NAME}@{D1} runs again and is healthy.") in log
+    assert [(e.status, e.digest, e.previous_digest) for e in history(tmp_path)] == \
+        [("rolled_back", D2, D1)]
+    summary = (tmp_path / "summary").read_text()
+    assert "#### Health of the new containers" in summary
+    assert "#### Health after the rollback" in summary
+
+
+def test_failed_smoke_test_rolls_back(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.smoke_fails = True
+    code, outputs, log = run("deploy", image_tag="v2.0.0", smoke_url="http://x/")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert "Smoke test: http://x/ answered 500" in log
+
+
+def test_failure_without_previous_deployment_leaves_the_containers(
+        world: World, run: Any, tmp_path: Path) -> None:
+    world.health = [False]
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert world.calls.count("health shop") == 1
+    assert not any(call.startswith("up v@") for call in world.calls)
+    assert "Not rolled back (there was no previous deployment): the failing containers are " \
+           "left for inspection." in log
+    assert [e.status for e in history(tmp_path)] == ["failed"]
+
+
+def test_rollback_on_failure_false_keeps_the_failure(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False]
+    code, outputs, log = run("deploy", image_tag="v2.0.0", rollback_on_failure="false")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert "Not rolled back (rollback_on_failure is false)" in log
+
+
+def test_pull_failure_changes_nothing(world: World, run: Any, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.pull_fails = True
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert not any(call.startswith("up ") for call in world.calls)
+    assert world.calls[-1] == "unlock"
+    assert "Pull failed, nothing was changed" in log
+    assert [e.status for e in history(tmp_path)] == ["failed"]
+
+
+def test_dry_run_plans_without_lock_or_change(world: World, run: Any, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D2}
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", dry_run="true")
+    assert code == 0
+    assert outputs["status"] == "planned"
+    assert outputs["digest"] == D2
+    assert not any(c.startswith(("lock", "pull", "up")) for c in world.calls)
+    summary = (tmp_path / "summary").read_text()
+    assert f"| app | {D1} | {D2} | recreate |" in summary
+    assert f"| worker | {D2} | {D2} | unchanged |" in summary
+    assert history(tmp_path) == []
+
+
+def test_digest_mismatch_after_up_fails(world: World, run: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    world.running = {"app": D1, "worker": D1}
+    original_up = FakeCompose.up
+
+    def up_but_worker_keeps_old(self: FakeCompose, *, force_recreate: bool = False) -> None:
+        original_up(self, force_recreate=force_recreate)
+        if self.env["IMAGE_TAG"].endswith(D2):
+            world.running["worker"] = D3
+
+    monkeypatch.setattr(FakeCompose, "up", up_but_worker_keeps_old)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert f"Digest check failed: expected {D2}; worker runs {D3}." in log
+
+
+def test_rollback_twice_walks_the_history(world: World, run: Any, tmp_path: Path) -> None:
+    for tag in ("v1.0.0", "v2.0.0", "v3.0.0"):
+        assert run("deploy", image_tag=tag)[0] == 0
+    code, outputs, _ = run("rollback")
+    assert (code, outputs["status"], outputs["digest"]) == (0, "rolled_back", D2)
+    assert world.calls[-4:] == [f"pull v2.0.0@{D2}", f"up v2.0.0@{D2}", "health shop",
+                                "unlock"]
+    code, outputs, _ = run("rollback")
+    assert (code, outputs["digest"]) == (0, D1)
+    entries = history(tmp_path)
+    assert [(e.action, e.tag, e.rolled_back_from) for e in entries[-2:]] == [
+        ("rollback", "v2.0.0", D3), ("rollback", "v1.0.0", D2)]
+    code, outputs, log = run("rollback")
+    assert code == 1
+    assert "No release before the current one of project 'shop' in staging" in log
+
+
+def test_rollback_goes_through_the_production_gate(world: World, run: Any,
+                                                   tmp_path: Path) -> None:
+    state = History(tmp_path / "state")
+    for tag, digest in (("staging-latest", D1), ("v2.0.0", D2)):
+        state.append(HistoryEntry("2026-01-01T00:00:00Z", "deploy", "production", "shop", tag,
+                                  digest, "", "deployed", 1.0))
+    code, _, log = run("rollback", environment="production")
+    assert code == 1
+    assert "Refusing to deploy `staging-latest@" in log
+    assert not any(call.startswith(("lock", "up")) for call in world.calls)
+
+
+def test_rollback_to_a_given_tag(world: World, run: Any) -> None:
+    world.running = {"app": D3, "worker": D3}
+    code, outputs, _ = run("rollback", image_tag="v1.0.0")
+    assert (code, outputs["digest"], outputs["previous_image"]) == (0, D1, f"{NAME}@{D3}")
+
+
+def test_history_command_reads_what_deploys_wrote(world: World, run: Any) -> None:
+    run("deploy", image_tag="v1.0.0")
+    code, _, log = run("history")
+    assert code == 0
+    assert "v1.0.0" in log and "deployed" in log
+
+
+def test_sigterm_handler_is_restored() -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with deploy_module._terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+
