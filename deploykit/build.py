@@ -120,7 +120,8 @@ def build(
     context, dockerfile = build_paths(settings)
     with docker.logged_in(settings.registry, settings.registry_username,
                           settings.registry_password):
-        builder = select_builder(docker, settings.platforms)
+        builder = select_builder(docker, settings.platforms,
+                                 exports_cache=push and settings.cache != "none")
         request = BuildRequest(
             context=context, dockerfile=dockerfile, platforms=settings.platforms,
             tags=tuple(f"{plan.image}:{tag}" for tag in plan.tags), push=push,

@@ -150,18 +150,20 @@ def check_emulation(
 
 
 def select_builder(
-    docker: DockerCLI, platforms: Sequence[str], *, machine: str | None = None,
-    binfmt_dir: str | None = None,
+    docker: DockerCLI, platforms: Sequence[str], *, exports_cache: bool = False,
+    machine: str | None = None, binfmt_dir: str | None = None,
 ) -> Builder:
-    """The current builder when it builds every platform; else a docker-container one."""
+    """The current builder when it can do the build; else a docker-container one."""
     current = parse_inspect(docker.run(["buildx", "inspect"]).stdout)
     check_emulation(current, platforms, machine=machine, binfmt_dir=binfmt_dir)
     if missing := missing_platforms(current, platforms):
         return _container_builder(docker, platforms, current,
                                   f"it lists no {', '.join(missing)}")
-    if current.driver == "docker" and len(platforms) > 1 and not _containerd_store(docker):
+    needs_store = len(platforms) > 1 or exports_cache
+    if current.driver == "docker" and needs_store and not _containerd_store(docker):
+        wants = "multi-platform builds" if len(platforms) > 1 else "cache export"
         return _container_builder(docker, platforms, current, "the docker driver without "
-                                  "the containerd image store builds one platform at a time")
+                                  f"the containerd image store cannot do {wants}")
     docker.actions.info(f"Using buildx builder {current.name} ({current.driver}): "
                         f"it builds {', '.join(platforms)}.")
     return current

@@ -293,7 +293,30 @@ def test_classic_image_store_needs_a_container_builder_for_multi_platform() -> N
     builder = buildx.select_builder(docker, ("linux/amd64", "linux/arm64"),  # type: ignore[arg-type]
                                     machine="x86_64")
     assert builder.name == "deploykit"
-    assert "without the containerd image store" in docker.actions.lines[0]
+    assert docker.actions.lines[0] == (
+        "notice: buildx builder: Builder default cannot be used (the docker driver without "
+        "the containerd image store cannot do multi-platform builds); using a "
+        "docker-container builder `deploykit` instead.")
+
+
+def test_classic_image_store_needs_a_container_builder_for_cache_export() -> None:
+    docker = FakeDocker([
+        (["buildx", "inspect", "deploykit", "--bootstrap"], 0, INSPECT_CONTAINER),
+        (["buildx", "inspect"], 0, INSPECT_DEFAULT),
+        (["info"], 0, '[["Backing Filesystem","extfs"]]'),
+    ])
+    builder = buildx.select_builder(docker, ("linux/amd64",),  # type: ignore[arg-type]
+                                    exports_cache=True, machine="x86_64")
+    assert builder.name == "deploykit"
+    assert "cannot do cache export" in docker.actions.lines[0]
+
+
+def test_classic_image_store_builds_one_platform_without_cache_export() -> None:
+    docker = FakeDocker([(["buildx", "inspect"], 0, INSPECT_DEFAULT)])
+    builder = buildx.select_builder(docker, ("linux/amd64",),  # type: ignore[arg-type]
+                                    exports_cache=False, machine="x86_64")
+    assert builder.name == "default"
+    assert [c[0] for c in docker.calls] == [["buildx", "inspect"]]
 
 
 def test_failed_builder_creation_explains_the_buildkit_image() -> None:
