@@ -50,7 +50,7 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     actions.mask(settings.registry_password)
     client = RegistryClient(settings.registry, settings.image_repo,
                             settings.registry_username, settings.registry_password)
-    docker = DockerCLI(actions, getattr(args, "env", None))
+    docker = DockerCLI(actions)
     execute(settings, actions, client, docker)
 
 
