@@ -10,8 +10,8 @@ ARG BASE_IMAGE=debian:trixie-slim
 
 # Stage 1: a virtualenv with the locked dependencies and the deploykit package.
 FROM ${BASE_IMAGE} AS venv
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
@@ -34,7 +34,7 @@ RUN /opt/deploykit/bin/pip install --no-deps setuptools==80.9.0 \
 
 # Stage 2: the runtime, with only Python, the docker CLI plugins and the virtualenv.
 FROM ${BASE_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
