@@ -105,6 +105,16 @@ def prune_local_cache() -> None:
                    capture_output=True, text=True)
 
 
+def remove_local_images(image: str) -> None:
+    """The docker driver keeps pushed images in the engine's store; drop the bench's."""
+    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             "--filter", f"reference={image}:*"],
+                            capture_output=True, text=True, check=True)
+    if names := listed.stdout.split():
+        subprocess.run(["docker", "image", "rm", "--force", *names], capture_output=True,
+                       check=True)
+
+
 def main_bench(argv: list[str]) -> int:
     args = parse_args(argv)
     nonce = uuid.uuid4().hex
@@ -119,6 +129,7 @@ def main_bench(argv: list[str]) -> int:
             prune_local_cache()
             runs.append(build(workdir, args, repo, "registry", log,
                               "3 rebuild, local cache pruned"))
+        remove_local_images(f"{args.registry}/{repo}")
     print(f"image {args.registry}/{repo}, platforms {args.platforms}, log {log}")
     print(f"{'run':<32} {'cache':<9} {'status':<7} {'seconds':>8}  cached steps")
     for run in runs:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -41,8 +42,12 @@ def sha() -> str:
 @pytest.fixture
 def run_build(
     auth_registry: TestRegistry, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[..., BuildRun]:
-    """Factory: ``run_build(context, repo, ref=..., sha=...)`` runs ``deploykit build``."""
+) -> Iterator[Callable[..., BuildRun]]:
+    """Factory: ``run_build(context, repo, ref=..., sha=...)`` runs ``deploykit build``.
+
+    The docker driver keeps pushed images in the engine's store: removed afterwards.
+    """
+    repos: set[str] = set()
 
     def factory(context: str, repo: str, *, ref: str, commit: str, **inputs: str) -> BuildRun:
         files = tmp_path_factory.mktemp("gh")
@@ -59,6 +64,7 @@ def run_build(
             "INPUT_PLATFORMS": "linux/amd64,linux/arm64",
         }
         env.update({f"INPUT_{key.upper()}": value for key, value in inputs.items()})
+        repos.add(f"{auth_registry.host}/{repo}")
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(["build"], env=env)
@@ -68,7 +74,18 @@ def run_build(
         assert_password_only_masked(log, auth_registry.password)
         return BuildRun(code, outputs, log)
 
-    return factory
+    yield factory
+    for repo in repos:
+        remove_local_images(repo)
+
+
+def remove_local_images(repo: str) -> None:
+    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             "--filter", f"reference={repo}:*"],
+                            capture_output=True, text=True, check=True)
+    if names := listed.stdout.split():
+        subprocess.run(["docker", "image", "rm", "--force", *names], capture_output=True,
+                       check=True)
 
 
 def assert_password_only_masked(log: str, password: str) -> None:
