@@ -34,7 +34,7 @@ def test_tags_plans_a_staging_build_against_the_registry(
     auth_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
     tmp_path: Path,
 ) -> None:
-    repo = auth_registry.repo()
+    repo = auth_registry.repo("dk-tags")
     digest = push_image(auth_registry, repo, ["staging-latest", "test-20261127-1", "sha-0123456"],
                         make_app_context("staging"), docker_config)
     add_tags(auth_registry, repo, "test-20261127-1", ["test-20261127-2"], docker_config)
@@ -60,7 +60,7 @@ def test_tags_plans_a_hotfix_release_without_moving_latest(
     auth_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
     tmp_path: Path,
 ) -> None:
-    repo = auth_registry.repo()
+    repo = auth_registry.repo("dk-tags")
     push_image(auth_registry, repo, ["v2.0.0", "latest"], make_app_context("release"),
                docker_config)
 
@@ -77,6 +77,6 @@ def test_tags_with_a_wrong_password_fails_without_outputs(
     auth_registry: Registry, tmp_path: Path,
 ) -> None:
     wrong = Registry(auth_registry.host, auth_registry.username, "not-the-password")
-    code, outputs, summary = run_tags(wrong, auth_registry.repo(), tmp_path,
+    code, outputs, summary = run_tags(wrong, auth_registry.repo("dk-tags"), tmp_path,
                                       "refs/heads/pre-release")
     assert (code, outputs, summary) == (1, {}, "")

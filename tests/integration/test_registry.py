@@ -38,6 +38,8 @@ def push_image(registry: Registry, repo: str, tags: list[str], context: str, con
     for tag in tags:
         argv += ["--tag", f"{registry.host}/{repo}:{tag}"]
     docker(config, *argv, context)
+    # The registry holds the image now; the engine's local copy would only pile up.
+    docker(config, "image", "rm", *(f"{registry.host}/{repo}:{tag}" for tag in tags))
     digest = json.loads(metadata.read_text())["containerimage.digest"]
     assert digest.startswith("sha256:")
     return str(digest)
@@ -53,7 +55,7 @@ def add_tags(registry: Registry, repo: str, source: str, tags: list[str], config
 def test_resolves_digest_platforms_and_labels_of_a_multi_arch_image(
     open_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
 ) -> None:
-    repo = open_registry.repo()
+    repo = open_registry.repo("dk-tags")
     digest = push_image(open_registry, repo, ["v1.0.0", "sha-0123456"], make_app_context("v1"),
                         docker_config)
     client = RegistryClient(open_registry.host, repo)
@@ -76,7 +78,7 @@ def test_resolves_digest_platforms_and_labels_of_a_multi_arch_image(
 def test_next_test_number_comes_from_the_registry(
     open_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
 ) -> None:
-    repo = open_registry.repo()
+    repo = open_registry.repo("dk-tags")
     push_image(open_registry, repo, ["test-20261127-1"], make_app_context(), docker_config)
     add_tags(open_registry, repo, "test-20261127-1",
              ["test-20261127-2", "test-20261127-5", "test-20261126-9", "staging-latest"],
@@ -93,7 +95,7 @@ def test_next_test_number_comes_from_the_registry(
 def test_a_repository_never_pushed_has_no_tags_and_no_manifests(
     open_registry: Registry,
 ) -> None:
-    client = RegistryClient(open_registry.host, open_registry.repo("never"))
+    client = RegistryClient(open_registry.host, open_registry.repo("dk-tags-never"))
     assert client.tags() == []
     assert client.find("v1.0.0") is None
 
@@ -101,7 +103,7 @@ def test_a_repository_never_pushed_has_no_tags_and_no_manifests(
 def test_htpasswd_registry_basic_auth(
     auth_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
 ) -> None:
-    repo = auth_registry.repo()
+    repo = auth_registry.repo("dk-tags")
     digest = push_image(auth_registry, repo, ["v2.0.0"], make_app_context("auth"), docker_config)
     client = RegistryClient(auth_registry.host, repo, auth_registry.username,
                             auth_registry.password)
@@ -124,7 +126,7 @@ def test_deploykit_resolve_prints_the_digest(
     auth_registry: Registry, make_app_context: Callable[..., str], docker_config: str,
     tmp_path: Path,
 ) -> None:
-    repo = auth_registry.repo()
+    repo = auth_registry.repo("dk-tags")
     digest = push_image(auth_registry, repo, ["v1.2.3"], make_app_context("resolve"),
                         docker_config)
     output = tmp_path / "github_output"
