@@ -145,6 +145,7 @@ def main(
         settings_loaded = True
         for secret in settings.secrets():
             actions.mask(secret)
+        args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
         _handler(COMMANDS[command][2])(settings, actions, args)
         return 0
     except DeploykitError as exc:

@@ -49,6 +49,8 @@ def docker_engine() -> None:
 
 @dataclass(frozen=True)
 class TestRegistry:
+    __test__ = False  # not a test class, despite its name
+
     host: str
     username: str = ""
     password: str = ""
