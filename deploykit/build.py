@@ -21,9 +21,11 @@ from deploykit.actions import Actions, markdown_table
 from deploykit.buildx import BuildRequest, BuildResult, run_build, select_builder
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, InputError, WriteOnceTagError
+from deploykit.github import GitHubRecorder, summary_links
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
 from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
+from deploykit.tags import RELEASE, parse_version
 
 BUILT, SKIPPED, VALIDATED = "built", "skipped", "validated"
 OCI = "org.opencontainers.image"
@@ -40,6 +42,8 @@ class Outcome:
     platforms: Mapping[str, str] | None = None
     cache: str = ""  # "N of M steps cached"
     note: str = ""
+    release_version: str = ""  # "vX.Y.Z" when a release was built
+    image: str = ""
 
 
 def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
@@ -50,8 +54,10 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     actions.mask(settings.registry_password)
     client = RegistryClient(settings.registry, settings.image_repo,
                             settings.registry_username, settings.registry_password)
-    docker = DockerCLI(actions)
-    execute(settings, actions, client, docker)
+    docker = DockerCLI(actions, getattr(args, "env", None))
+    outcome = execute(settings, actions, client, docker)
+    if outcome.status == BUILT:
+        publish_release(settings, actions, outcome)
 
 
 def execute(
@@ -136,7 +142,9 @@ def build(
     if not push:
         return Outcome(VALIDATED, cache=cache, note=plan.tag_plan.reason)
     platforms = verify(client, plan, result, settings.platforms)
-    return Outcome(BUILT, result.digest, plan.tags, platforms, cache=cache)
+    release_version = plan.tag_plan.version if plan.tag_plan.kind == RELEASE else ""
+    return Outcome(BUILT, result.digest, plan.tags, platforms, cache=cache,
+                   release_version=release_version, image=plan.image)
 
 
 def build_paths(settings: Settings) -> tuple[str, str]:
@@ -198,6 +206,24 @@ def verify(
             hint="The builder dropped a platform: check `platforms` and the builder "
             "(`docker buildx inspect`).")
     return platforms
+
+
+# -- GitHub release ------------------------------------------------------------------
+def publish_release(settings: Settings, actions: Actions, outcome: Outcome) -> None:
+    """Tag and release ``vX.Y.Z`` on GitHub when a release was built and a token given."""
+    if not outcome.release_version:
+        return
+    recorder = GitHubRecorder.from_settings(settings, actions)
+    if recorder is None:
+        return
+    version = parse_version(outcome.release_version)
+    release = recorder.publish_release(
+        version=outcome.release_version, sha=settings.github.sha, digest=outcome.digest,
+        image=outcome.image, platforms=dict(outcome.platforms or {}),
+        prerelease=bool(version and version.prerelease),
+        create_tag=not settings.github.ref.startswith("refs/tags/"))
+    if release is not None:
+        actions.add_summary(summary_links(release=release))
 
 
 # -- outputs and summary --------------------------------------------------------------

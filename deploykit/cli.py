@@ -12,6 +12,7 @@ from importlib import import_module
 from deploykit import __version__
 from deploykit.actions import Actions
 from deploykit.errors import DeployError, DeploykitError
+from deploykit.registry import parse_reference
 from deploykit.settings import BUILD, DEPLOY, INPUTS, ROLLBACK, Settings, load_settings, read_inputs
 
 DESCRIPTION = """\
@@ -141,7 +142,11 @@ def main(
         else:
             command = args.command
             mode = COMMANDS[command][0]
-            settings = load_settings(env, {**_overrides(args), "mode": mode})
+            overrides = {**_overrides(args), "mode": mode}
+            if command == "resolve" and "image_repo" not in overrides:
+                # `resolve` names its repository in REF itself.
+                overrides["image_repo"] = parse_reference(args.reference).repository
+            settings = load_settings(env, overrides)
         settings_loaded = True
         for secret in settings.secrets():
             actions.mask(secret)

@@ -110,7 +110,8 @@ def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace)
                             settings.registry_username, settings.registry_password)
     with actions.group(f"Tag plan for {settings.image_name}"):
         plan = make_plan(settings, client)
-        actions.info(format_plan(plan))
+        if actions.in_actions:  # on a terminal the summary below shows the same table
+            actions.info(format_plan(plan))
     actions.add_summary(plan_summary(plan))
     actions.set_output("tags", "\n".join(plan.tags))
     actions.set_output("version", plan.tag_plan.version)
