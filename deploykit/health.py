@@ -29,7 +29,8 @@ POLL_INTERVAL = 1.0
 LOG_TAIL = 40
 HEALTH_LOG_TAIL = 5
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+_CONTAINER_DIR_RE = re.compile(r"containers/([0-9a-f]{64})/")
+_CONTAINER_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 
 HEALTHY, RUNNING, FAILED, WAITING = "healthy", "running", "failed", "waiting"
 
@@ -47,19 +48,26 @@ def docker_client(env: Mapping[str, str]) -> Any:
 
 
 # -- the container we run in (the action container) ----------------------------
-def own_container_candidates(proc: Path = Path("/proc/self"),
-                             hostname: str = "") -> list[str]:
-    """IDs this process may be running in, from mountinfo, cgroup and the hostname."""
+def own_container_candidates(proc: Path = Path("/proc/self"), hostname: str = "",
+                             dockerenv: Path = Path("/.dockerenv")) -> list[str]:
+    """IDs of the container this process may run in; empty on a plain host.
+
+    Docker bind-mounts ``/etc/hostname`` (and hosts, resolv.conf) from
+    ``.../containers/<id>/``; on a host, mountinfo also lists *other*
+    containers' mounts, so only those three mount points count.
+    """
     found: list[str] = []
-    for name in ("mountinfo", "cgroup"):
-        try:
-            text = (proc / name).read_text(encoding="utf-8")
-        except OSError:
-            continue
-        for match in _CONTAINER_ID_RE.findall(text):
-            if match not in found:
-                found.append(match)
-    if hostname and re.fullmatch(r"[0-9a-f]{12}", hostname):
+    try:
+        mountinfo = (proc / "mountinfo").read_text(encoding="utf-8")
+    except OSError:
+        mountinfo = ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in _CONTAINER_FILES:
+            match = _CONTAINER_DIR_RE.search(fields[3])
+            if match and match.group(1) not in found:
+                found.append(match.group(1))
+    if dockerenv.exists() and re.fullmatch(r"[0-9a-f]{12}", hostname):
         found.append(hostname)
     return found
 

@@ -236,11 +236,25 @@ def test_image_digests_only_for_the_image_name() -> None:
 
 # -- the container we run in ------------------------------------------------------
 def test_own_container_candidates_from_proc(tmp_path: Path) -> None:
-    cid = "ab" * 32
+    cid, other = "ab" * 32, "cd" * 32
     (tmp_path / "mountinfo").write_text(
-        f"1 0 0:1 /docker/containers/{cid}/hostname /etc/hostname rw\n")
-    (tmp_path / "cgroup").write_text("0::/\n")
-    assert own_container_candidates(tmp_path, hostname="0123456789ab") == [cid, "0123456789ab"]
+        f"1 0 0:1 / / rw - overlay overlay rw,lowerdir=/x/{other}/fs\n"
+        f"2 1 0:2 /var/lib/docker/containers/{cid}/resolv.conf /etc/resolv.conf rw\n"
+        f"3 1 0:2 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw\n")
+    dockerenv = tmp_path / ".dockerenv"
+    dockerenv.write_text("")
+    assert own_container_candidates(tmp_path, hostname="0123456789ab", dockerenv=dockerenv) \
+        == [cid, "0123456789ab"]
+
+
+def test_a_host_that_runs_containers_is_not_one(tmp_path: Path) -> None:
+    other = "cd" * 32
+    (tmp_path / "mountinfo").write_text(
+        f"7 1 0:5 / /var/lib/docker/rootfs/overlayfs/{other} rw - overlay overlay rw\n"
+        f"8 1 0:6 /var/lib/docker/containers/{other}/mounts/shm "
+        f"/var/lib/docker/containers/{other}/mounts/shm rw\n")
+    assert own_container_candidates(tmp_path, hostname="0123456789ab",
+                                    dockerenv=tmp_path / "missing") == []
     assert own_container_candidates(tmp_path / "none", hostname="runner-1") == []
 
 
