@@ -158,8 +158,14 @@ class Compose:
         return replace(self, env={**service_env, **image_env})
 
     def _run(self, *command: str, stream: bool = False) -> str:
-        result = self.docker.run(self.args(*command), extra_env=self.env,
-                                 cwd=str(self.directory), stream=stream)
+        try:
+            result = self.docker.run(self.args(*command), extra_env=self.env,
+                                     cwd=str(self.directory), stream=stream)
+        except DockerError as exc:  # name the compose command, not its global flags
+            detail = exc.message.partition("\n")[2] or exc.message
+            raise DockerError(f"`docker compose {command[0]}` failed for project "
+                              f"{self.name or self.directory.name}:\n{detail}",
+                              hint=exc.hint) from exc
         return result.stdout
 
     def config(self, *, interpolate: bool = True) -> dict[str, Any]:

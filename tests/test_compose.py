@@ -187,6 +187,13 @@ def test_pull_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(docker.calls) == 3
 
 
+def test_compose_failure_names_the_command(tmp_path: Path) -> None:
+    docker = FakeDocker(DockerError("`docker compose --ansi` failed:\nno such service: x"))
+    with pytest.raises(DockerError) as info:
+        compose_with(docker, tmp_path, "shop").up()
+    assert info.value.message == "`docker compose up` failed for project shop:\nno such service: x"
+
+
 def test_pull_gives_up_after_three_attempts(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("time.sleep", lambda seconds: None)

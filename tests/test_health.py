@@ -8,6 +8,7 @@ import docker.errors
 import pytest
 import requests
 
+from deploykit import health
 from deploykit.errors import DockerError
 from deploykit.health import (
     HealthWatch,
@@ -276,3 +277,33 @@ def test_workspace_mounts_only_when_the_workspace_is_mounted() -> None:
         "/var/run/docker.sock": "/var/run/docker.sock"}
     assert workspace_mounts(inside, "/home/runner/work/app/app") == {}
     assert workspace_mounts(None, "/github/workspace") == {}
+
+
+# -- the client --------------------------------------------------------------------
+def test_docker_client_honours_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    class Recorder:
+        @staticmethod
+        def from_env(*, environment: dict[str, str], use_ssh_client: bool) -> str:
+            seen.append((environment.get("DOCKER_HOST", ""), use_ssh_client))
+            return "client"
+
+    monkeypatch.setattr(health, "DockerClient", Recorder)
+    assert health.docker_client({"DOCKER_HOST": "ssh://deploy@prod-1"}) == "client"
+    assert health.docker_client({"DOCKER_HOST": "tcp://10.0.0.5:2376"}) == "client"
+    assert health.docker_client({}) == "client"
+    assert seen == [("ssh://deploy@prod-1", True), ("tcp://10.0.0.5:2376", False), ("", False)]
+
+
+def test_unreachable_engine_is_a_docker_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Failing:
+        @staticmethod
+        def from_env(**kwargs: object) -> None:
+            raise docker.errors.DockerException("Error while fetching server API version")
+
+    monkeypatch.setattr(health, "DockerClient", Failing)
+    with pytest.raises(DockerError, match=r"Cannot reach the Docker engine \(unix:///x.sock\)") \
+            as info:
+        health.docker_client({"DOCKER_HOST": "unix:///x.sock"})
+    assert "DOCKER_HOST" in info.value.hint

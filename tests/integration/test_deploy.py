@@ -65,23 +65,33 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+def push_variants(registry: str, repo: str, base_image: str, tags: tuple[str, ...],
+                  workdir: Path, config: str = "") -> dict[str, str]:
+    """Build the fixture app variants for linux/amd64 and push them: tag -> digest."""
+    digests = {}
+    prefix = ["--config", config] if config else []
+    for tag in tags:
+        healthcheck, command = VARIANTS[tag]
+        context = workdir / f"app-{tag}"
+        context.mkdir()
+        (context / "index.html").write_text(f"release {tag}\n")
+        (context / "Dockerfile").write_text("\n".join([
+            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
+        metadata = context / "metadata.json"
+        docker(*prefix, "buildx", "build", "--platform", "linux/amd64", "--push",
+               "--provenance=false", "--metadata-file", str(metadata),
+               "-t", f"{registry}/{repo}:{tag}", str(context))
+        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
+    return digests
+
+
 @pytest.fixture(scope="module")
 def images(open_registry: TestRegistry, base_image: str,
            tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """The fixture app pushed as v1, v1b, v2 and v2b: repository and tag -> digest."""
     repo = open_registry.repo("deploy")
-    digests = {}
-    for tag, (healthcheck, command) in VARIANTS.items():
-        context = tmp_path_factory.mktemp(f"app-{tag}")
-        (context / "index.html").write_text(f"release {tag}\n")
-        (context / "Dockerfile").write_text("\n".join([
-            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
-        metadata = context / "metadata.json"
-        docker("buildx", "build", "--platform", "linux/amd64", "--push", "--provenance=false",
-               "--metadata-file", str(metadata), "-t", f"{open_registry.host}/{repo}:{tag}",
-               str(context))
-        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
-    return repo, digests
+    return repo, push_variants(open_registry.host, repo, base_image, tuple(VARIANTS),
+                               tmp_path_factory.mktemp("images"))
 
 
 def free_port() -> int:
@@ -135,16 +145,17 @@ class Project:
 
 @pytest.fixture
 def make_project(images: tuple[str, dict[str, str]], open_registry: TestRegistry,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Project]]:
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Project]]:
     created: list[Project] = []
 
-    def factory() -> Project:
+    def factory(registry: str = open_registry.host, repo: str = images[0],
+                digests: dict[str, str] | None = None) -> Project:
         directory = tmp_path_factory.mktemp("project")
         (directory / "compose.yaml").write_text(COMPOSE)
         # A stale .env must not change the image deploykit pins.
         (directory / ".env").write_text("IMAGE_REGISTRY=evil.invalid\nIMAGE_TAG=v2\n")
         project = Project(f"dk-{uuid.uuid4().hex[:10]}", directory, free_port(),
-                          directory / "state", open_registry.host, images[0], images[1])
+                          directory / "state", registry, repo, digests or images[1])
         created.append(project)
         return project
 
@@ -182,7 +193,7 @@ def body(url: str) -> str:
     return requests.get(url, timeout=5).text.strip()
 
 
-def test_deploy_rollback_story(make_project: Callable[[], Project],
+def test_deploy_rollback_story(make_project: Callable[..., Project],
                                capsys: pytest.CaptureFixture[str]) -> None:
     project = make_project()
     registry_digests = project.digests
@@ -267,7 +278,7 @@ def spawn_deploy(project: Project, tag: str, **inputs: str) -> subprocess.Popen[
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_deploys_of_one_project_serialise(make_project: Callable[[], Project]) -> None:
+def test_two_deploys_of_one_project_serialise(make_project: Callable[..., Project]) -> None:
     project = make_project()
     first = spawn_deploy(project, "v1")
     second = spawn_deploy(project, "v1b")
@@ -282,7 +293,7 @@ def test_two_deploys_of_one_project_serialise(make_project: Callable[[], Project
     assert body(project.url) == f"release {entries[-1].tag}"
 
 
-def test_killed_deploy_does_not_block_the_next(make_project: Callable[[], Project],
+def test_killed_deploy_does_not_block_the_next(make_project: Callable[..., Project],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     project = make_project()
     victim = spawn_deploy(project, "v1")
@@ -303,3 +314,26 @@ def test_killed_deploy_does_not_block_the_next(make_project: Callable[[], Projec
     assert f"its process {victim.pid} on {socket.gethostname()} is gone" in log
     assert body(project.url) == "release v1"
     assert docker("network", "inspect", lock, check=False).returncode != 0  # released
+
+
+def test_deploy_from_a_registry_that_needs_login(
+        make_project: Callable[..., Project], auth_registry: TestRegistry, base_image: str,
+        docker_config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    auth_registry.login(docker_config)
+    repo = auth_registry.repo("deploy")
+    digests = push_variants(auth_registry.host, repo, base_image, ("v1",), tmp_path,
+                            config=docker_config)
+    project = make_project(registry=auth_registry.host, repo=repo, digests=digests)
+    user_config = Path.home() / ".docker" / "config.json"
+    before = user_config.read_text() if user_config.exists() else ""
+
+    code, outputs, log = deploy(project, capsys, image_tag="v1",
+                                registry_username=auth_registry.username,
+                                registry_password=auth_registry.password)
+    assert code == 0, log
+    assert outputs["digest"] == digests["v1"]
+    assert f"Logged in to {auth_registry.host} as {auth_registry.username}." in log
+    assert body(project.url) == "release v1"
+    assert auth_registry.password not in log.replace(
+        f"::add-mask::{auth_registry.password}", "")
+    assert (user_config.read_text() if user_config.exists() else "") == before
