@@ -297,3 +297,11 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     assert entries[entries.index("*"):] == [
         "*", "!Dockerfile", "!README.md", "!entrypoint.py", "!pyproject.toml",
         "!requirements.lock", "!deploykit/", "**/__pycache__", "**/*.pyc"]
+
+
+def test_the_release_rewrite_finds_exactly_one_image_line() -> None:
+    # release.yml replaces `  image: Dockerfile` (and fails unless there is exactly one).
+    action = (ROOT / "action.yml").read_text()
+    assert re.findall(r"(?m)^  image: Dockerfile$", action) == ["  image: Dockerfile"]
+    assert "grep -c '^  image: Dockerfile$' action.yml" in (
+        ROOT / ".github/workflows/release.yml").read_text()
