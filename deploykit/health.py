@@ -86,11 +86,15 @@ def own_container(api: Any, candidates: Iterable[str]) -> dict[str, Any] | None:
 
 def workspace_mounts(container: Mapping[str, Any] | None, workspace: str) -> dict[str, str]:
     """Bind mounts of our container (destination -> host source) when the workspace is one
-    of them; empty when we do not run in a container of this engine with that mount."""
+    of them; empty when we do not run in a container of this engine with that mount.
+
+    A workspace on a named volume (act, runners in containers) counts too: its ``Source``
+    is the volume's directory on the engine's host, a valid bind source.
+    """
     if not container or not workspace:
         return {}
     binds = {str(m.get("Destination")): str(m.get("Source"))
-             for m in container.get("Mounts") or [] if m.get("Type") == "bind"}
+             for m in container.get("Mounts") or [] if m.get("Type") in ("bind", "volume")}
     workspace = workspace.rstrip("/") or "/"
     return binds if workspace in binds else {}
 
