@@ -88,14 +88,17 @@ def workspace_mounts(container: Mapping[str, Any] | None, workspace: str) -> dic
     """Bind mounts of our container (destination -> host source) when the workspace is one
     of them; empty when we do not run in a container of this engine with that mount.
 
-    A workspace on a named volume (act, runners in containers) counts too: its ``Source``
-    is the volume's directory on the engine's host, a valid bind source.
+    A workspace on a named volume (act, runners in containers) counts too: then volume
+    mounts map as well, their ``Source`` being the volume's directory on the engine's host.
     """
     if not container or not workspace:
         return {}
-    binds = {str(m.get("Destination")): str(m.get("Source"))
-             for m in container.get("Mounts") or [] if m.get("Type") in ("bind", "volume")}
+    mounts = container.get("Mounts") or []
     workspace = workspace.rstrip("/") or "/"
+    kinds = {str(m.get("Destination")): m.get("Type") for m in mounts}
+    accepted = ("bind", "volume") if kinds.get(workspace) == "volume" else ("bind",)
+    binds = {str(m.get("Destination")): str(m.get("Source"))
+             for m in mounts if m.get("Type") in accepted}
     return binds if workspace in binds else {}
 
 
