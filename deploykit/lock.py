@@ -10,12 +10,13 @@ that need no cooperation from the dead holder:
 
 1. The holder ran in a container of this engine (the action container):
    stale as soon as that container is no longer running.
-2. The holder ran on this machine (same hostname and boot id, same pid
-   namespace): stale as soon as its pid is gone, a zombie, or reused
-   (another start time).
-3. Otherwise (another machine, e.g. a runner deploying over ``ssh://``): stale
-   once its ``expires`` label has passed; the holder sets it to a bound of its
-   own run (pull allowance + twice the health and smoke budgets).
+2. The holder shares our pid namespace (the same container, or both on the
+   same host: same hostname and boot id): stale as soon as its pid is gone, a
+   zombie, or reused (another start time).
+3. Otherwise (another machine, e.g. a runner deploying over ``ssh://``, or a
+   container that still runs): stale once its ``expires`` label has passed;
+   the holder sets it to a bound of its own run (pull allowance + twice the
+   health and smoke budgets) and checks it still holds the lock before ``up``.
 
 A stale lock is removed by its network ID (never by name, which could already
 belong to a newer holder) and the create is retried.
@@ -142,15 +143,17 @@ def stale_reason(holder: Holder, me: Holder, *, now: datetime,
                  container_running: Callable[[str], bool],
                  pid_alive: Callable[[int, str], bool] = process_alive) -> str:
     """Why the holder is presumed dead ('' when it may still be alive)."""
-    if holder.container:
-        if not container_running(holder.container):
-            return f"its container {holder.container[:12]} is no longer running"
-        return ""
-    same_namespace = (not me.container and holder.hostname == me.hostname
-                      and holder.boot_id == me.boot_id and bool(holder.boot_id))
+    if holder.container and not container_running(holder.container):
+        return f"its container {holder.container[:12]} is no longer running"
+    # Same pid namespace: the same container, or both on the same booted host.
+    same_namespace = holder.container == me.container and (
+        bool(holder.container) or (holder.hostname == me.hostname
+                                   and holder.boot_id == me.boot_id and bool(holder.boot_id)))
+    if same_namespace and not pid_alive(holder.pid, holder.pid_start):
+        where = f"container {holder.container[:12]}" if holder.container else holder.hostname
+        return f"its process {holder.pid} in {where} is gone"
     if same_namespace:
-        return "" if pid_alive(holder.pid, holder.pid_start) else \
-            f"its process {holder.pid} on {holder.hostname} is gone"
+        return ""
     expires = _parse_time(holder.expires)
     if expires is None or now >= expires:
         return f"it expired at {holder.expires or '(no expiry label)'}"

@@ -200,7 +200,7 @@ def test_stale_lock_of_a_dead_local_process_is_removed(make_actions) -> None:  #
     assert engine.networks["deploykit-lock-shop"].attrs["Labels"]["io.deploykit.lock.token"] \
         == me.token
     assert clock.sleeps == []
-    assert f"its process {dead.pid} on {me.hostname} is gone" in actions.out.getvalue()
+    assert f"its process {dead.pid} in {me.hostname} is gone" in actions.out.getvalue()
 
 
 def test_verify_detects_a_takeover(make_actions) -> None:  # type: ignore[no-untyped-def]
@@ -237,10 +237,21 @@ def test_holder_container_gone_is_stale() -> None:
         "its container cccccccccccc is no longer running"
 
 
-def test_holder_container_running_is_alive_even_after_expiry() -> None:
-    other = holder(container="c1", expires="2000-01-01T00:00:00Z")
+def test_holder_container_running_is_alive_until_expiry() -> None:
+    other = holder(container="c1")
     assert stale_reason(other, holder(), now=NOW, container_running=running({"c1": True})) \
         == ""
+    expired = holder(container="c1", expires="2000-01-01T00:00:00Z")
+    assert stale_reason(expired, holder(), now=NOW, container_running=running({"c1": True})) \
+        == "it expired at 2000-01-01T00:00:00Z"
+
+
+def test_same_container_uses_the_pid() -> None:
+    other = holder(container="c1", pid=77, hostname="c1host")
+    me = holder(container="c1", pid=78)
+    assert stale_reason(other, me, now=NOW, container_running=running({"c1": True}),
+                        pid_alive=lambda pid, start: False) == \
+        "its process 77 in container c1 is gone"
 
 
 def test_same_host_uses_the_pid() -> None:
@@ -253,7 +264,7 @@ def test_same_host_uses_the_pid() -> None:
         return False
 
     assert stale_reason(other, me, now=NOW, container_running=running({}), pid_alive=alive) \
-        == "its process 77 on runner is gone"
+        == "its process 77 in runner is gone"
     assert seen == [(77, "9")]
     assert stale_reason(other, me, now=NOW, container_running=running({}),
                         pid_alive=lambda pid, start: True) == ""

@@ -311,7 +311,7 @@ def test_killed_deploy_does_not_block_the_next(make_project: Callable[..., Proje
     assert code == 0, log
     assert outputs["status"] == "deployed"
     assert f"Removing the stale lock {lock}" in log
-    assert f"its process {victim.pid} on {socket.gethostname()} is gone" in log
+    assert f"its process {victim.pid} in {socket.gethostname()} is gone" in log
     assert body(project.url) == "release v1"
     assert docker("network", "inspect", lock, check=False).returncode != 0  # released
 
