@@ -113,6 +113,17 @@ def _handler(path: str) -> Callable[..., None]:
     return handler
 
 
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Settings from INPUT_* and, for a subcommand, its flags (and its mode)."""
+    if args.command is None:
+        return load_settings(env)
+    overrides = {**_overrides(args), "mode": COMMANDS[args.command][0]}
+    if args.command == "resolve" and "image_repo" not in overrides:
+        # `resolve` names its repository in REF itself.
+        overrides["image_repo"] = parse_reference(args.reference).repository
+    return load_settings(env, overrides)
+
+
 def main(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -136,17 +147,8 @@ def main(
     started = time.monotonic()
     settings_loaded = False
     try:
-        if args.command is None:
-            settings = load_settings(env)
-            command = settings.mode
-        else:
-            command = args.command
-            mode = COMMANDS[command][0]
-            overrides = {**_overrides(args), "mode": mode}
-            if command == "resolve" and "image_repo" not in overrides:
-                # `resolve` names its repository in REF itself.
-                overrides["image_repo"] = parse_reference(args.reference).repository
-            settings = load_settings(env, overrides)
+        settings = _load(args, env)
+        command = args.command or settings.mode
         settings_loaded = True
         for secret in settings.secrets():
             actions.mask(secret)
