@@ -123,13 +123,13 @@ def compose_project() -> Iterator[str]:
 def pushed_repositories(open_registry: Registry) -> Iterator[list[str]]:
     """Repositories the test pushes to; their local copies (buildx --push keeps one in the
     engine's image store) are removed afterwards. The registry keeps them."""
-    repositories: list[str] = []
+    repositories: list[str] = []  # requested before compose_project: cleaned after it
     yield repositories
     for repository in repositories:
-        references = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
-                            f"reference={open_registry.host}/{repository}").stdout.split()
-        if references:
-            docker("rmi", "--force", *references, check=False)
+        images = docker("images", "--quiet", "--filter",
+                        f"reference={open_registry.host}/{repository}").stdout.split()
+        if images:
+            docker("rmi", "--force", *sorted(set(images)), check=False)
 
 
 @pytest.fixture
@@ -175,8 +175,8 @@ def test_build_mode_pushes_two_platforms_and_a_later_step_reads_the_digest(
 
 
 def test_deploy_mode_serves_the_bind_mounted_file_and_a_later_step_sees_deployed(
-    act: str, job_image: str, open_registry: Registry, push_demo: Callable[[str, str], str],
-    compose_project: str, tmp_path: Path, pushed_repositories: list[str],
+    act: str, job_image: str, open_registry: Registry, pushed_repositories: list[str],
+    push_demo: Callable[[str, str], str], compose_project: str, tmp_path: Path,
 ) -> None:
     repository = open_registry.repo("act-deploy")
     pushed_repositories.append(repository)
