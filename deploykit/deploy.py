@@ -134,6 +134,15 @@ class Deployment:
         return f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
 
     def run(self, gate: DeployTarget) -> None:
+        try:
+            self._run(gate)
+        except DeploykitError as exc:
+            if "status" not in self.actions.outputs:  # also lock, registry, engine errors
+                self.actions.set_output("status", exc.status if isinstance(exc, DeployError)
+                                        else FAILED)
+            raise
+
+    def _run(self, gate: DeployTarget) -> None:
         with _terminate_as_interrupt():
             target = self.resolve(gate)  # step 1: the registry, after the gate
             compose, project = self.project()  # step 2
@@ -347,7 +356,7 @@ class Rollout:
                  if previous.digest else "-"],
                 ["duration", f"{self.d.elapsed():.1f} s"]]
         text = f"### {self.d.action.capitalize()}: {status}\n\n" + markdown_table(
-            ["", ""], rows)
+            ["", "value"], rows)
         for title, report in self.health_reports:
             text += f"\n\n#### {title}\n\n" + report.table()
         return text

@@ -146,11 +146,6 @@ def image_digests(api: Any, image_id: str, image_name: str) -> list[str]:
         name, _, digest = str(repo_digest).partition("@")
         if name == image_name and digest not in digests:
             digests.append(digest)
-    # With the containerd image store the image ID is the pulled index/manifest digest.
-    image_ref = str(image.get("Id") or "")
-    if _DIGEST_RE.fullmatch(image_ref) and not digests and any(
-            str(rd).startswith(image_name + "@") for rd in image.get("RepoDigests") or []):
-        digests.append(image_ref)
     return digests
 
 
@@ -158,8 +153,8 @@ def running_digest(api: Any, container: Mapping[str, Any], image_name: str) -> s
     reference = str((container.get("Config") or {}).get("Image") or "")
     known = image_digests(api, str(container.get("Image") or ""), image_name)
     pinned = reference.partition("@")[2]
-    if pinned and (pinned in known or reference.startswith(image_name + ":")
-                   or reference.startswith(image_name + "@")):
+    ours = reference.startswith((image_name + ":", image_name + "@"))
+    if pinned and (pinned in known or (ours and not known)):
         return pinned
     return known[0] if known else ""
 

@@ -13,7 +13,7 @@ import pytest
 import deploykit.deploy as deploy_module
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
-from deploykit.errors import DeployError, DockerError
+from deploykit.errors import DeployError, DockerError, LockError
 from deploykit.health import ContainerHealth, HealthReport, RunningService
 from deploykit.history import History, HistoryEntry
 from tests.conftest import parse_github_output
@@ -183,6 +183,19 @@ def test_production_latest_is_refused_before_any_connection(world: World, run: A
     assert world.calls == []
     assert "Refusing to deploy `latest` to production environment production" in log
     assert "digest" not in outputs
+
+
+def test_errors_after_the_gate_report_status_failed(world: World, run: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextmanager
+    def held(client: Any, holder: Any, *, timeout: float, actions: Any) -> Iterator[Any]:
+        raise LockError("Another deploy of project 'shop' holds the lock.")
+        yield
+
+    monkeypatch.setattr(deploy_module, "engine_lock", held)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert "Another deploy of project 'shop' holds the lock." in log
 
 
 def test_force_redeploy_recreates(world: World, run: Any) -> None:
