@@ -85,13 +85,23 @@ def push_variants(registry: str, repo: str, base_image: str, tags: tuple[str, ..
     return digests
 
 
+def remove_local_images(registry: str, repo: str) -> None:
+    """The engine keeps what the tests built and pulled; drop this repository's images."""
+    listed = docker("images", "--no-trunc", "--format", "{{.Repository}} {{.ID}}").stdout
+    ids = {line.split()[1] for line in listed.splitlines()
+           if line.split()[0] == f"{registry}/{repo}"}
+    if ids:
+        docker("image", "rm", "-f", *sorted(ids), check=False)
+
+
 @pytest.fixture(scope="module")
 def images(open_registry: TestRegistry, base_image: str,
-           tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """The fixture app pushed as v1, v1b, v2 and v2b: repository and tag -> digest."""
     repo = open_registry.repo("deploy")
-    return repo, push_variants(open_registry.host, repo, base_image, tuple(VARIANTS),
-                               tmp_path_factory.mktemp("images"))
+    yield repo, push_variants(open_registry.host, repo, base_image, tuple(VARIANTS),
+                              tmp_path_factory.mktemp("images"))
+    remove_local_images(open_registry.host, repo)
 
 
 def free_port() -> int:
@@ -318,12 +328,14 @@ def test_killed_deploy_does_not_block_the_next(make_project: Callable[..., Proje
 
 def test_deploy_from_a_registry_that_needs_login(
         make_project: Callable[..., Project], auth_registry: TestRegistry, base_image: str,
-        docker_config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        docker_config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        request: pytest.FixtureRequest) -> None:
     auth_registry.login(docker_config)
     repo = auth_registry.repo("deploy")
     digests = push_variants(auth_registry.host, repo, base_image, ("v1",), tmp_path,
                             config=docker_config)
     project = make_project(registry=auth_registry.host, repo=repo, digests=digests)
+    request.addfinalizer(lambda: remove_local_images(auth_registry.host, repo))
     user_config = Path.home() / ".docker" / "config.json"
     before = user_config.read_text() if user_config.exists() else ""
 
