@@ -15,8 +15,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
-# Extra CAs (docker/ca-certificates/*.crt, usually none) join the system store, which pip uses.
-COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
+# Extra CAs (ca-certificates/*.crt, usually none) join the system store, which pip uses.
+COPY ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && update-ca-certificates \
@@ -35,7 +35,7 @@ RUN /opt/deploykit/bin/pip install --no-deps setuptools==80.9.0 \
 # Stage 2: the runtime, with only Python, the docker CLI plugins and the virtualenv.
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
-COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
+COPY ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 ca-certificates docker-cli docker-buildx docker-compose \

@@ -296,7 +296,7 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     entries = (ROOT / ".dockerignore").read_text().split()
     assert entries[entries.index("*"):] == [
         "*", "!Dockerfile", "!README.md", "!entrypoint.py", "!pyproject.toml",
-        "!requirements.lock", "!deploykit/", "!docker/ca-certificates/", "**/__pycache__",
+        "!requirements.lock", "!deploykit/", "!ca-certificates/", "**/__pycache__",
         "**/*.pyc"]
 
 

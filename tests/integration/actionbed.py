@@ -3,7 +3,7 @@
 The action image is built FROM the test bed's local Debian trixie base (no image can be
 pulled here), in a temporary copy of the project, with the host's extra CA certificates
 (PyPI is reached through a TLS-inspecting proxy on these machines; see
-docker/ca-certificates/README.md).
+ca-certificates/README.md).
 """
 
 from __future__ import annotations
