@@ -13,8 +13,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
@@ -22,7 +22,14 @@ from typing import Any
 from deploykit.actions import Actions, markdown_table
 from deploykit.compose import Compose, ComposeProject, compose_for, image_environment
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import DeployError, DeploykitError, InputError
+from deploykit.errors import DeployError, DeploykitError, GitHubError, InputError
+from deploykit.github import (
+    DeploymentRecord,
+    GitHubRecorder,
+    deployment_ref,
+    environment_url_for,
+    summary_links,
+)
 from deploykit.health import (
     HealthReport,
     HealthWatch,
@@ -86,12 +93,12 @@ def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> No
     target = check_deploy_target(environment=settings.environment,
                                  image_tag=settings.image_tag,
                                  production_environments=settings.production_environments)
-    Deployment(settings, actions, DEPLOY).run(target)
+    Deployment(settings, actions, DEPLOY, env=getattr(args, "env", None)).run(target)
 
 
 def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """Handler of ``deploykit rollback``: the previous successful release, or `image_tag`."""
-    deployment = Deployment(settings, actions, ROLLBACK)
+    deployment = Deployment(settings, actions, ROLLBACK, env=getattr(args, "env", None))
     image_tag = settings.image_tag or deployment.previous_release_tag()
     target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
                                  production_environments=settings.production_environments)
@@ -100,10 +107,13 @@ def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> 
 
 # -- one run ------------------------------------------------------------------------
 class Deployment:
-    def __init__(self, settings: Settings, actions: Actions, action: str) -> None:
+    def __init__(self, settings: Settings, actions: Actions, action: str,
+                 env: Mapping[str, str] | None = None) -> None:
         self.settings, self.actions, self.action = settings, actions, action
         self.started = time.monotonic()
-        self.docker = DockerCLI(actions)
+        self.env = dict(os.environ if env is None else env)
+        self.docker = DockerCLI(actions, self.env)
+        self.github = GitHubRecorder.from_settings(settings, actions)
         self.image_name = settings.image_name
         self.history = History(state_directory(settings.state_dir))
         self.service_env = dict(settings.compose_env)
@@ -123,6 +133,8 @@ class Deployment:
     def previous_release_tag(self) -> str:
         _, project = self.project()
         entry = self.history.previous_successful(self.settings.environment, project.name)
+        if entry is None and (found := self._previous_from_github()):
+            return found
         if entry is None:
             raise DeployError(
                 f"No release before the current one of project {project.name!r} in "
@@ -132,6 +144,47 @@ class Deployment:
         self.actions.info(f"Rolling back to {entry.tag or entry.digest} ({entry.digest}), "
                           f"deployed {entry.time}.")
         return f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
+
+    def _previous_from_github(self) -> str:
+        """Without local history: the newest successful GitHub deployment before the
+        current one (from deploykit's payloads)."""
+        if self.github is None:
+            return ""
+        _, project = self.project()
+        client = docker_client(self.env)
+        running = Previous.of(running_services(client.api, project.name, self.image_name,
+                                               project.image_services), self.image_name)
+        found = self.github.previous_successful_deployment(
+            self.settings.environment, exclude_digest=running.digest)
+        if found is None:
+            return ""
+        self.actions.info(f"No local history: rolling back to {found.tag or found.digest} "
+                          f"({found.digest}) from GitHub deployment #{found.id}.")
+        return f"{found.tag}@{found.digest}" if found.tag else found.digest
+
+    def start_github_deployment(self, target: Target) -> DeploymentRecord | None:
+        if self.github is None:
+            return None
+        return self.github.start_deployment(
+            environment=self.settings.environment,
+            ref=deployment_ref(self.settings, target.tag or ""), image=self.image_name,
+            tag=target.tag or "", digest=target.digest,
+            is_production=self.settings.is_production,
+            description=f"deploykit {self.action}: {target.label}")
+
+    def finish_github_deployment(
+        self, record: DeploymentRecord | None, target: Target, *, success: bool,
+        description: str,
+    ) -> None:
+        if self.github is None or record is None:
+            return
+        self.github.finish_deployment(record, success=success,
+                                      environment_url=environment_url_for(self.settings),
+                                      description=description)
+        links = summary_links(deployment=record,
+                              release=self.github.release_for(target.tag or ""))
+        if links:
+            self.actions.add_summary(links)
 
     def run(self, gate: DeployTarget) -> None:
         try:
@@ -147,7 +200,7 @@ class Deployment:
             target = self.resolve(gate)  # step 1: the registry, after the gate
             compose, project = self.project()  # step 2
             compose.with_env(self.service_env, self._image_env(target)).config()
-            client = docker_client(os.environ)
+            client = docker_client(self.env)
             container_id, mounts = self._engine_context(client.api)
             if self.settings.dry_run:
                 self.plan(client.api, project, target)
@@ -243,6 +296,19 @@ class Rollout:
 
     def run(self, target: Target, previous: Previous) -> None:
         self.d._outputs(target)
+        record = self.d.start_github_deployment(target)
+        try:
+            self._rollout(target, previous)
+        except DeploykitError as failure:
+            # The deploy's own error stays the one reported, even if GitHub also fails.
+            with suppress(GitHubError):
+                self.d.finish_github_deployment(record, target, success=False,
+                                                description=failure.message)
+            raise
+        self.d.finish_github_deployment(record, target, success=True,
+                                        description=f"{target.label} is live")
+
+    def _rollout(self, target: Target, previous: Previous) -> None:
         with self.d.docker.logged_in(self.settings.registry, self.settings.registry_username,
                                      self.settings.registry_password):
             compose = self.compose.with_env(self.d.service_env, self.d._image_env(target))
@@ -304,7 +370,7 @@ class Rollout:
 
     def recover(self, target: Target, previous: Previous, failure: DeploykitError) -> None:
         """Step 9: bring back what ran before (it is on the host: no pull)."""
-        what = failure.message
+        what = failure.message.rstrip(". ") + "."
         if not self.settings.rollback_on_failure or not previous.digest:
             self.record_history(target, previous, FAILED)
             self.actions.add_summary(self.summary(target, previous, FAILED))

@@ -340,3 +340,71 @@ def test_sigterm_handler_is_restored() -> None:
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
 
+
+
+# -- GitHub deployments (the recorder itself is tested in test_github.py) -----------------
+@dataclass
+class FakeRecorder:
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    previous: Any = None
+
+    def start_deployment(self, **kwargs: Any) -> Any:
+        self.calls.append(("start", kwargs))
+        return type("Record", (), {"id": 7, "environment": kwargs["environment"],
+                                   "html_url": "https://github.com/org/app/deployments"})()
+
+    def finish_deployment(self, record: Any, **kwargs: Any) -> None:
+        self.calls.append(("finish", record.id, kwargs))
+
+    def release_for(self, tag: str) -> Any:
+        return None
+
+    def previous_successful_deployment(self, environment: str, exclude_digest: str) -> Any:
+        self.calls.append(("previous", environment, exclude_digest))
+        return self.previous
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> FakeRecorder:
+    fake = FakeRecorder()
+    monkeypatch.setattr(deploy_module.GitHubRecorder, "from_settings",
+                        staticmethod(lambda settings, actions: fake))
+    return fake
+
+
+def test_deploy_is_recorded_as_a_github_deployment(
+        world: World, run: Any, recorder: FakeRecorder, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    code, _, _ = run("deploy", image_tag="v2.0.0", smoke_url="http://x/")
+    assert code == 0
+    assert recorder.calls == [
+        ("start", {"environment": "staging", "ref": "v2.0.0", "image": NAME,
+                   "tag": "v2.0.0", "digest": D2, "is_production": False,
+                   "description": f"deploykit deploy: v2.0.0@{D2}"}),
+        ("finish", 7, {"success": True, "environment_url": "http://x/",
+                       "description": f"v2.0.0@{D2} is live"}),
+    ]
+    assert ("- GitHub deployment: [#7 to `staging`](https://github.com/org/app/deployments)"
+            in (tmp_path / "summary").read_text())
+
+
+def test_rolled_back_deploy_marks_the_github_deployment_failed(
+        world: World, run: Any, recorder: FakeRecorder) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False, True]
+    code, outputs, _ = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    [finish] = [call for call in recorder.calls if call[0] == "finish"]
+    assert finish[2]["success"] is False
+    assert finish[2]["description"].startswith(
+        "Health check failed: app (shop-app-1) exited with code 3. Rolled back:")
+
+
+def test_rollback_without_history_asks_github(
+        world: World, run: Any, recorder: FakeRecorder) -> None:
+    world.running = {"app": D3, "worker": D3}
+    recorder.previous = type("Prev", (), {"id": 5, "tag": "v1.0.0", "digest": D1})()
+    code, outputs, log = run("rollback")
+    assert (code, outputs["digest"]) == (0, D1)
+    assert ("previous", "staging", D3) in recorder.calls
+    assert f"No local history: rolling back to v1.0.0 ({D1}) from GitHub deployment #5." in log
