@@ -444,3 +444,55 @@ def test_dry_run_delegates_to_the_plan_command(
     settings = settings_for(workspace, dry_run="true")
     build.run(settings, make_actions(), argparse.Namespace())
     assert seen == [settings]
+
+
+# -- GitHub release (the recorder itself is tested in test_github.py) ----------------------
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.releases: list[dict[str, Any]] = []
+
+    def publish_release(self, **kwargs: Any) -> Any:
+        self.releases.append(kwargs)
+        return type("Release", (), {"tag": kwargs["version"],
+                                    "html_url": "https://github.com/org/app/releases/x"})()
+
+
+@pytest.mark.parametrize(
+    ("ref", "version", "create_tag", "prerelease"),
+    [("refs/tags/v1.2.3", "", False, False),
+     ("refs/heads/release", "2.0.0-rc.1", True, True)])
+def test_a_built_release_is_published_on_github(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+    monkeypatch: pytest.MonkeyPatch, ref: str, version: str, create_tag: bool,
+    prerelease: bool,
+) -> None:
+    fake = FakeRecorder()
+    monkeypatch.setattr(build.GitHubRecorder, "from_settings",
+                        staticmethod(lambda settings, actions: fake))
+    actions = make_actions()
+    registry = FakeRegistry()
+    settings = settings_for(workspace, ref=ref, version=version)
+    outcome = execute(settings, actions, registry, FakeDocker(actions, registry))
+    build.publish_release(settings, actions, outcome)
+    expected_version = f"v{version}" if version else "v1.2.3"
+    assert fake.releases == [{
+        "version": expected_version, "sha": SHA, "digest": NEW, "image": IMAGE,
+        "platforms": {"linux/amd64": AMD, "linux/arm64": ARM},
+        "prerelease": prerelease, "create_tag": create_tag}]
+    assert actions.summary_parts[-1] == (
+        f"- GitHub release: [{expected_version}](https://github.com/org/app/releases/x)\n")
+
+
+def test_staging_and_skipped_builds_publish_no_release(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeRecorder()
+    monkeypatch.setattr(build.GitHubRecorder, "from_settings",
+                        staticmethod(lambda settings, actions: fake))
+    actions = make_actions()
+    registry = FakeRegistry()
+    settings = settings_for(workspace, ref="refs/heads/pre-release")
+    outcome = execute(settings, actions, registry, FakeDocker(actions, registry))
+    build.publish_release(settings, actions, outcome)
+    assert fake.releases == []
