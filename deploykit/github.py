@@ -34,6 +34,7 @@ from deploykit import __version__
 from deploykit.actions import Actions, markdown_table
 from deploykit.errors import GitHubError, InputError
 from deploykit.settings import Settings
+from deploykit.tags import is_release_tag, parse_version
 
 T = TypeVar("T")
 
@@ -52,7 +53,6 @@ STATUS_DESCRIPTION_LIMIT = 140  # GitHub rejects longer deployment status descri
 SUCCESSFUL_STATES = ("success", "inactive")
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_VERSION_RE = re.compile(r"^v?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)$")
 
 
 # -- records ------------------------------------------------------------------
@@ -197,7 +197,7 @@ class GitHubRecorder:
 
     def release_for(self, image_tag: str) -> ReleaseRecord | None:
         """The GitHub release of a deployed ``vX.Y.Z`` (for the deploy summary), or None."""
-        if not image_tag.startswith("v") or not _VERSION_RE.match(image_tag):
+        if not is_release_tag(image_tag):
             return None
         release = self._record(f"read the GitHub release {image_tag}", CONTENTS_READ,
                                lambda: self._find_release(image_tag))
@@ -453,7 +453,7 @@ def deployment_ref(settings: Settings, image_tag: str, revision: str = "") -> st
     ``vX.Y.Z`` tag (a git tag too), else the commit of this workflow run."""
     if revision:
         return revision
-    if _VERSION_RE.match(image_tag) and image_tag.startswith("v"):
+    if is_release_tag(image_tag):
         return image_tag
     return settings.github.sha or image_tag
 
@@ -474,11 +474,11 @@ def summary_links(
 # -- pure: versions, changelog, release body ---------------------------------------------
 def release_tag(version: str) -> str:
     """``1.2.3`` or ``v1.2.3`` (pre-releases like ``v1.2.3-rc.1`` too) -> ``v1.2.3``."""
-    match = _VERSION_RE.match(version.strip())
-    if not match or not semver.Version.is_valid(match.group(1)):
+    parsed = parse_version(version)
+    if parsed is None:
         raise InputError("version", f"{version!r} is not a version X.Y.Z.",
                          hint="Write e.g. `version: 1.4.2` (or `v1.4.2`).")
-    return "v" + match.group(1)
+    return f"v{parsed}"
 
 
 def previous_release_tag(tags: Iterable[str], tag: str) -> str | None:
@@ -486,10 +486,9 @@ def previous_release_tag(tags: Iterable[str], tag: str) -> str | None:
     current = semver.Version.parse(tag.removeprefix("v"))
     candidates = []
     for name in tags:
-        match = _VERSION_RE.match(name)
-        if not match or not name.startswith("v") or not semver.Version.is_valid(match.group(1)):
+        version = parse_version(name)
+        if version is None or not name.startswith("v"):
             continue
-        version = semver.Version.parse(match.group(1))
         if version < current and (current.prerelease or not version.prerelease):
             candidates.append((version, name))
     return max(candidates)[1] if candidates else None

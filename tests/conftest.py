@@ -37,6 +37,21 @@ def make_actions(tmp_path: Path) -> Callable[..., CapturedActions]:
     return factory
 
 
+class FakeClock:
+    """A monotonic clock whose sleep() only moves time on (and records the naps)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def parse_github_output(text: str) -> dict[str, str]:
     """Parse GITHUB_OUTPUT the way the runner does (heredoc and name=value)."""
     outputs: dict[str, str] = {}

@@ -20,6 +20,7 @@ from deploykit.health import (
     running_services,
     workspace_mounts,
 )
+from tests.conftest import FakeClock
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 NAME = "127.0.0.1:5000/org/app"
@@ -87,20 +88,7 @@ class FakeAPI:
         return b"starting\npanic: no config\n"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def watch(api: FakeAPI, clock: Clock, *, timeout: float = 60, settle: float = 3,
+def watch(api: FakeAPI, clock: FakeClock, *, timeout: float = 60, settle: float = 3,
           wall: float = STARTED_EPOCH + 100) -> HealthWatch:
     return HealthWatch(api, "shop", timeout=timeout, settle=settle, interval=1, clock=clock,
                        sleep=clock.sleep, wall=lambda: wall)
@@ -112,7 +100,7 @@ def test_healthy_and_settled_containers_pass() -> None:
     worker = container("w", "worker")
     api = FakeAPI([app_starting, worker], [app_healthy, worker], [app_healthy, worker],
                   [app_healthy, worker])
-    clock = Clock()
+    clock = FakeClock()
     report = watch(api, clock).wait()
     assert report.ok
     assert [(c.service, c.verdict) for c in report.containers] == \
@@ -124,7 +112,7 @@ def test_healthy_and_settled_containers_pass() -> None:
 def test_exited_container_fails_at_once() -> None:
     api = FakeAPI([container("a", "app", status="exited", exit_code=3, health="starting"),
                    container("w", "worker")])
-    clock = Clock()
+    clock = FakeClock()
     report = watch(api, clock, timeout=120).wait()
     assert not report.ok
     assert clock.sleeps == []
@@ -136,18 +124,18 @@ def test_exited_container_fails_at_once() -> None:
 def test_restarting_or_a_new_restart_fails_at_once() -> None:
     api = FakeAPI([container("w", "worker", restarts=0)],
                   [container("w", "worker", restarts=1, started="2026-01-01T12:00:05Z")])
-    clock = Clock()
+    clock = FakeClock()
     report = watch(api, clock).wait()
     assert report.failed[0].reason == "restarting (restart count 1)"
     assert clock.sleeps == [1]
     api = FakeAPI([container("w", "worker", status="restarting", restarts=2)])
-    assert watch(api, Clock()).wait().failed[0].reason == "restarting (restart count 2)"
+    assert watch(api, FakeClock()).wait().failed[0].reason == "restarting (restart count 2)"
 
 
 def test_unhealthy_after_the_start_period_fails() -> None:
     api = FakeAPI([container("a", "app", health="unhealthy", start_period_ns=10 * 10**9,
                              health_log=["wget: server returned error: 500"])])
-    report = watch(api, Clock(), wall=STARTED_EPOCH + 11).wait()
+    report = watch(api, FakeClock(), wall=STARTED_EPOCH + 11).wait()
     assert [(c.verdict, c.reason) for c in report.containers] == [("failed", "unhealthy")]
     assert report.containers[0].health_log == ["wget: server returned error: 500"]
 
@@ -156,21 +144,21 @@ def test_unhealthy_inside_the_start_period_is_waited_for() -> None:
     unhealthy = container("a", "app", health="unhealthy", start_period_ns=30 * 10**9)
     healthy = container("a", "app", health="healthy", start_period_ns=30 * 10**9)
     api = FakeAPI([unhealthy], [healthy])
-    clock = Clock()
+    clock = FakeClock()
     report = watch(api, clock, wall=STARTED_EPOCH + 5).wait()
     assert report.ok and clock.sleeps == [1]
 
 
 def test_timeout_names_what_was_still_waiting() -> None:
     api = FakeAPI([container("a", "app", health="starting")])
-    clock = Clock()
+    clock = FakeClock()
     report = watch(api, clock, timeout=3).wait()
     assert clock.sleeps == [1, 1, 1]
     assert report.failed[0].reason == "not healthy after 3 s (running, starting)"
 
 
 def test_no_container_is_not_ok() -> None:
-    report = watch(FakeAPI([]), Clock(), timeout=0).wait()
+    report = watch(FakeAPI([]), FakeClock(), timeout=0).wait()
     assert not report.ok
     assert report.reasons() == "no container of the project is running"
 
@@ -185,7 +173,7 @@ def test_report_table_and_failure_logs(make_actions) -> None:  # type: ignore[no
     api = FakeAPI([container("a", "app", status="exited", exit_code=1, health="unhealthy",
                              health_log=["connection refused"]),
                    container("w", "worker")])
-    report = watch(api, Clock()).wait()
+    report = watch(api, FakeClock()).wait()
     assert report.table().splitlines() == [
         "| service | container | state | health | restarts | verdict |",
         "| --- | --- | --- | --- | --- | --- |",

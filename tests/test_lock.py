@@ -21,6 +21,7 @@ from deploykit.lock import (
     stale_reason,
     this_holder,
 )
+from tests.conftest import FakeClock
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -90,19 +91,6 @@ class FakeClient:
     def __init__(self, engine: FakeEngine) -> None:
         self.networks = engine.networks_api
         self.api = engine.api
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def holder(**changes: Any) -> Holder:
