@@ -31,6 +31,8 @@ class DockerCLI:
     ) -> None:
         self.actions = actions
         self.env = dict(os.environ if env is None else env)
+        # A child with no PATH at all cannot find docker's helpers (credential helpers, ssh).
+        self.env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         self.executable = executable
 
     def run(

@@ -77,7 +77,7 @@ def copy_project(destination: Path) -> Path:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
-    ca_dir = destination / "docker" / "ca-certificates"
+    ca_dir = destination / "ca-certificates"
     ca_dir.mkdir(parents=True, exist_ok=True)
     (ca_dir / ".gitignore").unlink(missing_ok=True)
     for certificate in sorted(HOST_CA_DIR.glob("**/*.crt")) if HOST_CA_DIR.is_dir() else []:
