@@ -195,6 +195,22 @@ def test_examples_call_the_reusables_with_known_inputs_and_secrets(path: Path) -
         assert set(job["secrets"]) <= set(call["secrets"])
 
 
+_ACCESS = {"none": 0, "read": 1, "write": 2}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_callers_grant_what_the_reusable_jobs_ask_for(path: Path) -> None:
+    """GitHub refuses to start a nested job that asks for more than its caller grants."""
+    for name, job in jobs(path).items():
+        if "uses" not in job:
+            continue
+        workflow = job["uses"].removeprefix(REUSABLE_PREFIX).partition("@")[0]
+        granted = job["permissions"]
+        for nested in reusable(workflow)["jobs"].values():
+            for scope, level in nested["permissions"].items():
+                assert _ACCESS[granted.get(scope, "none")] >= _ACCESS[level], (name, scope)
+
+
 def test_example_triggers_follow_the_adr() -> None:
     def trigger(name: str) -> dict[str, Any]:
         found: dict[str, Any] = load(ROOT / "examples/workflows" / name)["on"]
