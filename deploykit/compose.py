@@ -200,7 +200,7 @@ class Compose:
             stop=tenacity.stop_after_attempt(PULL_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=2, max=20),
             retry=tenacity.retry_if_exception_type(DockerError), reraise=True)
-        retrying(self._run, "pull", "--quiet", "--ignore-buildable")
+        retrying(self._run, "pull", "--ignore-buildable", stream=True)
 
     def up(self, *, force_recreate: bool = False) -> None:
         recreate = ["--force-recreate"] if force_recreate else []

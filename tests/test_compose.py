@@ -165,7 +165,7 @@ def test_up_pull_and_ps_argv(tmp_path: Path) -> None:
     prefix = ["compose", "--ansi", "never", "--progress", "plain", "--project-directory",
               str(tmp_path), "-f", str(tmp_path / "compose.yaml"), "-p", "shop"]
     assert [call[0][len(prefix):] for call in docker.calls] == [
-        ["pull", "--quiet", "--ignore-buildable"],
+        ["pull", "--ignore-buildable"],
         ["up", "-d", "--no-build", "--remove-orphans"],
         ["up", "-d", "--no-build", "--remove-orphans", "--force-recreate"],
         ["ps", "--all", "--format", "json"]]
