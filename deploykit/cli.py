@@ -7,13 +7,23 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import import_module
 
 from deploykit import __version__
 from deploykit.actions import Actions
 from deploykit.errors import DeployError, DeploykitError
 from deploykit.registry import parse_reference
-from deploykit.settings import BUILD, DEPLOY, INPUTS, ROLLBACK, Settings, load_settings, read_inputs
+from deploykit.settings import (
+    BUILD,
+    DEPLOY,
+    INPUTS,
+    ROLLBACK,
+    InputSpec,
+    Settings,
+    load_settings,
+    read_inputs,
+)
 
 DESCRIPTION = """\
 Build an image once, publish it under immutable tags, deploy by pull + up only.
@@ -31,25 +41,54 @@ for --image-tag). Booleans are `true` or `false`. Production environments take
 only `vX.Y.Z` or a digest; `latest` is refused before anything changes.
 """
 
-# Subcommand -> (mode, which inputs it takes, "module:function" that runs it).
-COMMANDS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
-    "build": (BUILD, (BUILD,), "deploykit.build:run",
-              "Build for every platform, push the event's tags, verify the digests."),
-    "deploy": (DEPLOY, (DEPLOY,), "deploykit.deploy:deploy",
-               "Pull + up the given tag: health-gated, smoke-tested, rolled back on failure."),
-    "rollback": (ROLLBACK, (ROLLBACK,), "deploykit.deploy:rollback",
-                 "Deploy the previous successful image of the environment."),
-    "tags": (BUILD, (BUILD,), "deploykit.plan:plan_command",
-             "Print the tags a build would publish (new or existing, with digests)."),
-    "resolve": (DEPLOY, (), "deploykit.registry:resolve_command",
-                "Print the digest of REGISTRY/REPO:TAG."),
-    "history": (DEPLOY, (), "deploykit.history:show",
-                "Show the deploy history of this host."),
+
+@dataclass(frozen=True)
+class Command:
+    mode: str  # the settings mode it runs under
+    handler: str  # "module:function", imported only when the command runs
+    summary: str
+    examples: str
+    inputs: tuple[str, ...] = ()  # the inputs it takes as flags; default: those of its mode
+
+
+_EVENT = "GITHUB_EVENT_NAME=push GITHUB_REF=refs/heads/pre-release GITHUB_SHA=$(git rev-parse HEAD)"
+_LOGIN = "registry", "image_repo", "registry_username", "registry_password"
+
+COMMANDS: dict[str, Command] = {
+    "build": Command(
+        BUILD, "deploykit.build:run",
+        "Build for every platform, push the event's tags, verify the digests.",
+        f"  {_EVENT} \\\n"
+        "    INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit build --image-repo org/app\n"
+        "  deploykit build --platforms linux/amd64 --cache none --dry-run"),
+    "deploy": Command(
+        DEPLOY, "deploykit.deploy:deploy",
+        "Pull + up the given tag: health-gated, smoke-tested, rolled back on failure.",
+        "  deploykit deploy --environment staging --image-tag staging-latest\n"
+        "  deploykit deploy --environment production --image-tag v1.4.2 \\\n"
+        "    --smoke-url https://shop.example.com/health --dry-run"),
+    "rollback": Command(
+        ROLLBACK, "deploykit.deploy:rollback",
+        "Deploy the previous successful image of the environment.",
+        "  deploykit rollback --environment production            # one release back\n"
+        "  deploykit rollback --environment production --image-tag v1.4.1"),
+    "tags": Command(
+        BUILD, "deploykit.plan:plan_command",
+        "Print the tags a build would publish (new or existing, with digests).",
+        f"  {_EVENT} \\\n    deploykit tags --registry ghcr.io --image-repo org/app"),
+    "resolve": Command(
+        DEPLOY, "deploykit.registry:resolve_command", "Print the digest of REGISTRY/REPO:TAG.",
+        "  deploykit resolve ghcr.io/org/app:v1.4.2\n"
+        "  INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit resolve --registry-username me "
+        "ghcr.io/org/app:v1.4.2",
+        inputs=("registry_username", "registry_password")),
+    "history": Command(
+        DEPLOY, "deploykit.history:show", "Show the deploy history of this host.",
+        "  deploykit history\n  deploykit history --environment production --project-name shop",
+        inputs=("environment", "project_name", "state_dir")),
 }
 
-_COMMON = ("registry", "image_repo", "registry_username", "registry_password", "dry_run",
-           "github_token", "github_records")
-_HISTORY = ("environment", "state_dir", "project_name")
+_COMMON = (*_LOGIN, "dry_run", "github_token", "github_records")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,24 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, modes, _, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+    for name, spec in COMMANDS.items():
+        command = sub.add_parser(
+            name, help=spec.summary, description=spec.summary,
+            epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--json", action="store_true", help="Print the outputs as JSON.")
         if name == "resolve":
             command.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
-        _add_input_flags(command, modes, name)
+        _add_input_flags(command, spec)
     return parser
 
 
-def _add_input_flags(
-    command: argparse.ArgumentParser, modes: tuple[str, ...], name: str
-) -> None:
-    extra = _HISTORY if name == "history" else ()
+_SECRETS_NOTE = ("Secrets are never flags: set INPUT_REGISTRY_PASSWORD, INPUT_GITHUB_TOKEN and "
+                 "INPUT_COMPOSE_ENV in the environment.")
+
+
+def _takes(command: Command, spec: InputSpec) -> bool:
+    if spec.name == "mode":
+        return False
+    if command.inputs:
+        return spec.name in command.inputs
+    return spec.name in _COMMON or command.mode in spec.modes
+
+
+def _add_input_flags(command: argparse.ArgumentParser, spec_of_command: Command) -> None:
     for spec in INPUTS:
-        if spec.name == "mode":
-            continue
-        wanted = spec.name in _COMMON or spec.name in extra or set(spec.modes) & set(modes)
-        if not wanted or (name in ("resolve", "history") and spec.name not in (*_COMMON, *extra)):
+        if not _takes(spec_of_command, spec):
             continue
         if spec.kind == "secret":
             # Secrets never travel in argv, where any process can read them.
@@ -117,10 +165,10 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from INPUT_* and, for a subcommand, its flags (and its mode)."""
     if args.command is None:
         return load_settings(env)
-    overrides = {**_overrides(args), "mode": COMMANDS[args.command][0]}
-    if args.command == "resolve" and "image_repo" not in overrides:
-        # `resolve` names its repository in REF itself.
-        overrides["image_repo"] = parse_reference(args.reference).repository
+    overrides = {**_overrides(args), "mode": COMMANDS[args.command].mode}
+    if args.command == "resolve":  # REF names its registry and repository itself
+        reference = parse_reference(args.reference)
+        overrides.update(registry=reference.registry, image_repo=reference.repository)
     return load_settings(env, overrides)
 
 
@@ -153,7 +201,7 @@ def main(
         for secret in settings.secrets():
             actions.mask(secret)
         args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
-        _handler(COMMANDS[command][2])(settings, actions, args)
+        _handler(COMMANDS[command].handler)(settings, actions, args)
         return 0
     except DeploykitError as exc:
         if isinstance(exc, DeployError) and "status" not in actions.outputs:
