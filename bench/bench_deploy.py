@@ -22,11 +22,7 @@ is removed afterwards (``compose down`` without ``-v``, then the project's volum
 and networks by label, the lock network, the repository's local images); the
 pushed images stay in the registry.
 
-    .venv/bin/python bench/bench_deploy.py [--init]
-
-``--init`` adds ``init: true`` to the services of the copied compose file: busybox
-as PID 1 ignores SIGTERM, so without an init every container stop waits out
-compose's 10 s timeout.
+    .venv/bin/python bench/bench_deploy.py
 """
 
 from __future__ import annotations
@@ -91,9 +87,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--platforms", default="linux/amd64")
     parser.add_argument("--health-timeout", default="120")
     parser.add_argument("--smoke-timeout", default="60")
-    parser.add_argument("--init", action="store_true",
-                        help="add `init: true` to the services of the copied compose file "
-                        "(busybox as PID 1 ignores SIGTERM: each stop waits 10 s otherwise)")
     return parser.parse_args(argv)
 
 
@@ -102,12 +95,6 @@ def base_env() -> dict[str, str]:
            if k not in _DROPPED_ENV and not k.startswith("INPUT_")}
     env.setdefault("PATH", os.defpath)
     return env
-
-
-def add_init(compose_file: Path) -> None:
-    image_line = "    image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}\n"
-    text = compose_file.read_text()
-    compose_file.write_text(text.replace(image_line, image_line + "    init: true\n"))
 
 
 def free_port() -> int:
@@ -329,8 +316,6 @@ def main_bench(argv: list[str]) -> int:
         workdir = Path(tmp)
         shutil.copytree(DEMO, workdir / "src")
         shutil.copytree(DEMO, workdir / "project")
-        if args.init:
-            add_init(workdir / "project" / "compose.yaml")
         project = Project(f"benchdeploy-{run_id[:10]}", workdir / "project", free_port(),
                           workdir / "state")
         try:
@@ -338,7 +323,7 @@ def main_bench(argv: list[str]) -> int:
         finally:
             clean_up(project, f"{args.registry}/{repo}")
     print(f"image {args.registry}/{repo}, platforms {args.platforms}, project {project.name}"
-          f"{' (init: true)' if args.init else ''}, log {log}")
+          f", log {log}")
     report(results)
     return 0
 
