@@ -17,8 +17,8 @@ root=$PWD
 
 port=${DEMO_PORT:-28080}
 registry=${DEMO_REGISTRY:-127.0.0.1:5000}
-repo=demo/app
-project=deploykit-demo
+repo="demo/app"
+project="deploykit-demo"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

@@ -129,10 +129,12 @@ apt_update() { # at most once per run
   fi
 }
 
+# Never `CMD | grep -q`: under pipefail, grep -q exits at the first match and CMD dies of
+# SIGPIPE (exit 141) when it writes again -- seen with apt-cache madison. grep a captured output.
 pkg_missing() { # print the packages of "$@" that are not installed
   local p
   for p in "$@"; do
-    dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || echo "$p"
+    grep -qx installed <<<"$(dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null)" || echo "$p"
   done
 }
 
@@ -142,7 +144,7 @@ pid_alive() {
   [[ -s "$1" ]] || return 1
   pid="$(tr -dc '0-9' <"$1")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+  grep -q -- "$2" <<<"$(tr '\0' ' ' <"/proc/$pid/cmdline")"
 }
 
 http_code() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$@" 2>/dev/null || true; }
@@ -217,15 +219,15 @@ Pin-Priority: 1
     printf '%s' "$want_src" >"$TRIXIE_SOURCES"
     APT_UPDATED=0   # new source: refresh even if bookworm lists were fetched this run
     apt_update
-  elif ! apt-cache madison docker.io 2>/dev/null | grep -q 'trixie'; then
+  elif ! grep -q trixie <<<"$(apt-cache madison docker.io 2>/dev/null)"; then
     apt_update
   fi
-  apt-cache madison docker.io | grep -q trixie || die "trixie docker.io not visible to apt (mirror $MIRROR)"
+  grep -q trixie <<<"$(apt-cache madison docker.io)" || die "trixie docker.io not visible to apt (mirror $MIRROR)"
 }
 
 dockerd_version_ok() {
   [[ -x $SBIN/dockerd && -x $SBIN/docker-proxy ]] || return 1
-  "$SBIN/dockerd" --version 2>/dev/null | grep -q 'version 26\.'
+  grep -q 'version 26\.' <<<"$("$SBIN/dockerd" --version 2>/dev/null)"
 }
 
 install_trixie_binaries() {
@@ -245,7 +247,7 @@ install_trixie_binaries() {
     (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${need[@]/%//trixie}")
     for p in "$work"/*.deb; do dpkg -x "$p" "$work/root"; done
     install -d "$SBIN" "$PLUGIN_DIR"
-    if printf '%s\n' "${need[@]}" | grep -qx docker.io; then
+    if grep -qx docker.io <<<"$(printf '%s\n' "${need[@]}")"; then
       for f in dockerd docker-proxy; do
         p="$(find "$work/root" -type f -name "$f" | head -n1)"
         [[ -n "$p" ]] || die "$f not found in docker.io package"
@@ -258,7 +260,7 @@ install_trixie_binaries() {
       fi
     fi
     for f in docker-buildx docker-compose; do
-      if printf '%s\n' "${need[@]}" | grep -qx "$f"; then
+      if grep -qx "$f" <<<"$(printf '%s\n' "${need[@]}")"; then
         p="$(find "$work/root" -type f -name "$f" -path '*cli-plugins*' | head -n1)"
         [[ -n "$p" ]] || die "$f plugin not found in the trixie package"
         install -m 0755 "$p" "$PLUGIN_DIR/$f"
@@ -338,10 +340,10 @@ start_dockerd() {
     fi
     log "dockerd ready (pid $(cat "$DOCKERD_PIDFILE" 2>/dev/null || echo '?'))"
   fi
-  if ! docker info -f '{{json .DriverStatus}}' 2>/dev/null | grep -q 'io.containerd.snapshotter'; then
+  if ! grep -q 'io.containerd.snapshotter' <<<"$(docker info -f '{{json .DriverStatus}}' 2>/dev/null)"; then
     warn "dockerd does not use the containerd image store: multi-platform --push builds will fail"
   fi
-  if ! docker buildx ls 2>/dev/null | grep -q 'linux/arm64'; then
+  if ! grep -q 'linux/arm64' <<<"$(docker buildx ls 2>/dev/null)"; then
     docker buildx ls >&2 || true
     die "docker buildx ls does not list linux/arm64 (binfmt/QEMU not seen by the builder)"
   fi
@@ -459,7 +461,7 @@ build_busybox_image() {
   for arch in amd64 arm64; do
     deb="$(find "$CACHE_DIR" -maxdepth 1 -name "busybox-static_*_$arch.deb" | head -n1)"
     if [[ -z "$deb" ]]; then
-      if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      if ! grep -qx arm64 <<<"$(dpkg --print-foreign-architectures)"; then
         log "dpkg --add-architecture arm64"
         dpkg --add-architecture arm64
         APT_UPDATED=0   # refresh to get the arm64 package lists

@@ -38,7 +38,7 @@ stop() {
   fi
   pid="$(tr -dc '0-9' <"$pidfile")"
   if [[ -z "$pid" || ! -r "/proc/$pid/cmdline" ]] \
-     || ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$prog"; then
+     || ! grep -q -- "$prog" <<<"$(tr '\0' ' ' <"/proc/$pid/cmdline")"; then
     log "$name: pid ${pid:-?} is not running $prog (stale pidfile), removing it"
     rm -f "$pidfile"
     return 0
