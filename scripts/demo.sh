@@ -10,6 +10,7 @@
 #   4. print the digests, the URL and the deploy history
 #
 # Environment: DEMO_PORT (default 28080), DEMO_REGISTRY (default 127.0.0.1:5000),
+# DEMO_REPO (demo/app), DEMO_PROJECT (deploykit-demo), DEMO_WORKDIR (/tmp/deploykit-demo),
 # DEPLOYKIT_NO_PROVISION=1 to skip installing/starting the test bed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,8 @@ root=$PWD
 
 port=${DEMO_PORT:-28080}
 registry=${DEMO_REGISTRY:-127.0.0.1:5000}
-repo="demo/app"
-project="deploykit-demo"
+repo=${DEMO_REPO:-demo/app}
+project=${DEMO_PROJECT:-deploykit-demo}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
