@@ -349,3 +349,51 @@ def test_deploy_from_a_registry_that_needs_login(
     assert auth_registry.password not in log.replace(
         f"::add-mask::{auth_registry.password}", "")
     assert (user_config.read_text() if user_config.exists() else "") == before
+
+
+def test_dry_run_and_force_redeploy_through_an_explicit_docker_host(
+        make_project: Callable[..., Project], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKER_HOST is honoured end to end (here the engine's own unix socket)."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    project = make_project()
+    code, _, log = deploy(project, capsys, image_tag="v1", smoke_url=project.url)
+    assert code == 0, log
+    before = project.containers()
+
+    # dry_run: the plan with current vs target digest, no change, no history line.
+    code, outputs, log = deploy(project, capsys, image_tag="v1b", dry_run="true")
+    assert code == 0, log
+    assert outputs["status"] == "planned"
+    assert outputs["digest"] == project.digests["v1b"]
+    assert outputs["previous_image"] == \
+        f"{project.registry}/{project.repo}@{project.digests['v1']}"
+    summary = (project.directory / "summary.md").read_text()
+    assert f"| app | {project.digests['v1']} | {project.digests['v1b']} | recreate |" in summary
+    assert project.containers() == before
+    assert body(project.url) == "release v1"
+    assert [entry.tag for entry in project.history().entries()] == ["v1"]
+
+    # The same release again: nothing to recreate, unless force_redeploy.
+    code, outputs, log = deploy(project, capsys, image_tag="v1")
+    assert (code, outputs["status"]) == (0, "deployed")
+    assert project.containers() == before
+    code, outputs, log = deploy(project, capsys, image_tag="v1", force_redeploy="true")
+    assert (code, outputs["status"]) == (0, "deployed")
+    after = project.containers()
+    assert set(after) == set(before)
+    assert all(after[service] != before[service] for service in before)
+    assert outputs["digest"] == project.digests["v1"]
+
+
+def test_an_unreachable_docker_host_fails_before_anything_changes(
+        make_project: Callable[..., Project], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    project = make_project()
+    with monkeypatch.context() as patch:  # deploykit's environment only, not the test's
+        patch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+        code, outputs, log = deploy(project, capsys, image_tag="v1")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert f"Cannot reach the Docker engine (unix://{tmp_path}/no-engine.sock)" in log
+    assert project.containers() == {}
+    assert project.history().entries() == []
