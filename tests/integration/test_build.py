@@ -7,12 +7,15 @@ and Basic auth, independently of deploykit's own RegistryClient.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -242,3 +245,62 @@ def test_failing_run_step_exits_1_with_the_step_output(
     assert requests.get(f"http://{auth_registry.host}/v2/{repo}/tags/list",
                         auth=(auth_registry.username, auth_registry.password),
                         timeout=10).status_code == 404
+
+
+def test_build_args_secrets_target_and_oci_labels(
+    auth_registry: TestRegistry, base_image: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A build secret reaches `RUN --mount=type=secret` and nothing else; `target`
+    stops before a broken stage; build args and OCI labels land in the image."""
+    secret = "s3cret-build-token-" + uuid.uuid4().hex[:8]
+    secret_hash = hashlib.sha256(secret.encode()).hexdigest()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("\n".join([
+        f"FROM {base_image} AS app",
+        "ARG GREETING",
+        # Only the secret's hash is in the Dockerfile, so the image can only hold it by leaking.
+        "RUN --mount=type=secret,id=token "
+        f'test "$(sha256sum < /run/secrets/token | cut -d" " -f1)" = "{secret_hash}"',
+        "LABEL greeting=$GREETING",
+        "FROM app AS broken",
+        "RUN false", ""]))
+    repo, commit = auth_registry.repo("build"), sha()
+    env = {
+        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+        "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "GITHUB_EVENT_NAME": "push",
+        "GITHUB_REF": "refs/tags/v4.5.6", "GITHUB_SHA": commit,
+        "GITHUB_REPOSITORY": "deploykit/it-app", "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_WORKSPACE": str(tmp_path), "DK_BUILD_TOKEN": secret,
+        "INPUT_REGISTRY": auth_registry.host, "INPUT_IMAGE_REPO": repo,
+        "INPUT_REGISTRY_USERNAME": auth_registry.username,
+        "INPUT_REGISTRY_PASSWORD": auth_registry.password, "INPUT_PLATFORMS": "linux/amd64",
+        "INPUT_CONTEXT": "ctx", "INPUT_TARGET": "app", "INPUT_CACHE": "none",
+        "INPUT_BUILD_ARGS": "GREETING=hello from a build arg",
+        "INPUT_BUILD_SECRETS": "token=DK_BUILD_TOKEN",
+    }
+    try:
+        code = main(["build"], env=env)
+        log = capsys.readouterr().out
+        assert code == 0, log
+        outputs = parse_github_output((tmp_path / "output").read_text())
+        assert outputs["status"] == "built"
+        registry = Registry(auth_registry, repo)
+        manifest = requests.get(f"{registry.base}/manifests/{outputs['digest']}",
+                                auth=registry.auth, timeout=10, headers={"Accept": INDEX_ACCEPT})
+        config_digest = manifest.json()["config"]["digest"]
+        config = requests.get(f"{registry.base}/blobs/{config_digest}", auth=registry.auth,
+                              timeout=10).text
+        labels = json.loads(config)["config"]["Labels"]
+        assert labels["greeting"] == "hello from a build arg"
+        assert labels["org.opencontainers.image.revision"] == commit
+        assert labels["org.opencontainers.image.version"] == "v4.5.6"
+        assert labels["org.opencontainers.image.source"] == "https://github.com/deploykit/it-app"
+        assert secret not in config
+        assert [line for line in log.splitlines() if secret in line] == [
+            f"::add-mask::{secret}"]
+        assert secret not in (tmp_path / "summary").read_text()
+    finally:
+        remove_local_images(f"{auth_registry.host}/{repo}")
