@@ -38,11 +38,12 @@ ARG DEBIAN_FRONTEND=noninteractive
 COPY ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 ca-certificates docker-cli docker-buildx docker-compose \
+      python3 ca-certificates docker-cli docker-buildx docker-compose openssh-client \
  && update-ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log /usr/share/doc/* /usr/share/man/* \
  && docker buildx version \
- && docker compose version
+ && docker compose version \
+ && ssh -V
 COPY --from=venv /opt/deploykit /opt/deploykit
 COPY entrypoint.py /app/entrypoint.py
 ENV PATH=/opt/deploykit/bin:$PATH \

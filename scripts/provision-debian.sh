@@ -87,7 +87,8 @@ APT_PACKAGES=(ca-certificates curl jq containerd runc iptables tini qemu-user-st
 if [[ "$RUNNER" == 1 ]]; then
   WITH_PYTHON_BASE=0
 else
-  APT_PACKAGES+=(docker-registry apache2-utils)
+  # openssh-server: the integration test of DOCKER_HOST=ssh:// runs its own sshd on loopback
+  APT_PACKAGES+=(docker-registry apache2-utils openssh-server)
 fi
 if [[ "$WITH_PYTHON_BASE" == 1 ]]; then APT_PACKAGES+=(mmdebstrap); fi
 

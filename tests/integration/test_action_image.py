@@ -78,6 +78,15 @@ def test_the_docker_cli_has_buildx_and_compose_v2(action_image: str) -> None:
     assert code == 0 and out.startswith("github.com/docker/buildx 0.")
 
 
+def test_the_image_can_reach_a_remote_engine_over_ssh(action_image: str) -> None:
+    """DOCKER_HOST=ssh://... needs the ssh client (CLI) and paramiko (the SDK)."""
+    code, _, err = run(action_image, "-V", entrypoint="ssh")
+    assert code == 0 and err.startswith("OpenSSH_")
+    code, out, _ = run(action_image, "-c", "import paramiko, docker.transport.sshconn",
+                       entrypoint="/opt/deploykit/bin/python")
+    assert (code, out) == (0, "")
+
+
 def test_the_mounted_socket_reaches_the_engine(action_image: str) -> None:
     host = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
     code, out, err = run(action_image, "version", "--format", "{{.Server.Version}}",

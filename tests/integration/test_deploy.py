@@ -397,3 +397,69 @@ def test_an_unreachable_docker_host_fails_before_anything_changes(
     assert f"Cannot reach the Docker engine (unix://{tmp_path}/no-engine.sock)" in log
     assert project.containers() == {}
     assert project.history().entries() == []
+
+
+@pytest.fixture
+def ssh_docker_host(docker_engine: None, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[tuple[str, str]]:
+    """An sshd on loopback in front of this engine: (DOCKER_HOST, PATH with an `ssh` that
+    knows its key), as a GitHub-hosted runner deploying to a remote host would have."""
+    sshd = Path("/usr/sbin/sshd")
+    if not sshd.exists():
+        pytest.fail("openssh-server is missing: run scripts/provision-debian.sh", pytrace=False)
+    home = tmp_path_factory.mktemp("ssh")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)],
+                       check=True)
+    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
+    port = free_port()
+    (home / "sshd_config").write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home}/host_key",
+        f"AuthorizedKeysFile {home}/authorized_keys", "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
+        "StrictModes no", f"PidFile {home}/sshd.pid", ""]))
+    (home / "ssh_config").write_text("\n".join([
+        "Host *", f"  IdentityFile {home}/client_key", "  IdentitiesOnly yes",
+        "  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null", "  LogLevel ERROR",
+        ""]))
+    bin_dir = home / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {home}/ssh_config "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    server = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(home / "sshd_config")],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"ssh://root@127.0.0.1:{port}", f"{bin_dir}:{os.environ['PATH']}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_deploy_to_a_remote_engine_over_ssh(
+        make_project: Callable[..., Project], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, ssh_docker_host: tuple[str, str]) -> None:
+    """DOCKER_HOST=ssh://user@host end to end: compose, the SDK's health verdict and the
+    engine lock all go through ssh."""
+    docker_host, path = ssh_docker_host
+    project = make_project()
+    with monkeypatch.context() as patch:  # deploykit's environment, not the test's docker
+        patch.setenv("DOCKER_HOST", docker_host)
+        patch.setenv("PATH", path)
+        code, outputs, log = deploy(project, capsys, image_tag="v1", smoke_url=project.url,
+                                    smoke_contains="release v1")
+        assert code == 0, log
+        code, outputs_v2, log_v2 = deploy(project, capsys, image_tag="v2")
+    assert (outputs["status"], outputs["digest"]) == ("deployed", project.digests["v1"])
+    assert body(project.url) == "release v1"
+    assert (code, outputs_v2["status"]) == (1, "rolled_back"), log_v2
+    assert set(project.containers()) == {"app", "worker"}
+    assert [entry.status for entry in project.history().entries()] == ["deployed",
+                                                                       "rolled_back"]
+    assert docker("network", "inspect", f"deploykit-lock-{project.name}",
+                  check=False).returncode != 0
