@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tenacity
+
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeniedError, InputError
 from deploykit.registry import denied_error
@@ -52,6 +54,11 @@ _STEP_RE = re.compile(r"^#(\d+) \[(?!internal\b)[^\]]*\b\d+/\d+\] (?!FROM\b)")
 _VERTEX_RE = re.compile(r"^#(\d+) (.*)$")
 # GHCR: "failed to push ghcr.io/o/a:v1: denied: permission_denied: write_package"
 _DENIED_RE = re.compile(r"failed to push (\S+?): (denied: .*)$", re.MULTILINE)
+# A registry that failed (5xx) or throttled (429) a request of the push: worth pushing again.
+_TRANSIENT_PUSH_RE = re.compile(
+    r"unexpected status from \w+ request to \S+: (5\d\d|429)\b[^\n]*", re.MULTILINE)
+PUSH_ATTEMPTS = 3
+PUSH_RETRY_WAIT = tenacity.wait_exponential(multiplier=2, max=20)
 
 
 @dataclass(frozen=True)
@@ -261,11 +268,39 @@ def build_env(request: BuildRequest, env: Mapping[str, str]) -> dict[str, str]:
 
 
 # -- run ----------------------------------------------------------------------
+class TransientPushError(BuildError):
+    """The registry answered 5xx or 429 during the push."""
+
+
 def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
-    """Run the build, streaming its plain progress; BuildError on failure."""
+    """Run the build, streaming its plain progress; BuildError on failure.
+
+    A push the registry failed with 5xx/429 is pushed again (the layers are cached, and
+    the same content gives the same digest, so a second push is idempotent).
+    """
     extra_env = build_env(request, docker.env)
     for value in extra_env.values():
         docker.actions.mask(value)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(PUSH_ATTEMPTS),
+        wait=PUSH_RETRY_WAIT,
+        retry=tenacity.retry_if_exception_type(TransientPushError),
+        before_sleep=lambda state: docker.actions.warning(
+            f"{_message_of(state)} Pushing again "
+            f"(attempt {state.attempt_number + 1} of {PUSH_ATTEMPTS}).",
+            title="Registry error during the push"),
+        reraise=True)
+    return retrying(_build_once, docker, request, extra_env)
+
+
+def _message_of(state: tenacity.RetryCallState) -> str:
+    error = state.outcome.exception() if state.outcome else None
+    return error.message if isinstance(error, BuildError) else str(error)
+
+
+def _build_once(
+    docker: DockerCLI, request: BuildRequest, extra_env: Mapping[str, str]
+) -> BuildResult:
     with tempfile.TemporaryDirectory(prefix="deploykit-build-") as directory:
         metadata_file = str(Path(directory) / "metadata.json")
         argv = build_argv(request, metadata_file)
@@ -274,6 +309,11 @@ def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
         if result.returncode != 0:
             if denied := push_denied(output):
                 raise denied
+            if request.push and (transient := _TRANSIENT_PUSH_RE.search(output)):
+                raise TransientPushError(
+                    f"The registry failed the push: {transient.group(0)}.",
+                    hint="The registry had an outage or throttled the push; check its status "
+                    "page and run the job again (nothing half-pushed is ever tagged).")
             raise BuildError(
                 f"docker buildx build failed (exit {result.returncode}):\n"
                 f"{failing_step_output(output)}",

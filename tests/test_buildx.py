@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tenacity
 
 from deploykit import buildx
 from deploykit.buildx import Builder, BuildRequest
@@ -112,6 +113,9 @@ class FakeActions:
 
     def notice(self, message: str, *, title: str = "") -> None:
         self.lines.append(f"notice: {title}: {message}")
+
+    def warning(self, message: str, *, title: str = "") -> None:
+        self.lines.append(f"warning: {title}: {message}")
 
     def mask(self, secret: str | None) -> None:
         if secret:
@@ -445,3 +449,61 @@ def test_ghcr_write_package_denial_is_a_denied_error_with_the_fix() -> None:
                                   "denied: permission_denied: write_package")
     assert "Manage Actions access" in info.value.hint
     assert "write:packages" in info.value.hint
+
+
+# -- a registry that fails the push (5xx, 429) is pushed to again ---------------------
+PUSH_500 = ("#14 exporting to image\n"
+            "ERROR: failed to solve: failed to push 127.0.0.1:5001/org/app:v1.2.3: "
+            "unexpected status from HEAD request to "
+            "http://127.0.0.1:5001/v2/org/app/manifests/v1.2.3: 500 Internal Server Error\n")
+
+
+class SequenceDocker(FakeDocker):
+    """``buildx build`` answers (returncode, output) from a list, in order."""
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        super().__init__([], on_build=_write_metadata)
+        self.answers = answers
+
+    def run(self, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(args), kwargs))
+        code, out = self.answers.pop(0)
+        if code == 0 and self.on_build:
+            self.on_build(list(args))
+        return subprocess.CompletedProcess(["docker", *args], code, out, out)
+
+
+@pytest.fixture
+def no_push_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(buildx, "PUSH_RETRY_WAIT", tenacity.wait_none())
+
+
+def test_a_push_the_registry_failed_is_pushed_again(no_push_wait: None) -> None:
+    docker = SequenceDocker([(1, PUSH_500), (0, SUCCESS_OUTPUT)])
+    result = buildx.run_build(docker, request())  # type: ignore[arg-type]
+    assert result.digest == "sha256:" + "a" * 64
+    assert len(docker.calls) == 2
+    assert docker.actions.lines[-1] == (
+        "warning: Registry error during the push: The registry failed the push: unexpected "
+        "status from HEAD request to http://127.0.0.1:5001/v2/org/app/manifests/v1.2.3: 500 "
+        "Internal Server Error. Pushing again (attempt 2 of 3).")
+
+
+def test_a_registry_that_keeps_failing_stops_after_three_pushes(no_push_wait: None) -> None:
+    docker = SequenceDocker([(1, PUSH_500)] * 3)
+    with pytest.raises(buildx.TransientPushError) as info:
+        buildx.run_build(docker, request())  # type: ignore[arg-type]
+    assert len(docker.calls) == 3
+    assert info.value.message.endswith("500 Internal Server Error.")
+    assert "status page" in info.value.hint
+
+
+def test_a_failed_step_or_a_validation_build_is_never_retried(no_push_wait: None) -> None:
+    docker = SequenceDocker([(1, FAILURE_OUTPUT)])
+    with pytest.raises(BuildError):
+        buildx.run_build(docker, request())  # type: ignore[arg-type]
+    docker = SequenceDocker([(1, PUSH_500)])
+    with pytest.raises(BuildError) as info:
+        buildx.run_build(docker, request(push=False))  # type: ignore[arg-type]
+    assert not isinstance(info.value, buildx.TransientPushError)
+    assert len(docker.calls) == 1

@@ -7,7 +7,10 @@ registry is a test *failure*, never a skip: CI must prove the real thing.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,3 +136,38 @@ def make_app_context(
         return str(context)
 
     return factory
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def remove_local_images(image_name: str) -> None:
+    """The docker driver keeps pushed and pulled images in the engine: drop REGISTRY/REPO's."""
+    listed = subprocess.run(["docker", "images", "--no-trunc", "--format",
+                             "{{.Repository}} {{.ID}}"], capture_output=True, text=True,
+                            check=True).stdout
+    ids = {line.split()[1] for line in listed.splitlines() if line.split()[0] == image_name}
+    if ids:
+        subprocess.run(["docker", "image", "rm", "--force", *sorted(ids)],
+                       capture_output=True, check=False)
+
+
+# distribution 2.8's filesystem driver can answer 500 to a HEAD racing a PUT of the same
+# tag (seen once in many runs): the tests' own pushes try again, like deploykit's build.
+_TRANSIENT_PUSH = re.compile(r"unexpected status from \w+ request to \S+: (5\d\d|429)\b")
+
+
+def docker_push(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``docker ARGS`` (a buildx push), again up to twice when the registry failed it."""
+    for _ in range(3):
+        result = subprocess.run(["docker", *args], capture_output=True, text=True,
+                                check=False, timeout=timeout)
+        if result.returncode == 0 or not _TRANSIENT_PUSH.search(result.stderr):
+            break
+        time.sleep(1)
+    assert result.returncode == 0, f"docker {' '.join(args)} failed:\n{result.stderr}"
+    return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -35,6 +34,7 @@ from tests.integration.actionbed import (
     unavailable,
 )
 from tests.integration.conftest import TestRegistry as Registry
+from tests.integration.conftest import docker_push, free_port
 
 ACT_WORKFLOWS = Path(__file__).parent / "act"
 ACT_TIMEOUT = 600
@@ -98,12 +98,6 @@ def later_step(output: str) -> dict[str, str]:
     return dict(re.findall(r"later-step (\w+)=(.*?)\s*$", output, flags=re.MULTILINE))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def compose_project() -> Iterator[str]:
     """A unique compose project name; its containers, network and volumes go afterwards."""
@@ -138,10 +132,10 @@ def push_demo(base_image: str, tmp_path: Path) -> Callable[[str, str], str]:
 
     def factory(repository: str, tag: str) -> str:
         metadata = tmp_path / "metadata.json"
-        docker("buildx", "build", "--platform", "linux/amd64,linux/arm64",
-               "--provenance=false", "--build-arg", f"BASE_IMAGE={base_image}",
-               "--tag", f"{repository}:{tag}", "--push", "--metadata-file", str(metadata),
-               str(ROOT / "examples" / "demo"), timeout=300)
+        docker_push("buildx", "build", "--platform", "linux/amd64,linux/arm64",
+                    "--provenance=false", "--build-arg", f"BASE_IMAGE={base_image}",
+                    "--tag", f"{repository}:{tag}", "--push", "--metadata-file", str(metadata),
+                    str(ROOT / "examples" / "demo"))
         digest: str = json.loads(metadata.read_text())["containerimage.digest"]
         return digest
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import requests
 
 from deploykit.cli import main
 from tests.conftest import parse_github_output
-from tests.integration.conftest import TestRegistry
+from tests.integration.conftest import TestRegistry, remove_local_images
 
 INDEX_ACCEPT = ("application/vnd.oci.image.index.v1+json,"
                 "application/vnd.docker.distribution.manifest.list.v2+json,"
@@ -80,15 +79,6 @@ def run_build(
     yield factory
     for repo in repos:
         remove_local_images(repo)
-
-
-def remove_local_images(repo: str) -> None:
-    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                             "--filter", f"reference={repo}:*"],
-                            capture_output=True, text=True, check=True)
-    if names := listed.stdout.split():
-        subprocess.run(["docker", "image", "rm", "--force", *names], capture_output=True,
-                       check=True)
 
 
 def assert_password_only_masked(log: str, password: str) -> None:

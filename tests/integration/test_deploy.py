@@ -26,7 +26,12 @@ import requests
 from deploykit.cli import main
 from deploykit.history import History
 from tests.conftest import parse_github_output
-from tests.integration.conftest import TestRegistry
+from tests.integration.conftest import (
+    TestRegistry,
+    docker_push,
+    free_port,
+    remove_local_images,
+)
 
 HEALTHY = ('HEALTHCHECK --interval=1s --timeout=2s --retries=3 '
            'CMD wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1')
@@ -78,20 +83,11 @@ def push_variants(registry: str, repo: str, base_image: str, tags: tuple[str, ..
         (context / "Dockerfile").write_text("\n".join([
             f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
         metadata = context / "metadata.json"
-        docker(*prefix, "buildx", "build", "--platform", "linux/amd64", "--push",
-               "--provenance=false", "--metadata-file", str(metadata),
-               "-t", f"{registry}/{repo}:{tag}", str(context))
+        docker_push(*prefix, "buildx", "build", "--platform", "linux/amd64", "--push",
+                    "--provenance=false", "--metadata-file", str(metadata),
+                    "-t", f"{registry}/{repo}:{tag}", str(context))
         digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
     return digests
-
-
-def remove_local_images(registry: str, repo: str) -> None:
-    """The engine keeps what the tests built and pulled; drop this repository's images."""
-    listed = docker("images", "--no-trunc", "--format", "{{.Repository}} {{.ID}}").stdout
-    ids = {line.split()[1] for line in listed.splitlines()
-           if line.split()[0] == f"{registry}/{repo}"}
-    if ids:
-        docker("image", "rm", "-f", *sorted(ids), check=False)
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +97,7 @@ def images(open_registry: TestRegistry, base_image: str,
     repo = open_registry.repo("deploy")
     yield repo, push_variants(open_registry.host, repo, base_image, tuple(VARIANTS),
                               tmp_path_factory.mktemp("images"))
-    remove_local_images(open_registry.host, repo)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    remove_local_images(f"{open_registry.host}/{repo}")
 
 
 @dataclass
@@ -335,7 +325,7 @@ def test_deploy_from_a_registry_that_needs_login(
     digests = push_variants(auth_registry.host, repo, base_image, ("v1",), tmp_path,
                             config=docker_config)
     project = make_project(registry=auth_registry.host, repo=repo, digests=digests)
-    request.addfinalizer(lambda: remove_local_images(auth_registry.host, repo))
+    request.addfinalizer(lambda: remove_local_images(f"{auth_registry.host}/{repo}"))
     user_config = Path.home() / ".docker" / "config.json"
     before = user_config.read_text() if user_config.exists() else ""
 

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 from tests.conftest import parse_github_output
-from tests.integration.conftest import TestRegistry
+from tests.integration.conftest import TestRegistry, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _down(project: str) -> None:
@@ -31,7 +24,7 @@ def _down(project: str) -> None:
 def test_demo_builds_deploys_and_rolls_back_a_broken_release(
     open_registry: TestRegistry, tmp_path: Path
 ) -> None:
-    project, port = f"demo-{uuid.uuid4().hex[:8]}", _free_port()
+    project, port = f"demo-{uuid.uuid4().hex[:8]}", free_port()
     env = {**os.environ, "DEPLOYKIT_NO_PROVISION": "1", "DEMO_PORT": str(port),
            "DEMO_REGISTRY": open_registry.host, "DEMO_REPO": open_registry.repo("demo"),
            "DEMO_PROJECT": project, "DEMO_WORKDIR": str(tmp_path)}

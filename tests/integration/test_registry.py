@@ -16,6 +16,7 @@ from deploykit.registry import OCI_INDEX, RegistryClient
 from deploykit.tags import plan_tags
 from tests.conftest import parse_github_output
 from tests.integration.conftest import TestRegistry as Registry
+from tests.integration.conftest import docker_push
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 PLATFORMS = "linux/amd64,linux/arm64"
@@ -37,7 +38,7 @@ def push_image(registry: Registry, repo: str, tags: list[str], context: str, con
             str(metadata), "--label", f"org.opencontainers.image.revision={revision}"]
     for tag in tags:
         argv += ["--tag", f"{registry.host}/{repo}:{tag}"]
-    docker(config, *argv, context)
+    docker_push("--config", config, *argv, context)
     # The registry holds the image now; the engine's local copy would only pile up.
     docker(config, "image", "rm", *(f"{registry.host}/{repo}:{tag}" for tag in tags))
     digest = json.loads(metadata.read_text())["containerimage.digest"]
@@ -48,8 +49,8 @@ def push_image(registry: Registry, repo: str, tags: list[str], context: str, con
 def add_tags(registry: Registry, repo: str, source: str, tags: list[str], config: str) -> None:
     """Point more tags at ``source``, one PUT at a time (the registry dislikes concurrent PUTs)."""
     for tag in tags:
-        docker(config, "buildx", "imagetools", "create", "--tag",
-               f"{registry.host}/{repo}:{tag}", f"{registry.host}/{repo}:{source}")
+        docker_push("--config", config, "buildx", "imagetools", "create", "--tag",
+                    f"{registry.host}/{repo}:{tag}", f"{registry.host}/{repo}:{source}")
 
 
 def test_resolves_digest_platforms_and_labels_of_a_multi_arch_image(
