@@ -1,25 +1,72 @@
 """The docker CLI (``docker``, ``docker buildx``, ``docker compose``) as argv lists.
 
-No shell, no secret in argv: passwords go through stdin. A login lives in a
-temporary ``DOCKER_CONFIG`` that is removed afterwards, so a self-hosted
-runner keeps no credential and the user's own config is never written.
+No shell, no secret in argv: passwords go through stdin. Every child gets an explicit,
+minimal environment (see :func:`child_environment`), runs in its own session (a
+Ctrl-C to deploykit's process group, or a signal to deploykit, never reaches it:
+deploykit decides what happens to it) and has a timeout that covers its whole run; a
+child past its timeout is stopped with its whole process group (``docker compose`` is
+a plugin process of ``docker``).
+
+A login lives in a temporary ``DOCKER_CONFIG`` that is removed afterwards, so a
+self-hosted runner keeps no credential and the user's own config is never written.
+Those directories live under one parent per user (``$TMPDIR/deploykit-<uid>``), named
+``<pid>-<start time>-<random>``: a run killed with SIGKILL leaves its directory behind,
+and the next run removes it once that process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from deploykit.actions import Actions
-from deploykit.errors import DockerError, UnauthorizedError
+from deploykit.errors import (
+    DockerError,
+    RegistryError,
+    RegistryUnreachableError,
+    UnauthorizedError,
+)
+from deploykit.lock import process_alive, process_start
 
 # Kept from the user's config so plugins, builders and contexts still work.
 _SHARED_CONFIG_ENTRIES = ("cli-plugins", "buildx", "contexts")
+DEFAULT_TIMEOUT = 120.0  # a local command: config, ps, login, inspect
+KILL_GRACE = 2.0  # SIGTERM to the child's group, then SIGKILL after this long
+_POLL = 0.1
+
+# What a docker/compose/buildx child may inherit: nothing else (no INPUT_*, no tokens).
+_PASSED = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL",
+    "SSH_AUTH_SOCK", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+})
+_PASSED_PREFIXES = ("DOCKER_", "BUILDX_", "BUILDKIT_", "LC_")
+_SECRET_NAME = re.compile(r"PASS|TOKEN|SECRET|KEY|AUTH", re.IGNORECASE)
+
+
+def child_environment(env: Mapping[str, str],
+                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a docker child: PATH, HOME, locale, proxies, the docker
+    variables the user set (DOCKER_HOST, DOCKER_CONFIG, ...; none that looks like a
+    secret), then ``extra`` (compose_env values, IMAGE_*, build secrets) on top."""
+    passed = {name: value for name, value in env.items()
+              if name in _PASSED or (name.startswith(_PASSED_PREFIXES)
+                                     and not _SECRET_NAME.search(name))}
+    # A child with no PATH at all cannot find docker's helpers (credential helpers, ssh).
+    passed.setdefault("PATH", os.environ.get("PATH", os.defpath))
+    return {**passed, **(extra or {})}
 
 
 class DockerCLI:
@@ -30,8 +77,8 @@ class DockerCLI:
         executable: str = "docker",
     ) -> None:
         self.actions = actions
+        # The whole environment, to look values up (build secrets); children get less.
         self.env = dict(os.environ if env is None else env)
-        # A child with no PATH at all cannot find docker's helpers (credential helpers, ssh).
         self.env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         self.executable = executable
 
@@ -45,51 +92,100 @@ class DockerCLI:
         cwd: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
+        give_up_at: Callable[[], float | None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``docker <args>``; ``stream`` sends output to the log as it comes."""
+        """Run ``docker <args>``; ``stream`` sends output to the log as it comes.
+
+        ``timeout`` (default :data:`DEFAULT_TIMEOUT`) covers the whole run. ``give_up_at``
+        may name an earlier moment (a cancelled deploy's grace for an in-flight command).
+        Past either, the child's process group is stopped and DockerError raised. Any
+        exception while it runs (a cancel included) stops it too.
+        """
         argv = [self.executable, *args]
-        env = {**self.env, **(extra_env or {})}
+        env = child_environment(self.env, extra_env)
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
         self.actions.debug("$ " + " ".join(argv))
         try:
-            if stream:
-                return self._run_streaming(argv, env, stdin, cwd, check=check, timeout=timeout)
-            result = subprocess.run(
-                argv, input=stdin, capture_output=True, text=True, env=env, cwd=cwd,
-                check=False, timeout=timeout,
-            )
+            process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if stream else subprocess.PIPE,
+                env=env, cwd=cwd, start_new_session=True)
         except FileNotFoundError as exc:
             raise DockerError(f"`{self.executable}` was not found.",
                               hint="Install the Docker CLI with the buildx and compose "
                               "plugins (scripts/provision-debian.sh).") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise DockerError(f"`docker {' '.join(args[:2])}` timed out after {timeout} s.") \
-                from exc
-        if check and result.returncode != 0:
-            raise self._failure(args, result.stderr or result.stdout)
+        deadline = time.monotonic() + limit
+        try:
+            stdout, stderr, why = self._communicate(process, stdin, stream, deadline,
+                                                    give_up_at)
+        except BaseException:
+            stop_group(process)
+            raise
+        command = " ".join(args[:2])
+        if why:
+            stop_group(process)
+            why = f"timed out after {limit:g} s" if why == "timed out" else why
+            raise DockerError(f"`docker {command}` {why}; it was stopped.",
+                              hint="A registry or engine that does not answer, or a "
+                              "container that does not stop: see the output above.")
+        code = process.returncode
+        result = subprocess.CompletedProcess(argv, code, stdout, stderr if not stream else stdout)
+        if check and code != 0:
+            raise self._failure(args, stderr or stdout)
         return result
 
-    def _run_streaming(
-        self, argv: list[str], env: dict[str, str], stdin: str | None, cwd: str | None,
-        *, check: bool, timeout: float | None,
-    ) -> subprocess.CompletedProcess[str]:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
-        )
+    def _communicate(
+        self, process: subprocess.Popen[bytes], stdin: str | None, stream: bool,
+        deadline: float, give_up_at: Callable[[], float | None] | None,
+    ) -> tuple[str, str, str]:
+        """Feed stdin, collect (and stream) output until the child exits: (stdout,
+        stderr, '' or why it was given up)."""
         if stdin is not None and process.stdin:
-            process.stdin.write(stdin)
+            with suppress(BrokenPipeError):
+                process.stdin.write(stdin.encode("utf-8"))
             process.stdin.close()
-        lines: list[str] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            self.actions.info(line.rstrip("\n"))
-        code = process.wait(timeout=timeout)
-        output = "".join(lines)
-        result = subprocess.CompletedProcess(argv, code, output, output)
-        if check and code != 0:
-            raise self._failure(argv[1:], output)
-        return result
+        chunks: dict[int, list[bytes]] = {}
+        pending = b""
+        with selectors.DefaultSelector() as selector:
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    os.set_blocking(pipe.fileno(), False)
+                    selector.register(pipe.fileno(), selectors.EVENT_READ)
+                    chunks[pipe.fileno()] = []
+            out_fd = process.stdout.fileno() if process.stdout else -1
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return "", "", "timed out"
+                early = give_up_at() if give_up_at else None
+                if early is not None and now >= early:
+                    return "", "", "was still running when the deploy was cancelled"
+                if not selector.get_map():
+                    if process.poll() is not None:
+                        break
+                    time.sleep(_POLL)
+                    continue
+                for key, _ in selector.select(timeout=_POLL):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fd)
+                        continue
+                    chunks[key.fd].append(data)
+                    if stream and key.fd == out_fd:
+                        pending = self._stream_lines(pending + data)
+            if stream and pending:
+                self.actions.info(pending.decode("utf-8", "replace"))
+        stdout = b"".join(chunks.get(out_fd, [])).decode("utf-8", "replace")
+        err_fd = process.stderr.fileno() if process.stderr else -1
+        stderr = b"".join(chunks.get(err_fd, [])).decode("utf-8", "replace")
+        return stdout, stderr, ""
+
+    def _stream_lines(self, data: bytes) -> bytes:
+        *lines, rest = data.split(b"\n")
+        for line in lines:
+            self.actions.info(line.decode("utf-8", "replace").rstrip("\r"))
+        return rest
 
     def _failure(self, args: Sequence[str], output: str) -> DockerError:
         tail = "\n".join(self.actions.redact(output).strip().splitlines()[-30:])
@@ -100,8 +196,7 @@ class DockerCLI:
     def temporary_config(self) -> Iterator[str]:
         """A throwaway DOCKER_CONFIG that keeps the user's plugins and builders."""
         user_config = Path(self.env.get("DOCKER_CONFIG") or Path.home() / ".docker")
-        directory = tempfile.mkdtemp(prefix="deploykit-docker-config-")
-        os.chmod(directory, 0o700)
+        directory = str(new_config_directory())
         for entry in _SHARED_CONFIG_ENTRIES:
             source = user_config / entry
             if source.exists():
@@ -137,8 +232,101 @@ class DockerCLI:
         )
         if result.returncode != 0:
             detail = self.actions.redact((result.stderr or result.stdout).strip())
-            raise UnauthorizedError(
-                f"docker login to {registry} as {username} failed: {detail}",
-                hint="Check `registry_username` and `registry_password` (for GHCR: a PAT "
-                "with `read:packages`, plus `write:packages` to build).")
+            raise login_error(registry, username, detail)
         self.actions.info(f"Logged in to {registry} as {username}.")
+
+
+# -- why a login failed ----------------------------------------------------------------
+_DNS = re.compile(r"no such host|server misbehaving|name resolution|Name or service not "
+                  r"known|lookup \S+ on", re.IGNORECASE)
+_TLS = re.compile(r"x509:|tls:|certificate|HTTP response to HTTPS client|handshake",
+                  re.IGNORECASE)
+_UNREACHABLE = re.compile(r"connection refused|i/o timeout|no route to host|network is "
+                          r"unreachable|connection reset|deadline exceeded|EOF\b|"
+                          r"Client\.Timeout|timed out|\b50[234]\b", re.IGNORECASE)
+_AUTH = re.compile(r"unauthorized|incorrect username or password|\b401\b|denied|"
+                   r"authentication required|invalid (username|password|credentials)",
+                   re.IGNORECASE)
+
+
+def login_error(registry: str, username: str, detail: str) -> RegistryError:
+    """A failed ``docker login`` by its cause: DNS, TLS, unreachable, or credentials."""
+    what = f"docker login to {registry} as {username} failed: {detail}"
+    if _DNS.search(detail):
+        return RegistryUnreachableError(
+            what, title="Registry name not found",
+            hint=f"The name {registry.rsplit(':', 1)[0]} does not resolve: check `registry` "
+            "(a host such as ghcr.io, no scheme) and the runner's DNS.")
+    if _TLS.search(detail):
+        return RegistryError(
+            what, title="Registry TLS error",
+            hint=f"The TLS connection to {registry} failed: install the registry's CA on "
+            "the host (/etc/docker/certs.d) or fix its certificate; a plain-HTTP registry "
+            "must be in the engine's `insecure-registries`.")
+    if _UNREACHABLE.search(detail):
+        return RegistryUnreachableError(
+            what, hint=f"Nothing answered at {registry}: check `registry`, the port, a "
+            "firewall or proxy (HTTPS_PROXY), and the registry's status.")
+    if _AUTH.search(detail):
+        return UnauthorizedError(
+            what, hint="Check `registry_username` and `registry_password` (for GHCR: a PAT "
+            "with `read:packages`, plus `write:packages` to build).")
+    return RegistryError(what, title="Registry login failed",
+                         hint="See the message of `docker login` above.")
+
+
+# -- the process group of a child ---------------------------------------------------
+def stop_group(process: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
+    """SIGTERM the child's process group, SIGKILL it after ``grace`` s; reap the child."""
+    if process.poll() is not None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # helpers it left behind
+        return
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait)
+            return
+
+
+# -- temporary DOCKER_CONFIG directories ---------------------------------------------
+def config_parent(base: Path | None = None) -> Path:
+    """``$TMPDIR/deploykit-<uid>``: this user's, mode 0700, not a symlink (else refused)."""
+    parent = (base or Path(tempfile.gettempdir())) / f"deploykit-{os.getuid()}"
+    with suppress(FileExistsError):
+        parent.mkdir(mode=0o700)
+    info = os.lstat(parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise DockerError(f"{parent} is not a directory of this user; refusing to keep "
+                          "registry credentials there.",
+                          hint=f"Remove {parent}, or set TMPDIR to a private directory.")
+    os.chmod(parent, 0o700)
+    return parent
+
+
+def new_config_directory(base: Path | None = None) -> Path:
+    """A fresh 0700 directory for one login, after removing those of dead runs."""
+    parent = config_parent(base)
+    remove_stale_configs(parent)
+    pid = os.getpid()
+    directory = parent / f"docker-config-{pid}-{process_start(pid) or 0}-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+_CONFIG_NAME = re.compile(r"^docker-config-(\d+)-(\d+)-[0-9a-f]+$")
+
+
+def remove_stale_configs(parent: Path) -> list[Path]:
+    """Remove the config directories whose process is gone (SIGKILLed runs)."""
+    removed = []
+    for entry in parent.iterdir():
+        match = _CONFIG_NAME.match(entry.name)
+        if not match:
+            continue
+        pid, start = int(match.group(1)), match.group(2)
+        if not process_alive(pid, "" if start == "0" else start):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

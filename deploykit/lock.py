@@ -15,8 +15,9 @@ that need no cooperation from the dead holder:
    zombie, or reused (another start time).
 3. Otherwise (another machine, e.g. a runner deploying over ``ssh://``, or a
    container that still runs): stale once its ``expires`` label has passed;
-   the holder sets it to a bound of its own run (pull allowance + twice the
-   health and smoke budgets) and checks it still holds the lock before ``up``.
+   the holder sets it to a bound of its own run (:class:`Timeouts`: every docker
+   command of a deploy has a timeout, so the run is bounded) and checks it still
+   holds the lock before ``up``.
 
 A stale lock is removed by its network ID (never by name, which could already
 belong to a newer holder) and the create is retried.
@@ -42,7 +43,10 @@ from deploykit.errors import DockerError, LockError
 
 LOCK_PREFIX = "deploykit-lock-"
 LABEL_PREFIX = "io.deploykit.lock."
-PULL_ALLOWANCE = 900
+PULL_ALLOWANCE = 900  # all attempts of `docker compose pull` together
+UP_ALLOWANCE = 120  # `docker compose up` beyond the health budget (depends_on: healthy)
+COMMAND_ALLOWANCE = 120  # each other command: login, config, ps
+SMOKE_REQUEST = 10  # the last smoke request may start just before smoke_timeout
 POLL_INTERVAL = 2.0
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -88,9 +92,33 @@ def lock_name(project: str) -> str:
     return LOCK_PREFIX + project
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """The bound of every step of a deploy, from the inputs; the lock outlives their sum."""
+
+    pull: int
+    up: int
+    command: int
+    health: int
+    settle: int
+    smoke: int
+
+    @classmethod
+    def of(cls, health_timeout: int, health_settle: int, smoke_timeout: int) -> Timeouts:
+        return cls(pull=PULL_ALLOWANCE, up=UP_ALLOWANCE + health_timeout,
+                   command=COMMAND_ALLOWANCE, health=health_timeout, settle=health_settle,
+                   smoke=smoke_timeout + SMOKE_REQUEST)
+
+    @property
+    def ttl(self) -> int:
+        """One deploy (login, pull, up, health, smoke) plus its rollback (up, health)."""
+        attempt = self.up + self.health + self.settle
+        return 2 * self.command + self.pull + attempt + self.smoke + attempt
+
+
 def lock_ttl(health_timeout: int, health_settle: int, smoke_timeout: int) -> int:
     """Seconds after which a holder on another machine is presumed dead."""
-    return PULL_ALLOWANCE + 2 * (health_timeout + health_settle + smoke_timeout)
+    return Timeouts.of(health_timeout, health_settle, smoke_timeout).ttl
 
 
 # -- facts about this process ---------------------------------------------------
@@ -278,5 +306,5 @@ def engine_lock(client: Any, holder: Holder, *, timeout: float,
         lock.release()
 
 
-__all__ = ["EngineLock", "Holder", "engine_lock", "lock_name", "lock_ttl", "stale_reason",
-           "this_holder"]
+__all__ = ["EngineLock", "Holder", "Timeouts", "engine_lock", "lock_name", "lock_ttl",
+           "stale_reason", "this_holder"]

@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from deploykit.dockercli import DockerCLI
-from deploykit.errors import DockerError, UnauthorizedError
+from deploykit.dockercli import DockerCLI, child_environment, config_parent, login_error
+from deploykit.errors import (
+    DockerError,
+    RegistryError,
+    RegistryUnreachableError,
+    UnauthorizedError,
+)
+from deploykit.lock import process_start
 
 
 @pytest.fixture
@@ -79,3 +88,124 @@ def test_streaming_output_goes_to_log(make_actions, make_fake_docker) -> None:
     result = cli.run(["buildx", "build"], stream=True)
     assert result.returncode == 0
     assert "line-a\nline-b\n" in actions.out.getvalue()
+
+
+def test_children_get_a_minimal_environment(make_actions, tmp_path: Path) -> None:
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env.txt"\n')
+    script.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": "/home/u", "DOCKER_HOST": "unix:///d.sock",
+           "DOCKER_CONFIG": "/cfg", "HTTPS_PROXY": "http://proxy:3128", "LC_ALL": "C.UTF-8",
+           "INPUT_REGISTRY_PASSWORD": "pat-secret", "INPUT_GITHUB_TOKEN": "ghs_token",
+           "GITHUB_TOKEN": "ghs_token", "ACTIONS_RUNTIME_TOKEN": "rt", "DOCKER_PASSWORD": "pw",
+           "AWS_SECRET_ACCESS_KEY": "aws", "RANDOM_VAR": "x"}
+    cli = DockerCLI(make_actions(), env=env, executable=str(script))
+    cli.run(["compose", "up"], extra_env={"APP_PORT": "8080", "IMAGE_TAG": "v1@sha256:x"},
+            stream=True)
+    seen = dict(line.split("=", 1) for line in
+                (tmp_path / "env.txt").read_text().splitlines() if "=" in line)
+    seen.pop("PWD", None)  # set by the shell itself
+    seen.pop("SHLVL", None)
+    assert seen == {"PATH": os.environ["PATH"], "HOME": "/home/u",
+                    "DOCKER_HOST": "unix:///d.sock", "DOCKER_CONFIG": "/cfg",
+                    "HTTPS_PROXY": "http://proxy:3128", "LC_ALL": "C.UTF-8",
+                    "APP_PORT": "8080", "IMAGE_TAG": "v1@sha256:x"}
+    assert child_environment(env)["PATH"] == os.environ["PATH"]
+    assert "PATH" in child_environment({})
+
+
+def test_a_timeout_covers_a_streamed_run_and_stops_the_whole_group(
+        make_actions, tmp_path: Path) -> None:
+    """The grandchild (compose is a plugin process of docker) keeps stdout open."""
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\necho started\nsleep 60 &\necho $! > "{tmp_path}/pid"\n'
+                      "wait\n")
+    script.chmod(0o755)
+    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"]}, executable=str(script))
+    started = time.monotonic()
+    with pytest.raises(DockerError) as caught:
+        cli.run(["compose", "pull"], stream=True, timeout=1)
+    assert time.monotonic() - started < 5
+    assert caught.value.message == "`docker compose pull` timed out after 1 s; it was stopped."
+    grandchild = int((tmp_path / "pid").read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{grandchild}").exists() or \
+                Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild outlived the timeout")
+
+
+def test_children_run_in_their_own_session(make_actions, tmp_path: Path) -> None:
+    script = tmp_path / "docker"
+    script.write_text('#!/bin/sh\nps -o sid= -p $$\n')
+    script.chmod(0o755)
+    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"]}, executable=str(script))
+    result = cli.run(["info"])
+    assert int(result.stdout.strip()) != os.getsid(0)
+
+
+def test_give_up_at_stops_an_in_flight_command(make_actions, tmp_path: Path) -> None:
+    script = tmp_path / "docker"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(0o755)
+    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"]}, executable=str(script))
+    moment = time.monotonic() + 0.3
+    with pytest.raises(DockerError) as caught:
+        cli.run(["compose", "up"], stream=True, timeout=60, give_up_at=lambda: moment)
+    assert caught.value.message == ("`docker compose up` was still running when the deploy "
+                                    "was cancelled; it was stopped.")
+
+
+def test_a_killed_runs_config_directory_is_removed_by_the_next(make_actions, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    parent = config_parent()
+    assert parent == tmp_path / f"deploykit-{os.getuid()}"
+    assert stat.S_IMODE(parent.stat().st_mode) == 0o700
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = parent / f"docker-config-{dead.pid}-1-abcdef12"
+    stale.mkdir()
+    (stale / "config.json").write_text('{"auths": {"ghcr.io": {"auth": "secret"}}}')
+    alive = parent / f"docker-config-{os.getpid()}-{process_start(os.getpid())}-0badcafe"
+    alive.mkdir()
+    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    with cli.temporary_config() as directory:
+        assert Path(directory).parent == parent
+        assert not stale.exists()
+        assert alive.exists()  # its owner (this process) still runs
+    assert not Path(directory).exists()
+
+
+def test_a_foreign_config_parent_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / f"deploykit-{os.getuid()}").symlink_to(target)
+    with pytest.raises(DockerError) as caught:
+        config_parent(tmp_path)
+    assert "refusing to keep registry credentials there" in caught.value.message
+
+
+@pytest.mark.parametrize(("detail", "error", "title", "hint"), [
+    ('Get "https://ghcr.iox/v2/": dial tcp: lookup ghcr.iox on 127.0.0.53:53: no such host',
+     RegistryUnreachableError, "Registry name not found", "does not resolve"),
+    ('Get "https://10.0.0.1/v2/": tls: failed to verify certificate: x509: certificate '
+     "signed by unknown authority", RegistryError, "Registry TLS error", "CA"),
+    ('Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused',
+     RegistryUnreachableError, "Registry unreachable", "Nothing answered"),
+    ("Error response from daemon: Get \"http://127.0.0.1:5001/v2/\": unauthorized: "
+     "incorrect username or password", UnauthorizedError, "Registry authentication failed",
+     "registry_username"),
+    ("something else", RegistryError, "Registry login failed", "docker login"),
+])
+def test_login_failures_are_classified(detail: str, error: type, title: str,
+                                       hint: str) -> None:
+    found = login_error("ghcr.io", "me", detail)
+    assert type(found) is error
+    assert found.title == title
+    assert hint in found.hint
+    assert found.message == f"docker login to ghcr.io as me failed: {detail}"
+    if error is not UnauthorizedError:
+        assert "registry_username" not in found.hint

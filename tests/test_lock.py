@@ -14,6 +14,7 @@ from deploykit.errors import DockerError, LockError
 from deploykit.lock import (
     EngineLock,
     Holder,
+    Timeouts,
     engine_lock,
     lock_ttl,
     process_alive,
@@ -293,8 +294,13 @@ def test_zombie_is_dead() -> None:
         child.wait()
 
 
-def test_ttl_bounds_a_whole_run() -> None:
-    assert lock_ttl(120, 5, 60) == 900 + 2 * 185
+def test_timeouts_bound_every_step_and_the_lock_outlives_them() -> None:
+    timeouts = Timeouts.of(health_timeout=120, health_settle=5, smoke_timeout=60)
+    assert (timeouts.pull, timeouts.up, timeouts.command, timeouts.smoke) == (900, 240, 120, 70)
+    deploy = timeouts.command + timeouts.pull + timeouts.up + 120 + 5 + timeouts.smoke
+    rollback = timeouts.up + 120 + 5
+    assert timeouts.ttl == deploy + rollback + timeouts.command == 1940
+    assert lock_ttl(120, 5, 60) == 1940
 
 
 def test_this_holder_describes_this_process() -> None:
