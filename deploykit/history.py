@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 from deploykit.actions import Actions, markdown_table
-from deploykit.errors import DeploykitError
+from deploykit.errors import DeploykitError, InputError
 from deploykit.settings import Settings
 
 HISTORY_FILE = "history.jsonl"
@@ -61,10 +61,45 @@ def state_directory(configured: str) -> Path:
     return Path.home() / ".local" / "state" / "deploykit"
 
 
+def parse_entry(raw: object) -> HistoryEntry | str:
+    """One decoded line as an entry, or why it is not one."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    values = {}
+    for spec in fields(HistoryEntry):
+        if spec.name not in raw:
+            if spec.default is MISSING:
+                return f"no `{spec.name}`"
+            continue
+        value = raw[spec.name]
+        if spec.name == "duration_seconds":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"`duration_seconds` is not a number ({type(value).__name__})"
+            value = float(value)
+        elif not isinstance(value, str):
+            return f"`{spec.name}` is not a string ({type(value).__name__})"
+        values[spec.name] = value
+    return HistoryEntry(**values)
+
+
 class History:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, warn: Callable[[str], None] | None = None) -> None:
         self.directory = directory
         self.path = directory / HISTORY_FILE
+        self.warn = warn
+
+    def check_writable(self) -> None:
+        """Before anything changes: the history line at the end must be writable."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.close(descriptor)
+        except OSError as exc:
+            raise InputError(
+                "state_dir", f"the deploy history {self.path} is not writable "
+                f"({exc.strerror}); nothing was changed.",
+                hint="Set `state_dir` (or DEPLOYKIT_STATE_DIR) to a directory this user can "
+                "write, kept between runs (not the workspace).") from exc
 
     def append(self, entry: HistoryEntry) -> None:
         try:
@@ -83,18 +118,38 @@ class History:
                 title="History not writable") from exc
 
     def entries(self) -> list[HistoryEntry]:
-        if not self.path.exists():
+        """Every readable entry; a bad line (cut by a full disk, edited by hand) is
+        skipped with a warning naming its line number, never fatal."""
+        try:
+            text = self.path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
             return []
-        known = {field.name for field in fields(HistoryEntry)}
-        result = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        except OSError as exc:
+            self._warn(f"Cannot read the deploy history {self.path} ({exc.strerror}): "
+                       "treated as empty.")
+            return []
+        result, skipped = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
             try:
-                raw = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a full disk must not hide the rest
-            if isinstance(raw, dict) and {"time", "action", "digest"} <= raw.keys():
-                result.append(HistoryEntry(**{k: v for k, v in raw.items() if k in known}))
+                parsed = parse_entry(json.loads(line))
+            except (json.JSONDecodeError, RecursionError):
+                parsed = "not JSON"
+            if isinstance(parsed, str):
+                skipped.append(f"line {number}: {parsed}")
+            else:
+                result.append(parsed)
+        if skipped:
+            shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more"
+                                              if len(skipped) > 5 else "")
+            self._warn(f"Skipped {len(skipped)} unreadable line(s) of the deploy history "
+                       f"{self.path}: {shown}.")
         return result
+
+    def _warn(self, message: str) -> None:
+        if self.warn is not None:
+            self.warn(message)
 
     def select(self, environment: str = "", project: str = "") -> list[HistoryEntry]:
         return [entry for entry in self.entries()
@@ -150,7 +205,8 @@ def text_table(headers: Iterable[str], rows: list[list[str]]) -> str:
 
 def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """Handler of ``deploykit history``: the table of past deploys and rollbacks."""
-    history = History(state_directory(settings.state_dir))
+    history = History(state_directory(settings.state_dir),
+                      warn=lambda text: actions.warning(text, title="Deploy history"))
     entries = history.select(settings.environment, settings.project_name)
     if not entries:
         actions.info(f"No deploy recorded in {history.path}.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.errors import DeploykitError
+from deploykit.errors import DeploykitError, InputError
 from deploykit.history import (
     History,
     HistoryEntry,
@@ -125,3 +125,65 @@ def test_show_with_no_history_says_so(tmp_path: Path, make_actions) -> None:  # 
     show(settings, actions, argparse.Namespace())
     assert actions.out.getvalue() == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
     assert actions.summary_parts == []
+
+
+BAD_LINES = [
+    ('{"time": "cut in the mid', "line 2: not JSON"),
+    ('["a", "list"]', "line 2: not a JSON object"),
+    ('{"time": "t", "action": "deploy", "digest": "' + D3 + '"}', "line 2: no `environment`"),
+    (json.dumps({**vars(entry(D3)), "duration_seconds": "12.5"}),
+     "line 2: `duration_seconds` is not a number (str)"),
+    (json.dumps({**vars(entry(D3)), "duration_seconds": True}),
+     "line 2: `duration_seconds` is not a number (bool)"),
+    (json.dumps({**vars(entry(D3)), "tag": 7}), "line 2: `tag` is not a string (int)"),
+    (json.dumps({**vars(entry(D3)), "status": None}), "line 2: `status` is not a string"),
+    ("[" * 100000, "line 2: not JSON"),
+    ("\udcff".encode("utf-8", "surrogatepass").decode("latin-1"), "line 2: not JSON"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_LINES)
+def test_a_bad_line_is_skipped_with_a_warning(tmp_path: Path, make_actions, bad: str,  # type: ignore[no-untyped-def]
+                                              reason: str) -> None:
+    warnings: list[str] = []
+    history = History(tmp_path, warn=warnings.append)
+    history.append(entry(D1))
+    with history.path.open("a", encoding="utf-8") as handle:
+        handle.write(bad + "\n")
+    history.append(entry(D2, tag="v2"))
+    assert [e.digest for e in history.entries()] == [D1, D2]
+    [warning] = warnings
+    assert warning.startswith(f"Skipped 1 unreadable line(s) of the deploy history "
+                              f"{history.path}: {reason}")
+    assert history.previous_successful("staging", "shop") == entry(D1)
+
+
+def test_history_command_warns_about_bad_lines_and_shows_the_rest(tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  make_actions) -> None:
+    history = History(tmp_path)
+    history.path.write_text(json.dumps({**vars(entry(D3)), "duration_seconds": "x"}) + "\n"
+                            + '{"time": "2026"}\n')
+    history.append(entry(D1, tag="v1.0.0"))
+    settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
+                              "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
+    actions = make_actions()
+    show(settings, actions, argparse.Namespace())
+    printed = actions.out.getvalue()
+    assert printed.startswith(
+        f"::warning title=Deploy history::Skipped 2 unreadable line(s) of the deploy history "
+        f"{history.path}: line 1: `duration_seconds` is not a number (str); line 2: no "
+        "`action`.\n")
+    assert "v1.0.0" in printed
+
+
+def test_check_writable_fails_before_anything_with_the_input_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError) as caught:
+        History(blocker / "sub").check_writable()
+    assert caught.value.message.startswith(
+        f"Input 'state_dir': the deploy history {blocker / 'sub' / 'history.jsonl'} is not "
+        "writable (")
+    assert "DEPLOYKIT_STATE_DIR" in caught.value.hint
+    History(tmp_path / "ok").check_writable()
+    assert (tmp_path / "ok" / "history.jsonl").read_text() == ""
