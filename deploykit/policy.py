@@ -11,14 +11,13 @@ refused deploy makes no connection at all.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from deploykit.errors import InputError, PolicyError
+from deploykit.reference import DIGEST_RE as _DIGEST_RE
+from deploykit.reference import TAG_RE as _TAG_RE
 from deploykit.tags import LATEST, STAGING_LATEST, is_release_tag, parse_version
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _PRODUCTION_HINT = ("Pass a release tag such as `image_tag: v1.4.2`, or a digest "
                     "(`sha256:...` or `v1.4.2@sha256:...`; `deploykit resolve "
                     "REGISTRY/REPO:v1.4.2` prints it).")

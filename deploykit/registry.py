@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,13 @@ from deploykit.errors import (
     RegistryUnreachableError,
     UnauthorizedError,
 )
+from deploykit.reference import (
+    DIGEST_RE,
+    DOCKER_HUB,
+    TAG_RE,
+    ImageReference,  # noqa: F401  (re-exported)
+    parse_reference,
+)
 from deploykit.settings import Settings
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -50,76 +56,13 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 REVISION_LABEL = "org.opencontainers.image.revision"
 ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 
-DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 _TAGS_PAGE_SIZE = 1000
 _UNKNOWN_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_REPO_RE = re.compile(r"^[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
-_HOST_RE = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:]+\])(:[0-9]{1,5})?$")
-
-
-# -- references ---------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageReference:
-    """``registry/repository[:tag][@digest]``, split into its parts."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def reference(self) -> str:
-        """What to ask the registry for: the digest when there is one, else the tag."""
-        return self.digest or self.tag or ""
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
-
-
-def parse_reference(text: str) -> ImageReference:
-    """Split an image reference; a name without a registry host is on Docker Hub."""
-    value = text.strip()
-    rest, at, digest = value.partition("@")
-    if at and not _DIGEST_RE.match(digest):
-        raise _bad_reference(text, f"{digest!r} is not a sha256 digest (sha256:<64 hex>).")
-    first, slash, remainder = rest.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first[:1] == "["):
-        registry, path = first.lower(), remainder
-    else:
-        registry, path = DOCKER_HUB, rest
-    tag: str | None = None
-    last_slash = path.rfind("/")
-    colon = path.rfind(":")
-    if colon > last_slash:
-        path, tag = path[:colon], path[colon + 1:]
-        if not _TAG_RE.match(tag):
-            raise _bad_reference(text, f"{tag!r} is not a valid tag.")
-    if registry == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if not _HOST_RE.match(registry):
-        raise _bad_reference(text, f"{registry!r} is not a registry host.")
-    if not _REPO_RE.match(path):
-        raise _bad_reference(text, f"{path!r} is not a valid repository name.")
-    return ImageReference(registry, path, tag, digest or None)
-
-
-def _bad_reference(text: str, why: str) -> InputError:
-    return InputError("reference", f"{text!r}: {why}",
-                      hint="Write REGISTRY/REPO:TAG, REGISTRY/REPO@sha256:<64 hex> or "
-                      "REGISTRY/REPO:TAG@sha256:..., e.g. `ghcr.io/org/app:v1.4.2`.")
+# References have one grammar, in deploykit.reference; re-exported for the callers.
+_DIGEST_RE = DIGEST_RE
+_TAG_RE = TAG_RE
 
 
 def _manifest_reference(reference: str) -> str:

@@ -7,17 +7,21 @@ module does no I/O beyond reading the mapping it is given.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from deploykit.errors import InputError
+from deploykit.reference import registry_problem, repository_problem
 
 MODES = ("build", "deploy", "rollback")
 BOOL_VALUES = ("true", "false")
 
 BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"
+DAY_SECONDS = 86400  # upper bound of every timeout: a day is more than any deploy waits
 ALL = (BUILD, DEPLOY, ROLLBACK)
 RUN = (DEPLOY, ROLLBACK)
 
@@ -31,6 +35,8 @@ class InputSpec:
     choices: tuple[str, ...] = ()
     modes: tuple[str, ...] = ALL
     required: bool = False
+    minimum: int = 0  # kind int: the accepted range
+    maximum: int = 0
 
     @property
     def flag(self) -> str:
@@ -41,7 +47,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("mode", "What to do: `build` (build and push), `deploy` (pull + up), "
               "`rollback` (deploy the previous image).", kind="choice", choices=MODES,
               required=True),
-    InputSpec("registry", "Registry host (and port).", "ghcr.io"),
+    InputSpec("registry", "Registry host and optional port, no scheme: `ghcr.io`, "
+              "`127.0.0.1:5000`, `[::1]:5000`.", "ghcr.io"),
     InputSpec("image_repo", "Repository in the registry, `<org>/<app>`. "
               "Default: `GITHUB_REPOSITORY`, lower-cased."),
     InputSpec("registry_username", "User for the registry login. Default: `GITHUB_ACTOR`."),
@@ -49,7 +56,8 @@ INPUTS: tuple[InputSpec, ...] = (
               "(`write:packages` to build, `read:packages` to deploy).", kind="secret"),
     InputSpec("image_tag", "Tag (or `sha256:` digest, or `tag@sha256:...`) to deploy. "
               "Production takes only `vX.Y.Z` or a digest.", modes=RUN),
-    InputSpec("environment", "Target environment, e.g. `staging` or `production`.", modes=RUN),
+    InputSpec("environment", "Target environment, e.g. `staging` or `production` (letters, "
+              "digits, `.`, `_`, `-`).", modes=RUN),
     InputSpec("production_environments", "Comma-separated environment names that count as "
               "production.", "production,prod", modes=RUN),
     InputSpec("version", "Release version `X.Y.Z` (with or without `v`) for builds from the "
@@ -82,28 +90,31 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("dry_run", "Plan only: print what would happen, change nothing.", "false",
               kind="bool"),
     InputSpec("compose_file", "Compose file. Default: `compose.yaml`, then "
-              "`docker-compose.yml`, in `project_dir`.", modes=RUN),
-    InputSpec("project_dir", "Directory of the compose project, relative to the workspace.",
-              ".", modes=RUN),
-    InputSpec("project_name", "Compose project name. Default: compose's own (the directory "
-              "name).", modes=RUN),
+              "`docker-compose.yml`, in `project_dir` (in Actions: inside the workspace).",
+              modes=RUN),
+    InputSpec("project_dir", "Directory of the compose project, relative to the workspace "
+              "(in Actions: inside it).", ".", modes=RUN),
+    InputSpec("project_name", "Compose project name: lower-case letters, digits, `-` and `_`, "
+              "starting with a letter or digit, at most 63 characters. Default: compose's own "
+              "(the directory name).", modes=RUN),
     InputSpec("compose_env", "Environment for the services, one `KEY=VALUE` a line (e.g. the "
               "`COMPOSE_ENV` secret). Every value is masked.", kind="secret", modes=RUN),
-    InputSpec("health_timeout", "Seconds for every container to become healthy.", "120",
-              kind="int", modes=RUN),
+    InputSpec("health_timeout", "Seconds for every container to become healthy (1 to 86400).",
+              "120", kind="int", modes=RUN, minimum=1, maximum=DAY_SECONDS),
     InputSpec("health_settle", "Seconds a container without a healthcheck must keep running "
-              "with no restart.", "5", kind="int", modes=RUN),
-    InputSpec("smoke_url", "URL(s) that must answer after the deploy, one a line.",
+              "with no restart (0 to 3600).", "5", kind="int", modes=RUN, maximum=3600),
+    InputSpec("smoke_url", "`http://` or `https://` URL(s) that must answer after the "
+              "deploy, one a line.",
               kind="lines", modes=RUN),
-    InputSpec("smoke_status", "HTTP status the smoke URLs must answer.", "200", kind="int",
-              modes=RUN),
+    InputSpec("smoke_status", "HTTP status the smoke URLs must answer (100 to 599).", "200",
+              kind="int", modes=RUN, minimum=100, maximum=599),
     InputSpec("smoke_contains", "Text the smoke responses must contain.", modes=RUN),
-    InputSpec("smoke_timeout", "Seconds to keep retrying the smoke test.", "60", kind="int",
-              modes=RUN),
+    InputSpec("smoke_timeout", "Seconds to keep retrying the smoke test (0 to 86400).", "60",
+              kind="int", modes=RUN, maximum=DAY_SECONDS),
     InputSpec("rollback_on_failure", "Bring back the previous images when the deploy fails.",
               "true", kind="bool", modes=RUN),
-    InputSpec("lock_timeout", "Seconds to wait for another deploy of the same project.", "600",
-              kind="int", modes=RUN),
+    InputSpec("lock_timeout", "Seconds to wait for another deploy of the same project "
+              "(0 to 86400).", "600", kind="int", modes=RUN, maximum=DAY_SECONDS),
     InputSpec("state_dir", "Directory of the deploy history. Default: "
               "`$DEPLOYKIT_STATE_DIR`, else `~/.local/state/deploykit`.", modes=RUN),
     InputSpec("github_token", "Token for GitHub deployments and releases (optional).",
@@ -111,8 +122,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("github_records", "`best_effort`: a GitHub API failure is a warning; "
               "`required`: it fails the run.", "best_effort", kind="choice",
               choices=("best_effort", "required")),
-    InputSpec("environment_url", "URL shown on the GitHub deployment. Default: the first "
-              "`smoke_url`.", modes=RUN),
+    InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
+              "the first `smoke_url`.", modes=RUN),
 )
 
 OUTPUTS: dict[str, str] = {
@@ -129,8 +140,13 @@ OUTPUTS: dict[str, str] = {
 
 SPECS = {spec.name: spec for spec in INPUTS}
 
-_REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
-_REPO_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_DIGITS_RE = re.compile(r"[0-9]+")  # fullmatch; str.isdigit() also takes "\u0661\u0662"
+_MAX_DIGITS = 12  # longer numbers are out of every range: never int() a megabyte of digits
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # environment names (fullmatch)
+# compose-go's projectNameRegex; the length bound is deploykit's (a DNS label's 63).
+_PROJECT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+PROJECT_NAME_MAX = 63
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_VARIABLES = ("IMAGE_REGISTRY", "IMAGE_REPO", "IMAGE_TAG")
@@ -235,6 +251,9 @@ def load_settings(
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None and v != ""})
     values = {spec.name: _parse(spec, raw.get(spec.name, spec.default)) for spec in INPUTS}
     github = _github_context(env)
+    if env.get("GITHUB_ACTIONS") == "true" and values["mode"] in RUN:
+        _inside_workspace(github.workspace, str(values["project_dir"]),
+                          str(values["compose_file"]))
     return Settings(
         mode=str(values["mode"]),
         registry=_registry(str(values["registry"])),
@@ -242,8 +261,9 @@ def load_settings(
         registry_username=str(values["registry_username"]) or github.actor,
         registry_password=str(values["registry_password"]),
         image_tag=str(values["image_tag"]).strip(),
-        environment=str(values["environment"]).strip(),
-        production_environments=_csv(str(values["production_environments"]), lower=True),
+        environment=_environment(str(values["environment"])),
+        production_environments=_production_environments(
+            str(values["production_environments"])),
         version=str(values["version"]).strip(),
         platforms=_platforms(str(values["platforms"])),
         context=str(values["context"]),
@@ -260,12 +280,12 @@ def load_settings(
         dry_run=bool(values["dry_run"]),
         compose_file=str(values["compose_file"]),
         project_dir=str(values["project_dir"]),
-        project_name=str(values["project_name"]),
+        project_name=_project_name(str(values["project_name"])),
         compose_env=parse_compose_env(str(values["compose_env"])),
         health_timeout=int(values["health_timeout"]),  # type: ignore[call-overload]
         health_settle=int(values["health_settle"]),  # type: ignore[call-overload]
-        smoke_url=_lines(values["smoke_url"]),
-        smoke_status=_http_status(int(values["smoke_status"])),  # type: ignore[call-overload]
+        smoke_url=tuple(_http_url("smoke_url", url) for url in _lines(values["smoke_url"])),
+        smoke_status=int(values["smoke_status"]),  # type: ignore[call-overload]
         smoke_contains=str(values["smoke_contains"]),
         smoke_timeout=int(values["smoke_timeout"]),  # type: ignore[call-overload]
         rollback_on_failure=bool(values["rollback_on_failure"]),
@@ -273,7 +293,8 @@ def load_settings(
         state_dir=str(values["state_dir"]) or env.get("DEPLOYKIT_STATE_DIR", ""),
         github_token=str(values["github_token"]),
         github_records=str(values["github_records"]),
-        environment_url=str(values["environment_url"]),
+        environment_url=_http_url("environment_url", str(values["environment_url"]).strip())
+        if str(values["environment_url"]).strip() else "",
         github=github,
         build_date=_build_date(env),
     )
@@ -290,11 +311,7 @@ def _parse(spec: InputSpec, value: str) -> object:
                              hint=f"Write `{spec.name}: true` or `{spec.name}: false`.")
         return text == "true"
     if spec.kind == "int":
-        text = value.strip()
-        if not text.isdigit():
-            raise InputError(spec.name, f"must be a whole number, got {text!r}.",
-                             hint=f"Write a number such as `{spec.name}: {spec.default}`.")
-        return int(text)
+        return _number(spec, value.strip())
     if spec.kind == "choice":
         text = value.strip()
         if text not in spec.choices:
@@ -302,6 +319,25 @@ def _parse(spec: InputSpec, value: str) -> object:
                              f"got {text!r}.", hint=f"Use one of: {', '.join(spec.choices)}.")
         return text
     return value
+
+
+def _number(spec: InputSpec, text: str) -> int:
+    hint = f"Write a number such as `{spec.name}: {spec.default}`."
+    if not _DIGITS_RE.fullmatch(text):
+        raise InputError(spec.name, f"must be a whole number (digits 0-9), got {_shown(text)}.",
+                         hint=hint)
+    number = int(text) if len(text) <= _MAX_DIGITS else None
+    if number is None or not spec.minimum <= number <= spec.maximum:
+        raise InputError(spec.name, f"must be from {spec.minimum} to {spec.maximum}, got "
+                         f"{_shown(text)}.", hint=hint)
+    return number
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr`` of an input value, cut short: a bad value must not flood the log."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _lines(value: object) -> tuple[str, ...]:
@@ -314,11 +350,18 @@ def _csv(value: str, *, lower: bool = False) -> tuple[str, ...]:
 
 
 def _registry(value: str) -> str:
-    value = value.strip().lower().removeprefix("https://").removeprefix("http://").rstrip("/")
-    if not _REGISTRY_RE.match(value):
-        raise InputError("registry", f"{value!r} is not a registry host.",
-                         hint="Write a host and optional port, e.g. `ghcr.io` or "
-                         "`127.0.0.1:5000`.")
+    value = value.strip().lower()
+    scheme = _SCHEME_RE.match(value)
+    if scheme:
+        host = value[scheme.end():].rstrip("/")
+        raise InputError("registry", f"drop the scheme: use {host or 'ghcr.io'}, not "
+                         f"{_shown(value)}.", hint="`registry` is a host and optional port; "
+                         "deploykit picks HTTPS (plain HTTP only on loopback, as dockerd does).")
+    why = registry_problem(value)
+    if why:
+        raise InputError("registry", f"{_shown(value)} is not a registry host: {why}.",
+                         hint="Write a host and optional port, no path: e.g. `ghcr.io`, "
+                         "`127.0.0.1:5000` or `[::1]:5000`.")
     return value
 
 
@@ -327,10 +370,88 @@ def _image_repo(value: str) -> str:
     if not value:
         raise InputError("image_repo", "is empty and GITHUB_REPOSITORY is not set.",
                          hint="Set `image_repo: <org>/<app>`.")
-    if not _REPO_RE.match(value):
-        raise InputError("image_repo", f"{value!r} is not a valid repository name.",
-                         hint=f"Use lower case, e.g. `{value.lower()}`; no tag, no registry.")
+    why = repository_problem(value)
+    if why:
+        raise InputError("image_repo", f"{_shown(value)} is not a valid repository name: "
+                         f"{why}.", hint="Write `<org>/<app>` in lower case, e.g. "
+                         f"`{_shown(value.lower())[1:-1]}`; no tag, no registry.")
     return value
+
+
+def _environment(value: str) -> str:
+    """An environment name: it lands in the history, the lock, logs and summaries."""
+    value = value.strip()
+    if value and not _NAME_RE.fullmatch(value):
+        raise InputError("environment", f"{_shown(value)} is not an environment name.",
+                         hint="Use 1 to 100 letters, digits, `.`, `_` or `-`, starting with a "
+                         "letter or digit, e.g. `staging` or `production`.")
+    return value
+
+
+def _production_environments(value: str) -> tuple[str, ...]:
+    names = _csv(value, lower=True)
+    for name in names:
+        if not _NAME_RE.fullmatch(name):
+            raise InputError("production_environments", f"{_shown(name)} is not an "
+                             "environment name.", hint="Write names separated by commas, "
+                             "e.g. `production,prod`.")
+    return names
+
+
+def _project_name(value: str) -> str:
+    """Compose's rule for project names, plus a length bound, before anything exists."""
+    value = value.strip()
+    if not value:
+        return value
+    if not _PROJECT_NAME_RE.fullmatch(value):
+        raise InputError("project_name", f"{_shown(value)} is not a compose project name.",
+                         hint="Use lower-case letters, digits, `-` and `_`, starting with a "
+                         "letter or digit (compose's rule), e.g. `shop-staging`.")
+    if len(value) > PROJECT_NAME_MAX:
+        raise InputError("project_name", f"is {len(value)} characters long; at most "
+                         f"{PROJECT_NAME_MAX}.", hint="Use a shorter name: it prefixes every "
+                         "container, network and volume of the project.")
+    return value
+
+
+def _http_url(name: str, value: str) -> str:
+    """An ``http(s)://host...`` URL; anything else is refused before anything changes."""
+    try:
+        parts = urlsplit(value)
+        scheme, hostname = parts.scheme, parts.hostname
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        scheme, hostname = "", None
+    if scheme not in ("http", "https") or not hostname or any(
+            ord(char) < 33 or ord(char) == 127 for char in value):
+        raise InputError(name, f"{_shown(value)} is not an http:// or https:// URL with a "
+                         "host.", hint=f"Write e.g. `{name}: https://shop.example.com/health`.")
+    return value
+
+
+def _inside_workspace(workspace: str, project_dir: str, compose_file: str) -> None:
+    """In Actions, ``project_dir`` and ``compose_file`` must stay inside the workspace.
+
+    Lexical (this module does no I/O): ``..`` and absolute paths are what escape it.
+    """
+    root = posixpath.normpath(workspace or ".")
+    directory = posixpath.normpath(posixpath.join(root, project_dir or "."))
+    if not _within(directory, root):
+        raise InputError("project_dir", f"{_shown(project_dir)} is outside the workspace "
+                         f"{root}.", hint="In Actions, `project_dir` is relative to the "
+                         "workspace (GITHUB_WORKSPACE) and stays inside it: check out the "
+                         "compose project there.")
+    if compose_file and not _within(
+            posixpath.normpath(posixpath.join(directory, compose_file)), root):
+        raise InputError("compose_file", f"{_shown(compose_file)} is outside the workspace "
+                         f"{root}.", hint="In Actions, `compose_file` is relative to "
+                         "`project_dir` and stays inside the workspace.")
+
+
+def _within(path: str, root: str) -> bool:
+    if root == ".":  # a relative workspace: the current directory
+        return not path.startswith("/") and path != ".." and not path.startswith("../")
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _platforms(value: str) -> tuple[str, ...]:
@@ -342,13 +463,6 @@ def _platforms(value: str) -> tuple[str, ...]:
             raise InputError("platforms", f"{platform!r} is not an os/arch[/variant].",
                              hint="e.g. `linux/amd64,linux/arm64,linux/arm/v7`.")
     return tuple(dict.fromkeys(platforms))
-
-
-def _http_status(value: int) -> int:
-    if not 100 <= value <= 599:
-        raise InputError("smoke_status", f"{value} is not an HTTP status.",
-                         hint="e.g. `smoke_status: 200`.")
-    return value
 
 
 def _key_values(name: str, lines: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -57,12 +57,13 @@ def test_secrets_are_not_in_repr() -> None:
         ({"mode": "bogus"}, "mode", "must be one of build, deploy, rollback; got 'bogus'"),
         ({"dry_run": "yes"}, "dry_run", "must be `true` or `false`, got 'yes'"),
         ({"dry_run": "True"}, "dry_run", "must be `true` or `false`, got 'True'"),
-        ({"health_timeout": "10s"}, "health_timeout", "must be a whole number, got '10s'"),
+        ({"health_timeout": "10s"}, "health_timeout",
+         "must be a whole number (digits 0-9), got '10s'"),
         ({"cache": "s3"}, "cache", "must be one of registry, gha, none; got 's3'"),
         ({"platforms": "amd64"}, "platforms", "'amd64' is not an os/arch[/variant]"),
         ({"image_repo": "Org/App"}, "image_repo", "'Org/App' is not a valid repository name"),
         ({"registry": "ghcr io"}, "registry", "'ghcr io' is not a registry host"),
-        ({"smoke_status": "999"}, "smoke_status", "999 is not an HTTP status"),
+        ({"smoke_status": "999"}, "smoke_status", "must be from 100 to 599, got '999'"),
         ({"build_args": "NOEQUALS"}, "build_args", "line 1 is not KEY=VALUE"),
         ({"build_secrets": "bad id=X"}, "build_secrets", "line 1 is not `id` or `id=ENV_VAR`"),
     ],
@@ -129,3 +130,167 @@ def test_every_input_is_snake_case_with_description() -> None:
     for spec in INPUTS:
         assert spec.name == spec.name.lower().replace("-", "_")
         assert spec.description.endswith((".", ")"))
+
+
+def deploy_settings(env: dict[str, str] | None = None, **inputs: str):
+    base = {**BASE, "INPUT_MODE": "deploy", **(env or {})}
+    base.update({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
+    return load_settings(base)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        # "\u0661\u0662".isdigit() is True, and int() took it (or crashed on others)
+        ("health_timeout", "\u0661\u0662", "must be a whole number (digits 0-9), got"),
+        ("lock_timeout", "\uff11\uff12", "must be a whole number (digits 0-9), got"),
+        ("smoke_timeout", "\u00b2", "must be a whole number (digits 0-9), got '\u00b2'"),
+        ("health_settle", "-1", "must be a whole number (digits 0-9), got '-1'"),
+        ("health_timeout", "1e3", "must be a whole number (digits 0-9), got '1e3'"),
+        ("health_timeout", "0", "must be from 1 to 86400, got '0'"),
+        ("health_timeout", "86401", "must be from 1 to 86400, got '86401'"),
+        ("lock_timeout", "1" + "0" * 30, "must be from 0 to 86400, got '1000000000000000000000000"
+         "000000'"),
+        ("lock_timeout", "9" * 5000, "must be from 0 to 86400, got '9999999999999999999999999"
+         "999999999999999'... (5000 characters)"),
+        ("health_settle", "3601", "must be from 0 to 3600, got '3601'"),
+        ("smoke_status", "99", "must be from 100 to 599, got '99'"),
+        ("smoke_timeout", "100000", "must be from 0 to 86400, got '100000'"),
+    ],
+)
+def test_numbers_are_ascii_digits_within_bounds(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(**{name: value})
+    assert caught.value.input_name == name
+    assert fragment in caught.value.message
+    assert caught.value.hint.startswith(f"Write a number such as `{name}: ")
+
+
+def test_numbers_at_their_bounds_are_accepted() -> None:
+    s = deploy_settings(health_timeout="86400", lock_timeout="0", smoke_timeout=" 0 ",
+                        health_settle="3600", smoke_status="599")
+    assert (s.health_timeout, s.lock_timeout, s.smoke_timeout) == (86400, 0, 0)
+    assert (s.health_settle, s.smoke_status) == (3600, 599)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://ghcr.io", "Input 'registry': drop the scheme: use ghcr.io, not "
+         "'https://ghcr.io'."),
+        ("http://127.0.0.1:5000/", "Input 'registry': drop the scheme: use 127.0.0.1:5000, "
+         "not 'http://127.0.0.1:5000/'."),
+        ("HTTPS://GHCR.IO", "Input 'registry': drop the scheme: use ghcr.io, not "
+         "'https://ghcr.io'."),
+        ("ghcr.io/org", "Input 'registry': 'ghcr.io/org' is not a registry host: 'ghcr.io/org' "
+         "is not a host name"),
+        ("ghcr.io:99999", "Input 'registry': 'ghcr.io:99999' is not a registry host: port "
+         "'99999' is not a number from 1 to 65535."),
+    ],
+)
+def test_registry_is_a_host_never_rewritten(value: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        settings(registry=value)
+    assert caught.value.message.startswith(message)
+
+
+def test_registry_ipv6_host_is_accepted() -> None:
+    assert settings(registry="[::1]:5000").image_name == "[::1]:5000/org/app"
+
+
+@pytest.mark.parametrize("value", [
+    "staging\n::stop-commands::pwned", "prod|x", "`staging`", "staging env", "-staging",
+    "a" * 101, "st\u0430ging", "<b>prod</b>", "staging\r::add-mask::x",
+])
+def test_environment_is_a_name(value: str) -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(environment=value)
+    assert caught.value.input_name == "environment"
+    assert "is not an environment name" in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["staging", "production", "Prod-EU_1", "qa.2", "a" * 100])
+def test_environment_names_accepted(value: str) -> None:
+    assert deploy_settings(environment=value).environment == value
+
+
+def test_production_environments_are_names() -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(production_environments="production,pr od")
+    assert caught.value.input_name == "production_environments"
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("Shop", "'Shop' is not a compose project name"),
+    ("_shop", "'_shop' is not a compose project name"),
+    ("-shop", "'-shop' is not a compose project name"),
+    ("shop.staging", "'shop.staging' is not a compose project name"),
+    ("shop staging", "'shop staging' is not a compose project name"),
+    ("p" * 64, "is 64 characters long; at most 63"),
+    ("p" * 300, "is 300 characters long; at most 63"),
+])
+def test_project_name_follows_compose(value: str, fragment: str) -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(project_name=value)
+    assert caught.value.input_name == "project_name"
+    assert fragment in caught.value.message
+
+
+def test_project_name_accepted() -> None:
+    assert deploy_settings(project_name="shop_staging-2").project_name == "shop_staging-2"
+    assert deploy_settings(project_name="1" + "p" * 62).project_name == "1" + "p" * 62
+    assert deploy_settings().project_name == ""
+
+
+@pytest.mark.parametrize("url", [
+    "file:///etc/passwd", "ftp://example.com/", "example.com/health", "//example.com/",
+    "http://", "https:///path", "gopher://x", "http://exa mple.com/", "http://[::1/",
+    "http://example.com:99999/", "javascript:alert(1)", "http://example.com/\x7f",
+])
+def test_smoke_url_is_http_with_a_host(url: str) -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(smoke_url=f"http://ok.example/\n{url}")
+    assert caught.value.input_name == "smoke_url"
+    assert "is not an http:// or https:// URL with a host" in caught.value.message
+
+
+def test_smoke_urls_and_environment_url_accepted() -> None:
+    s = deploy_settings(smoke_url="http://127.0.0.1:8080/\nhttps://[::1]/h?x=1",
+                        environment_url="https://shop.example.com")
+    assert s.smoke_url == ("http://127.0.0.1:8080/", "https://[::1]/h?x=1")
+    assert s.environment_url == "https://shop.example.com"
+    with pytest.raises(InputError) as caught:
+        deploy_settings(environment_url="javascript:alert(1)")
+    assert caught.value.input_name == "environment_url"
+
+
+ACTIONS = {"GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": "/github/workspace"}
+
+
+@pytest.mark.parametrize(("inputs", "name"), [
+    ({"project_dir": "/etc"}, "project_dir"),
+    ({"project_dir": ".."}, "project_dir"),
+    ({"project_dir": "app/../../x"}, "project_dir"),
+    ({"compose_file": "/etc/compose.yaml"}, "compose_file"),
+    ({"compose_file": "../other/compose.yaml"}, "compose_file"),
+    ({"project_dir": "deploy", "compose_file": "../../compose.yaml"}, "compose_file"),
+])
+def test_paths_stay_in_the_workspace_in_actions(inputs: dict[str, str], name: str) -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(ACTIONS, **inputs)
+    assert caught.value.input_name == name
+    assert "is outside the workspace /github/workspace" in caught.value.message
+
+
+def test_paths_inside_the_workspace_or_outside_actions_are_accepted() -> None:
+    s = deploy_settings(ACTIONS, project_dir="deploy/prod", compose_file="../compose.yaml")
+    assert s.project_dir == "deploy/prod"
+    assert deploy_settings(ACTIONS, project_dir="/github/workspace/app").project_dir
+    assert deploy_settings(project_dir="/srv/app").project_dir == "/srv/app"  # a terminal
+    relative = {"GITHUB_ACTIONS": "true"}  # no GITHUB_WORKSPACE: the current directory
+    assert deploy_settings(relative, project_dir="app").project_dir == "app"
+    with pytest.raises(InputError):
+        deploy_settings(relative, project_dir="../app")
+    with pytest.raises(InputError):
+        deploy_settings({**ACTIONS, "GITHUB_WORKSPACE": "/github/workspace/"},
+                        project_dir="/github/workspace2")
