@@ -12,7 +12,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,6 @@ _VARIABLE = r"\$\{{{name}(?:[:]?[-?+][^}}]*)?\}}"
 _IMAGE_RE = re.compile("^" + _VARIABLE.format(name="IMAGE_REGISTRY") + "/"
                        + _VARIABLE.format(name="IMAGE_REPO") + ":"
                        + _VARIABLE.format(name="IMAGE_TAG") + "$")
-PLACEHOLDER_TAG = "pinned"
 PULL_ATTEMPTS = 3
 _TOP_LEVEL = ("--ansi", "never", "--progress", "plain")
 
@@ -52,10 +52,16 @@ def image_environment(registry: str, repository: str, tag: str | None,
     """IMAGE_REGISTRY/IMAGE_REPO/IMAGE_TAG so that ``registry/repo:tag@digest`` is pulled.
 
     The engine resolves ``name:tag@digest`` by the digest alone; the tag is only a
-    readable label (``pinned`` when a bare digest was deployed).
+    readable label. The compose line needs one: for a digest no tag is known for,
+    it is ``sha256-<first 12 hex digits>`` (the digest's own name, as cosign spells it).
     """
     return {"IMAGE_REGISTRY": registry, "IMAGE_REPO": repository,
-            "IMAGE_TAG": f"{tag or PLACEHOLDER_TAG}@{digest}"}
+            "IMAGE_TAG": f"{tag or digest_label(digest)}@{digest}"}
+
+
+def digest_label(digest: str) -> str:
+    algorithm, _, hexdigits = digest.partition(":")
+    return f"{algorithm}-{hexdigits[:12]}"
 
 
 # -- locating the project -------------------------------------------------------
@@ -157,10 +163,12 @@ class Compose:
         """The image variables are applied last: nothing can override them."""
         return replace(self, env={**service_env, **image_env})
 
-    def _run(self, *command: str, stream: bool = False) -> str:
+    def _run(self, *command: str, stream: bool = False, timeout: float | None = None,
+             give_up_at: Callable[[], float | None] | None = None) -> str:
         try:
             result = self.docker.run(self.args(*command), extra_env=self.env,
-                                     cwd=str(self.directory), stream=stream)
+                                     cwd=str(self.directory), stream=stream,
+                                     timeout=timeout, give_up_at=give_up_at)
         except DockerError as exc:  # name the compose command, not its global flags
             detail = exc.message.partition("\n")[2] or exc.message
             raise DockerError(f"`docker compose {command[0]}` failed for project "
@@ -195,16 +203,27 @@ class Compose:
         return ComposeProject(self.directory, self.file, name,
                               tuple(sorted(raw.get("services") or {})), image_services)
 
-    def pull(self) -> None:
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(PULL_ATTEMPTS),
-            wait=tenacity.wait_exponential(multiplier=2, max=20),
-            retry=tenacity.retry_if_exception_type(DockerError), reraise=True)
-        retrying(self._run, "pull", "--ignore-buildable", stream=True)
+    def pull(self, *, timeout: float | None = None) -> None:
+        """Pull, retried; ``timeout`` bounds all attempts together."""
+        deadline = time.monotonic() + timeout if timeout else None
 
-    def up(self, *, force_recreate: bool = False) -> None:
+        def attempt() -> str:
+            left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
+            return self._run("pull", "--ignore-buildable", stream=True, timeout=left)
+
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(PULL_ATTEMPTS)
+        if timeout:
+            stop = stop | tenacity.stop_after_delay(timeout)
+        retrying = tenacity.Retrying(
+            stop=stop, wait=tenacity.wait_exponential(multiplier=2, max=20),
+            retry=tenacity.retry_if_exception_type(DockerError), reraise=True)
+        retrying(attempt)
+
+    def up(self, *, force_recreate: bool = False, timeout: float | None = None,
+           give_up_at: Callable[[], float | None] | None = None) -> None:
         recreate = ["--force-recreate"] if force_recreate else []
-        self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, stream=True)
+        self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, stream=True,
+                  timeout=timeout, give_up_at=give_up_at)
 
     def ps(self) -> list[dict[str, Any]]:
         output = self._run("ps", "--all", "--format", "json").strip()

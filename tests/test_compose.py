@@ -59,8 +59,25 @@ def test_image_environment_pins_the_digest() -> None:
     assert image_environment("127.0.0.1:5000", "org/app", "v1.2.3", DIGEST) == {
         "IMAGE_REGISTRY": "127.0.0.1:5000", "IMAGE_REPO": "org/app",
         "IMAGE_TAG": f"v1.2.3@{DIGEST}"}
+    # A bare digest: no `pinned` placeholder, the digest's own short name.
     assert image_environment("ghcr.io", "org/app", None, DIGEST)["IMAGE_TAG"] == \
-        f"pinned@{DIGEST}"
+        f"sha256-aaaaaaaaaaaa@{DIGEST}"
+
+
+def test_pull_and_up_pass_their_timeouts(tmp_path: Path) -> None:
+    seen: list[tuple[float | None, Any]] = []
+
+    class Timed(FakeDocker):
+        def run(self, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+            seen.append((kwargs.get("timeout"), kwargs.get("give_up_at")))
+            return super().run(args, **kwargs)
+
+    compose = compose_with(Timed(), tmp_path, "shop")
+    moment = lambda: 5.0  # noqa: E731
+    compose.pull(timeout=900)
+    compose.up(timeout=240, give_up_at=moment)
+    assert 899 < seen[0][0] <= 900 and seen[0][1] is None  # type: ignore[operator]
+    assert seen[1] == (240, moment)
 
 
 def test_image_variables_win_over_service_env(tmp_path: Path) -> None:
