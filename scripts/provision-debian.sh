@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provision (idempotently) the deploykit Docker test bed on a Debian 12 host, as root:
 #   * Docker Engine 26 (dockerd, docker-proxy) extracted from Debian trixie's docker.io
-#     (never apt-installed from trixie), containerd + runc + iptables from bookworm,
+#     (never apt-installed from trixie), the docker CLI from trixie's docker-cli when the
+#     host has none that runs, containerd + runc + iptables + python3-venv from bookworm,
 #     buildx + compose v2 plugins extracted from trixie into /usr/local/lib/docker/cli-plugins
 #   * /etc/docker/daemon.json with the containerd image store (multi-platform builds)
 #   * QEMU user emulation (binfmt) so linux/arm64 builds work
@@ -87,8 +88,9 @@ APT_PACKAGES=(ca-certificates curl jq containerd runc iptables tini qemu-user-st
 if [[ "$RUNNER" == 1 ]]; then
   WITH_PYTHON_BASE=0
 else
-  # openssh-server: the integration test of DOCKER_HOST=ssh:// runs its own sshd on loopback
-  APT_PACKAGES+=(docker-registry apache2-utils openssh-server)
+  # openssh-server: the integration test of DOCKER_HOST=ssh:// runs its own sshd on loopback;
+  # python3-venv: demo.sh and test.sh make .venv (Debian's python3 lacks ensurepip without it)
+  APT_PACKAGES+=(docker-registry apache2-utils openssh-server python3-venv)
 fi
 if [[ "$WITH_PYTHON_BASE" == 1 ]]; then APT_PACKAGES+=(mmdebstrap); fi
 
@@ -208,7 +210,7 @@ Components: main
 Architectures: amd64
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 "
-  want_pin="# deploykit test bed: trixie is only used for 'apt-get download' of docker.io, docker-buildx, docker-compose
+  want_pin="# deploykit test bed: trixie is only used for 'apt-get download' of docker.io, docker-cli, docker-buildx, docker-compose
 Package: *
 Pin: release n=trixie
 Pin-Priority: 1
@@ -230,44 +232,62 @@ dockerd_version_ok() {
   [[ -x $SBIN/dockerd && -x $SBIN/docker-proxy ]] || return 1
   grep -q 'version 26\.' <<<"$("$SBIN/dockerd" --version 2>/dev/null)"
 }
+# Each piece is checked by running it, never by its presence alone.
+docker_cli_ok() { grep -q '^Docker version ' <<<"$(docker --version 2>/dev/null)"; }
+buildx_plugin_ok() { grep -q 'buildx' <<<"$("$PLUGIN_DIR/docker-buildx" version 2>/dev/null)"; }
+compose_plugin_ok() { grep -q 'version v2\.' <<<"$("$PLUGIN_DIR/docker-compose" version 2>/dev/null)"; }
+
+# extract_trixie WORK PACKAGE...: download each package from trixie and unpack it into
+# WORK/<package> (never installed: dpkg -x only)
+extract_trixie() {
+  local work="$1" pkg deb; shift
+  ensure_trixie_source
+  for pkg in "$@"; do
+    mkdir -p "$work/$pkg"
+    (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$pkg/trixie") \
+      || die "apt-get download $pkg/trixie failed: check 'apt-cache policy $pkg' (trixie source $TRIXIE_SOURCES, mirror $MIRROR)"
+    deb="$(find "$work" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
+    [[ -n "$deb" ]] || die "apt-get download $pkg/trixie left no ${pkg}_*.deb in $work"
+    dpkg -x "$deb" "$work/$pkg"
+  done
+}
+
+# install_from WORK PACKAGE NAME DEST [PATH-PATTERN]: install the file NAME of an extracted
+# trixie PACKAGE as DEST; a missing file says which package was expected to hold it
+install_from() {
+  local work="$1" pkg="$2" name="$3" dest="$4" pattern="${5:-*}" src
+  src="$(find "$work/$pkg" -type f -name "$name" -path "$pattern" | head -n1)"
+  [[ -n "$src" ]] || die "trixie package $pkg has no file $name (expected in $pattern; its layout may have changed: 'dpkg -c $work/${pkg}_*.deb'). Put a working $name at $dest by hand, or report it."
+  install -D -m 0755 "$src" "$dest"
+  log "installed $dest (from trixie $pkg)"
+}
 
 install_trixie_binaries() {
   local need=()
   dockerd_version_ok || need+=(docker.io)
-  [[ -x $PLUGIN_DIR/docker-buildx ]] || need+=(docker-buildx)
-  [[ -x $PLUGIN_DIR/docker-compose ]] || need+=(docker-compose)
-  command -v docker >/dev/null 2>&1 || need+=(docker.io)
+  # a docker CLI that runs is kept (the development machines ship a newer one); else trixie's
+  docker_cli_ok || need+=(docker-cli)
+  buildx_plugin_ok || need+=(docker-buildx)
+  compose_plugin_ok || need+=(docker-compose)
   if [[ ${#need[@]} -eq 0 ]]; then
-    log "dockerd $("$SBIN/dockerd" --version | awk '{print $3}' | tr -d ,), buildx, compose present"
+    log "dockerd $("$SBIN/dockerd" --version | awk '{print $3}' | tr -d ,), docker CLI, buildx, compose present"
   else
-    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
     log "extracting from trixie: ${need[*]}"
-    ensure_trixie_source
-    local work p f
+    local work pkg
     work="$(mktempdir)"
-    (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${need[@]/%//trixie}")
-    for p in "$work"/*.deb; do dpkg -x "$p" "$work/root"; done
-    install -d "$SBIN" "$PLUGIN_DIR"
-    if grep -qx docker.io <<<"$(printf '%s\n' "${need[@]}")"; then
-      for f in dockerd docker-proxy; do
-        p="$(find "$work/root" -type f -name "$f" | head -n1)"
-        [[ -n "$p" ]] || die "$f not found in docker.io package"
-        install -m 0755 "$p" "$SBIN/$f"
-      done
-      if ! command -v docker >/dev/null 2>&1; then
-        # no docker CLI on this host: use trixie's (26.x); a newer one already present is kept
-        p="$(find "$work/root" -type f -path '*/bin/docker' | head -n1)"
-        install -m 0755 "$p" /usr/local/bin/docker
-      fi
-    fi
-    for f in docker-buildx docker-compose; do
-      if grep -qx "$f" <<<"$(printf '%s\n' "${need[@]}")"; then
-        p="$(find "$work/root" -type f -name "$f" -path '*cli-plugins*' | head -n1)"
-        [[ -n "$p" ]] || die "$f plugin not found in the trixie package"
-        install -m 0755 "$p" "$PLUGIN_DIR/$f"
-      fi
+    extract_trixie "$work" "${need[@]}"
+    for pkg in "${need[@]}"; do
+      case "$pkg" in
+        docker.io)
+          install_from "$work" docker.io dockerd "$SBIN/dockerd"
+          install_from "$work" docker.io docker-proxy "$SBIN/docker-proxy" ;;
+        docker-cli) install_from "$work" docker-cli docker /usr/local/bin/docker '*/bin/docker' ;;
+        docker-buildx) install_from "$work" docker-buildx docker-buildx "$PLUGIN_DIR/docker-buildx" '*cli-plugins*' ;;
+        docker-compose) install_from "$work" docker-compose docker-compose "$PLUGIN_DIR/docker-compose" '*cli-plugins*' ;;
+      esac
     done
   fi
+  check_docker_binaries
   # group for non-root users of the socket (e.g. a self-hosted runner's user); dockerd
   # gives /var/run/docker.sock to it when it starts
   if ! getent group docker >/dev/null; then groupadd --system docker; fi
@@ -275,6 +295,36 @@ install_trixie_binaries() {
   if [[ ! -e $SBIN/docker-init && -x /usr/bin/tini-static ]]; then
     ln -s /usr/bin/tini-static "$SBIN/docker-init"
   fi
+}
+
+check_python_venv() {
+  run_check "python3 -m venv (needs ensurepip)" "apt-get install python3-venv (bookworm)" \
+    python3 -c 'import ensurepip, venv'
+  log "runs: $(python3 --version), venv + ensurepip"
+}
+
+# run_check WHAT FIX COMMAND...: run COMMAND; on failure say what is broken and what to do
+run_check() {
+  local what="$1" fix="$2" out; shift 2
+  if ! out="$("$@" 2>&1)"; then
+    printf '%s\n' "$out" | tail -n 5 >&2
+    die "$what does not run ('$*' failed). $fix"
+  fi
+}
+
+check_docker_binaries() {
+  run_check "dockerd" "It comes from trixie's docker.io: rm $SBIN/dockerd and re-run this script." \
+    "$SBIN/dockerd" --version
+  run_check "containerd" "apt-get install containerd (bookworm)" containerd --version
+  run_check "runc" "apt-get install runc (bookworm)" runc --version
+  run_check "iptables" "apt-get install iptables (bookworm)" iptables --version
+  run_check "the docker CLI ($(command -v docker || echo 'not on PATH'))" \
+    "It comes from trixie's docker-cli: remove the broken one and re-run this script." docker --version
+  run_check "docker buildx" "It comes from trixie's docker-buildx: rm $PLUGIN_DIR/docker-buildx and re-run this script." \
+    docker buildx version
+  run_check "docker compose v2" "It comes from trixie's docker-compose: rm $PLUGIN_DIR/docker-compose and re-run this script." \
+    docker compose version
+  log "runs: $(docker --version), buildx $(docker buildx version | awk '{print $2}'), compose $(docker compose version --short)"
 }
 
 configure_daemon_json() {
@@ -569,6 +619,7 @@ summary() {
 
 phase "bookworm packages" install_bookworm_packages
 phase "trixie docker bins" install_trixie_binaries
+if [[ "$RUNNER" == 0 ]]; then phase "python3 venv" check_python_venv; fi
 phase "daemon.json" configure_daemon_json
 phase "binfmt/qemu" setup_binfmt
 phase "dockerd" start_dockerd

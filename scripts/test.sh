@@ -13,7 +13,17 @@ if [ "${DEPLOYKIT_NO_PROVISION:-0}" != 1 ]; then
 fi
 
 step "python environment (.venv, pinned)"
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# A .venv whose pip does not run (e.g. one made before python3-venv was installed: a python
+# but no pip) is recreated; a working one is kept.
+if ! .venv/bin/pip --version >/dev/null 2>&1; then
+  if [ -e .venv ]; then echo ".venv has no working pip: recreating it"; fi
+  rm -rf .venv
+  python3 -m venv .venv || {
+    rm -rf .venv
+    echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv) and re-run" >&2
+    exit 1
+  }
+fi
 locks=(-r requirements-dev.lock)
 [ -f requirements-lint.lock ] && locks+=(-r requirements-lint.lock)
 .venv/bin/pip install --quiet --disable-pip-version-check "${locks[@]}"
