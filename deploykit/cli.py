@@ -13,7 +13,7 @@ from importlib import import_module
 from deploykit import __version__
 from deploykit.actions import Actions
 from deploykit.errors import DeployError, DeploykitError
-from deploykit.registry import parse_reference
+from deploykit.reference import parse_reference
 from deploykit.settings import (
     BUILD,
     DEPLOY,
@@ -77,11 +77,15 @@ COMMANDS: dict[str, Command] = {
         "Print the tags a build would publish (new or existing, with digests).",
         f"  {_EVENT} \\\n    deploykit tags --registry ghcr.io --image-repo org/app"),
     "resolve": Command(
-        DEPLOY, "deploykit.registry:resolve_command", "Print the digest of REGISTRY/REPO:TAG.",
+        DEPLOY, "deploykit.registry:resolve_command",
+        "Print the digest of REGISTRY/REPO:TAG. The credentials go only to `--registry` "
+        "(default ghcr.io): a REF on another registry is read anonymously.",
         "  deploykit resolve ghcr.io/org/app:v1.4.2\n"
         "  INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit resolve --registry-username me "
-        "ghcr.io/org/app:v1.4.2",
-        inputs=("registry_username", "registry_password")),
+        "ghcr.io/org/app:v1.4.2\n"
+        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 "
+        "--registry-username me 127.0.0.1:5001/org/app:v1",
+        inputs=("registry", "registry_username", "registry_password")),
     "history": Command(
         DEPLOY, "deploykit.history:show", "Show the deploy history of this host.",
         "  deploykit history\n  deploykit history --environment production --project-name shop",
@@ -166,9 +170,10 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if args.command is None:
         return load_settings(env)
     overrides = {**_overrides(args), "mode": COMMANDS[args.command].mode}
-    if args.command == "resolve":  # REF names its registry and repository itself
-        reference = parse_reference(args.reference)
-        overrides.update(registry=reference.registry, image_repo=reference.repository)
+    if args.command == "resolve":
+        # REF names its repository. Its registry stays apart from `registry`: the
+        # credentials belong to `registry` and go to no other host (resolve_command).
+        overrides["image_repo"] = parse_reference(args.reference).repository
     return load_settings(env, overrides)
 
 

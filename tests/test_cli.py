@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import responses
 
 from deploykit.cli import build_parser, main
 from deploykit.settings import INPUTS
@@ -84,3 +86,45 @@ def test_action_yml_and_readme_tables_are_generated_from_settings() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts/gen_action.py"), "--check"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+DIGEST = "sha256:" + "cd" * 32
+
+
+def _registry_answers(rsps: responses.RequestsMock, host: str) -> None:
+    """A Bearer-challenge registry at https://HOST: 401, token, then the digest."""
+    manifest = f"https://{host}/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, manifest, status=401, headers={
+        "WWW-Authenticate": f'Bearer realm="https://{host}/token",service="{host}",'
+                            'scope="repository:org/app:pull"'})
+    rsps.add(responses.GET, f"https://{host}/token", json={"token": "t0k3n"})
+    rsps.add(responses.HEAD, manifest, status=200, headers={"Docker-Content-Digest": DIGEST})
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("registry_input", ["", "ghcr.io"])
+def test_resolve_sends_no_credentials_to_another_registry(
+    registry_input: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The finding: `_load` made REF's host the `registry`, so the password went there."""
+    env = {"INPUT_REGISTRY_USERNAME": "me", "INPUT_REGISTRY_PASSWORD": "ghcr-pat-s3cret",
+           "INPUT_REGISTRY": registry_input}
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        _registry_answers(rsps, "other.example")
+        assert main(["resolve", "other.example/org/app:v1"], env=env) == 0
+        sent = [call.request.headers.get("Authorization", "") for call in rsps.calls]
+    assert sent == ["", "", "Bearer t0k3n"]
+    assert f"digest={DIGEST}\n" in capsys.readouterr().out
+
+
+def test_resolve_logs_in_to_its_own_registry() -> None:
+    env = {"INPUT_REGISTRY_USERNAME": "me", "INPUT_REGISTRY_PASSWORD": "ghcr-pat-s3cret"}
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        _registry_answers(rsps, "registry.example")
+        assert main(["resolve", "--registry", "registry.example",
+                     "registry.example/org/app:v1"], env=env) == 0
+        sent = [call.request.headers.get("Authorization", "") for call in rsps.calls]
+    assert sent == ["", _basic("me", "ghcr-pat-s3cret"), "Bearer t0k3n"]
