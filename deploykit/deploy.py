@@ -38,6 +38,7 @@ from deploykit.health import (
     own_container,
     own_container_candidates,
     report_failures,
+    restore_settle,
     running_services,
     workspace_mounts,
 )
@@ -345,11 +346,13 @@ class Rollout:
                            timeout=self.settings.smoke_timeout, actions=self.actions)
         self.verify(target)
 
-    def check_health(self, title: str) -> HealthReport:
+    def check_health(self, title: str, *, restored: bool = False) -> HealthReport:
+        settle = self.settings.health_settle
         with self.actions.group(title):
             report = HealthWatch(self.api, self.project.name,
                                  timeout=self.settings.health_timeout,
-                                 settle=self.settings.health_settle).wait()
+                                 settle=restore_settle(settle) if restored else settle,
+                                 progress=self.actions.info).wait()
             self.actions.info(report.table())
         self.health_reports.append((title, report))
         if not report.ok:
@@ -386,7 +389,7 @@ class Rollout:
         with compose.for_engine(self.mounts) as engine_compose, \
                 self.actions.group(f"Restore {self.d.image_name}:{back.label}"):
             engine_compose.up()
-        health = self.check_health("Health after the rollback")
+        health = self.check_health("Health after the rollback", restored=True)
         status = FAILED if self.d.action == ROLLBACK or not health.ok else ROLLED_BACK
         self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))

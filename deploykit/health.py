@@ -33,6 +33,7 @@ DEPENDS_ON_LABEL = "com.docker.compose.depends_on"
 POLL_INTERVAL = 1.0  # without an event stream
 SAFETY_POLL = 5.0  # with one: catches an event the stream lost
 PROGRESS_EVERY = 5.0
+RESTORE_SETTLE = 1.0  # restored containers: a short window (see restore_settle)
 CLOCK_SLACK = 0.001  # start times and clocks in float seconds: 1 ms is "now"
 UNTIL_MARGIN = 5.0  # the engine ends the event stream this long after the timeout
 LOG_TAIL = 40
@@ -249,6 +250,19 @@ def one_shot_services(containers: Iterable[Mapping[str, Any]]) -> set[str]:
             if rest.split(":")[0] == "service_completed_successfully":
                 found.add(service.strip())
     return found
+
+
+def restore_settle(settle: float) -> float:
+    """The window restored containers must run without a restart on a rollback.
+
+    They were verified (healthy, or running for the full window) when that release was
+    deployed minutes ago; on the way back they must prove what `docker compose up --wait`
+    proves (healthy with a healthcheck, running without, one-shots exit 0) plus one
+    second from their own start, which runs concurrently with the wait for healthy. The
+    full window again would only lengthen the outage: if the old release crashes now,
+    there is nothing further back to restore.
+    """
+    return min(settle, RESTORE_SETTLE)
 
 
 class HealthWatch:

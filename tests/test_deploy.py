@@ -71,7 +71,8 @@ class FakeCompose:
 class FakeWatch:
     world: World
 
-    def __init__(self, api: Any, project: str, *, timeout: float, settle: float) -> None:
+    def __init__(self, api: Any, project: str, *, timeout: float, settle: float,
+                 **options: Any) -> None:
         self.world.calls.append(f"health {project}")
 
     def wait(self) -> HealthReport:

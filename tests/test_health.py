@@ -511,3 +511,8 @@ def test_unreachable_engine_is_a_docker_error(monkeypatch: pytest.MonkeyPatch) -
             as info:
         health.docker_client({"DOCKER_HOST": "unix:///x.sock"})
     assert "DOCKER_HOST" in info.value.hint
+
+
+def test_restored_containers_prove_a_short_window() -> None:
+    assert health.restore_settle(5) == 1.0
+    assert health.restore_settle(0) == 0
