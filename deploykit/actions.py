@@ -4,11 +4,20 @@ Everything deploykit prints goes through :class:`Actions`, so secrets are
 masked and redacted in one place. Inside a workflow (``GITHUB_ACTIONS=true``)
 this speaks the runner's workflow-command protocol; on a terminal it prints
 plain log lines to stderr and ``name=value`` outputs (or JSON) to stdout.
+
+Text from outside (container logs, history entries, registry answers) never
+drives the runner: :meth:`Actions.untrusted` prints it between
+``::stop-commands::<random token>`` and ``::<token>::``, and any log line that
+looks like a workflow command gets the same treatment. In the job summary,
+:func:`markdown_text` makes such text inert and :func:`markdown_table` keeps
+every cell inside its cell.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import secrets as _random
 import sys
 from collections.abc import Iterator, Mapping
@@ -17,6 +26,10 @@ from pathlib import Path
 from typing import TextIO
 
 REDACTED = "***"
+# A line the runner would take as a command: `::name::` after leading blanks, or the
+# legacy `##[name]` anywhere in the line.
+_COMMAND_LIKE = re.compile(r"^\s*::|##\[", re.MULTILINE)
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!~])")
 
 
 def escape_data(value: str) -> str:
@@ -25,6 +38,19 @@ def escape_data(value: str) -> str:
 
 def escape_property(value: str) -> str:
     return escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def looks_like_command(text: str) -> bool:
+    """Whether a line of ``text`` could be read as a workflow command by the runner."""
+    return bool(_COMMAND_LIKE.search(text))
+
+
+def stop_commands_token(text: str) -> str:
+    """A token for ``::stop-commands::`` that ``text`` does not contain (128 random bits)."""
+    token = f"deploykit-{_random.token_hex(16)}"
+    while token in text:  # pragma: no cover - 128 random bits
+        token = f"deploykit-{_random.token_hex(16)}"
+    return token
 
 
 def heredoc_block(name: str, value: str) -> str:
@@ -83,8 +109,28 @@ class Actions:
         return self._stdout if self.in_actions else self._stderr
 
     def info(self, message: str) -> None:
+        if self.in_actions and looks_like_command(message):
+            self.untrusted("", message)  # a value from outside made a line look like one
+            return
         self._log.write(self.redact(message) + "\n")
         self._log.flush()
+
+    def untrusted(self, title: str, text: str) -> None:
+        """Print text from outside (logs, history, registry answers) so it stays text.
+
+        Under Actions it sits between ``::stop-commands::<token>`` and ``::<token>::``:
+        the runner ignores every command in between, and nobody can guess the token.
+        """
+        title, text = self.redact(title), self.redact(text).rstrip("\n")
+        lines = ([title] if title else []) + [text]
+        if not self.in_actions:
+            self._stderr.write("\n".join(lines) + "\n")
+            self._stderr.flush()
+            return
+        token = stop_commands_token(f"{title}\n{text}")
+        self._stdout.write("\n".join([f"::stop-commands::{token}", *lines, f"::{token}::"])
+                           + "\n")
+        self._stdout.flush()
 
     def debug(self, message: str) -> None:
         if self.in_actions:
@@ -162,11 +208,25 @@ class Actions:
             self._stderr.flush()
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>")
+def markdown_text(value: str) -> str:
+    """Text from outside as inert markdown on one line: no HTML, link, emphasis or code."""
+    text = html.escape(" ".join(value.splitlines()), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |"]
+
+def markdown_cell(text: str) -> str:
+    """A table cell that stays one cell: no column break, no row break, no HTML tag.
+
+    Our own markdown (e.g. a `code` span) survives; text from outside goes through
+    :func:`markdown_text` first.
+    """
+    # GFM splits cells before it reads escapes or code spans: an entity never splits.
+    text = text.replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
+    return "<br>".join(text.splitlines())
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(markdown_cell(h) for h in headers) + " |"]
     lines.append("|" + "|".join(" --- " for _ in headers) + "|")
-    lines.extend("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)
+    lines.extend("| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows)
     return "\n".join(lines)

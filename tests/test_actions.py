@@ -4,7 +4,15 @@ import io
 import json
 from pathlib import Path
 
-from deploykit.actions import Actions, escape_property, heredoc_block, markdown_table
+from deploykit.actions import (
+    Actions,
+    escape_property,
+    heredoc_block,
+    looks_like_command,
+    markdown_cell,
+    markdown_table,
+    markdown_text,
+)
 from tests.conftest import parse_github_output
 
 
@@ -81,6 +89,74 @@ def test_terminal_outputs_as_json() -> None:
     assert json.loads(out.getvalue()) == {"status": "built"}
 
 
-def test_markdown_table_escapes_pipes() -> None:
-    assert markdown_table(["a", "b"], [["x|y", "z"]]) == (
-        "| a | b |\n| --- | --- |\n| x\\|y | z |")
+def test_markdown_table_keeps_every_cell_in_its_cell() -> None:
+    assert markdown_table(["a", "b"], [["x|y", "z"], ["`v1`", "1\r\n2\n<script>"]]) == (
+        "| a | b |\n| --- | --- |\n| x&#124;y | z |\n| `v1` | 1<br>2<br>&lt;script&gt; |")
+
+
+HOSTILE = ("staging\n::stop-commands::pwned\n::add-mask::x\n  ::error::fake\n"
+           "see ##[warning]legacy")
+
+
+def stop_blocks(out: str) -> list[list[str]]:
+    """Each ::stop-commands::TOKEN ... ::TOKEN:: block's lines; asserts the framing."""
+    blocks, lines = [], out.splitlines()
+    while lines:
+        first = lines.pop(0)
+        assert first.startswith("::stop-commands::deploykit-"), first
+        token = first.removeprefix("::stop-commands::")
+        assert len(token) == len("deploykit-") + 32
+        end = lines.index(f"::{token}::")
+        blocks.append(lines[:end])
+        del lines[:end + 1]
+    return blocks
+
+
+def test_untrusted_text_sits_between_stop_commands_and_its_token(make_actions) -> None:
+    actions = make_actions()
+    actions.mask("s3cr3t-value")
+    actions.out.truncate(0)
+    actions.out.seek(0)
+    actions.untrusted("Logs of app-1", HOSTILE + "\ns3cr3t-value\n")
+    assert stop_blocks(actions.out.getvalue()) == [
+        ["Logs of app-1", *HOSTILE.splitlines(), "***"]]
+
+
+def test_two_untrusted_blocks_never_share_a_token(make_actions) -> None:
+    actions = make_actions()
+    actions.untrusted("", "a")
+    actions.untrusted("", "b")
+    out = actions.out.getvalue().splitlines()
+    assert out[0] != out[3]
+    assert stop_blocks(actions.out.getvalue()) == [["a"], ["b"]]
+
+
+def test_untrusted_on_a_terminal_is_plain(make_actions) -> None:
+    actions = make_actions(in_actions=False)
+    actions.untrusted("History", "::error::x\n")
+    assert actions.err.getvalue() == "History\n::error::x\n"
+    assert actions.out.getvalue() == ""
+
+
+def test_info_that_looks_like_a_command_is_made_inert(make_actions) -> None:
+    actions = make_actions()
+    actions.info("Nothing of project 'x\n::stop-commands::y' runs yet.")
+    actions.info("plain line")
+    out = actions.out.getvalue()
+    assert out.endswith("\nplain line\n")
+    assert stop_blocks(out.removesuffix("plain line\n")) == [
+        ["Nothing of project 'x", "::stop-commands::y' runs yet."]]
+
+
+def test_looks_like_command() -> None:
+    assert looks_like_command("::error::x")
+    assert looks_like_command("ok\n \t::group::x")
+    assert looks_like_command("text ##[error]x")
+    assert not looks_like_command("a :: b\nplain")
+
+
+def test_markdown_text_is_inert() -> None:
+    assert markdown_text("<img src=x onerror=1> [a](javascript:1) **b** `c` #d\nnext") == (
+        "&lt;img src=x onerror=1&gt; \\[a\\]\\(javascript:1\\) \\*\\*b\\*\\* "
+        "\\`c\\` \\#d next")
+    assert markdown_cell(markdown_text("a|b\\|c")) == "a&#124;b\\\\&#124;c"
