@@ -1,17 +1,18 @@
 """Build & Push (``deploykit build``, ``mode: build``): build once, push, verify.
 
-Flow: plan the tags from the registry; refuse to move a write-once tag (or
-skip an idempotent re-run); log in into a throwaway DOCKER_CONFIG; build every
-platform with buildx and push every tag at once; resolve each tag again from
-the registry and insist they all name the pushed index, which must hold every
-requested platform. Validation builds (feature branches, pull requests) build
-without pushing anything.
+Flow: plan the tags from the registry; refuse to move a write-once tag, skip
+an idempotent re-run, or complete the tags of an earlier run of the same revision
+that stopped part-way; log in into a throwaway DOCKER_CONFIG; build every platform
+with buildx into a local OCI layout; upload it by digest (no tag); publish the
+tags one by one (``publish.py``); check the index holds every requested platform.
+Validation builds (feature branches, pull requests) build without pushing anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, InputError, WriteOnceTagError
 from deploykit.github import GitHubRecorder, summary_links
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
-from deploykit.registry import RegistryClient
+from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
+from deploykit.registry import OCI_INDEX, RegistryClient
 from deploykit.settings import Settings
-from deploykit.tags import RELEASE, parse_version
+from deploykit.tags import RELEASE, is_test_tag, parse_version, test_tag_number
 
 BUILT, SKIPPED, VALIDATED = "built", "skipped", "validated"
 OCI = "org.opencontainers.image"
@@ -69,10 +71,16 @@ def execute(
         plan = make_plan(settings, client)
         actions.info(format_plan(plan))
     existing = write_once_guard(plan, settings.github.sha, settings.skip_build_if_image_present)
-    if existing is not None:
-        outcome = skip(plan, existing, settings.github.sha, client, actions)
-    else:
-        outcome = build(settings, plan, client, docker)
+    try:
+        if existing is None:
+            outcome = build(settings, plan, client, docker)
+        elif existing.revision == settings.github.sha:
+            outcome = complete(settings, plan, existing, client, actions)
+        else:
+            outcome = skip(plan, existing, settings.github.sha, client, actions)
+    except PartlyPublishedError as exc:
+        actions.add_summary(partial_summary(plan, exc))
+        raise
     report(actions, settings, plan, outcome, time.monotonic() - started)
     return outcome
 
@@ -104,7 +112,8 @@ def _write_once_error(plan: BuildPlan, entry: PlannedTag, sha: str) -> WriteOnce
 
 
 def skip(
-    plan: BuildPlan, existing: PlannedTag, sha: str, client: RegistryClient, actions: Actions
+    plan: BuildPlan, existing: PlannedTag, sha: str, client: RegistryClient, actions: Actions,
+    *, tags: tuple[str, ...] | None = None,
 ) -> Outcome:
     digest = existing.digest or ""
     same = existing.revision == sha
@@ -113,38 +122,109 @@ def skip(
            "skip_build_if_image_present is true")
     actions.notice(f"{plan.image}:{existing.tag} is already published at {digest} ({why}): "
                    "nothing is built or pushed.", title="Build skipped")
-    tags = tuple(entry.tag for entry in plan.existing if entry.digest == digest)
+    if tags is None:
+        tags = tuple(entry.tag for entry in plan.existing if entry.digest == digest)
     return Outcome(SKIPPED, digest, tags, client.platforms(digest),
                    note=f"Skipped: {existing.tag} already published ({why}).")
 
 
-# -- build, push, verify ------------------------------------------------------------
+def complete(
+    settings: Settings, plan: BuildPlan, existing: PlannedTag, client: RegistryClient,
+    actions: Actions,
+) -> Outcome:
+    """A re-run of a revision already pushed: publish whatever tag is missing, else skip."""
+    digest = existing.digest or ""
+    publisher = new_publisher(settings, client, actions, digest)
+    test_tag = own_test_tag(plan, publisher)
+    tags = publisher.publish(tuple(test_tag if is_test_tag(t) and test_tag else t
+                                   for t in plan.tags))
+    if not publisher.published:
+        return skip(plan, existing, settings.github.sha, client, actions, tags=tuple(tags))
+    actions.notice(f"{plan.image}@{digest} (this revision) was already pushed by an earlier "
+                   f"run that stopped part-way; published the missing tags: "
+                   f"{', '.join(publisher.published)}.", title="Build completed")
+    note = (f"Completed: an earlier run of this revision pushed {digest}; this run published "
+            f"{', '.join(publisher.published)}. Nothing was built.")
+    return Outcome(BUILT, digest, tuple(tags), client.platforms(digest),
+                   note=" ".join([note, *publisher.notes]),
+                   release_version=release_version(plan), image=plan.image)
+
+
+def own_test_tag(plan: BuildPlan, publisher: Publisher) -> str:
+    """A ``test-YYYYMMDD-N`` already naming the image (of the plan's date or the image's)."""
+    planned = next((t for t in plan.tags if is_test_tag(t)), "")
+    if not planned or planned in {entry.tag for entry in plan.existing}:
+        return planned
+    created = publisher.created
+    dates = {planned.split("-")[1], f"{created:%Y%m%d}" if created else ""}
+    candidates = sorted((t for t in plan.registry_tags
+                         if is_test_tag(t) and t.split("-")[1] in dates),
+                        key=test_tag_number, reverse=True)
+    return next((t for t in candidates if publisher.holder(t) == publisher.digest), planned)
+
+
+def new_publisher(
+    settings: Settings, client: RegistryClient, actions: Actions, digest: str
+) -> Publisher:
+    given = settings.github.ref.removeprefix("refs/tags/")
+    renumber = not (settings.github.ref.startswith("refs/tags/") and is_test_tag(given))
+    return Publisher(client, actions, digest, renumber=renumber, latest=settings.latest)
+
+
+def release_version(plan: BuildPlan) -> str:
+    return plan.tag_plan.version if plan.tag_plan.kind == RELEASE else ""
+
+
+# -- build, push, publish, verify -------------------------------------------------------
 def build(
     settings: Settings, plan: BuildPlan, client: RegistryClient, docker: DockerCLI
 ) -> Outcome:
     push = plan.tag_plan.push
     context, dockerfile = build_paths(settings)
-    with docker.logged_in(settings.registry, settings.registry_username,
-                          settings.registry_password):
-        builder = select_builder(docker, settings.platforms,
-                                 exports_cache=push and settings.cache != "none")
-        request = BuildRequest(
-            context=context, dockerfile=dockerfile, platforms=settings.platforms,
-            tags=tuple(f"{plan.image}:{tag}" for tag in plan.tags), push=push,
-            labels=oci_labels(settings, plan), build_args=settings.build_args,
-            secrets=settings.build_secrets, target=settings.target,
-            provenance=settings.provenance, sbom=settings.sbom, cache=settings.cache,
-            cache_ref=f"{plan.image}:{CACHE_TAG}", builder=builder)
-        verb = "Build and push" if push else "Validation build (no push) of"
-        with docker.actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
-            result = run_build(docker, request)
-    cache = cache_text(result)
-    if not push:
-        return Outcome(VALIDATED, cache=cache, note=plan.tag_plan.reason)
-    platforms = verify(client, plan, result, settings.platforms)
-    release_version = plan.tag_plan.version if plan.tag_plan.kind == RELEASE else ""
-    return Outcome(BUILT, result.digest, plan.tags, platforms, cache=cache,
-                   release_version=release_version, image=plan.image)
+    actions = docker.actions
+    with tempfile.TemporaryDirectory(prefix="deploykit-oci-") as layout:
+        with docker.logged_in(settings.registry, settings.registry_username,
+                              settings.registry_password):
+            builder = select_builder(docker, settings.platforms,
+                                     exports_cache=push and settings.cache != "none")
+            request = BuildRequest(
+                context=context, dockerfile=dockerfile, platforms=settings.platforms,
+                push=push, labels=oci_labels(settings, plan),
+                build_args=settings.build_args, secrets=settings.build_secrets,
+                target=settings.target, provenance=settings.provenance, sbom=settings.sbom,
+                cache=settings.cache, cache_ref=f"{plan.image}:{CACHE_TAG}",
+                cache_exists=cache_exists(settings, plan, client, actions),
+                oci_layout=layout, builder=builder)
+            verb = "Build and push" if push else "Validation build (no push) of"
+            with actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
+                result = run_build(docker, request)
+        cache = cache_text(result)
+        if not push:
+            return Outcome(VALIDATED, cache=cache, note=plan.tag_plan.reason)
+        digest = pushed_digest(result)
+        media_type = str(result.descriptor.get("mediaType") or OCI_INDEX)
+        with actions.group(f"Push {plan.image}@{digest} (untagged) and publish its tags"):
+            uploaded = upload_layout(client, Path(layout), digest, media_type)
+            actions.info(f"Pushed {plan.image}@{digest} by digest ({uploaded} new blobs).")
+            publisher = new_publisher(settings, client, actions, digest)
+            tags = publisher.publish(plan.tags)
+            actions.info(f"Tags naming {digest}: {', '.join(tags)}.")
+    platforms = verify(client, digest, settings.platforms)
+    return Outcome(BUILT, digest, tuple(tags), platforms, cache=cache,
+                   note=" ".join(publisher.notes), release_version=release_version(plan),
+                   image=plan.image)
+
+
+def cache_exists(
+    settings: Settings, plan: BuildPlan, client: RegistryClient, actions: Actions
+) -> bool:
+    """False, with one calm line, when a pushing build has no registry cache to import yet."""
+    if settings.cache != "registry" or not plan.tag_plan.push:
+        return True
+    if client.find(CACHE_TAG) is not None:
+        return True
+    actions.info(f"No build cache yet at {plan.image}:{CACHE_TAG}: this first build fills it.")
+    return False
 
 
 def build_paths(settings: Settings) -> tuple[str, str]:
@@ -181,26 +261,20 @@ def cache_text(result: BuildResult) -> str:
     return f"{result.cached_steps} of {result.total_steps} steps cached"
 
 
-def verify(
-    client: RegistryClient, plan: BuildPlan, result: BuildResult, wanted: tuple[str, ...]
-) -> dict[str, str]:
-    """Every tag names the pushed index, and the index holds every platform."""
+def pushed_digest(result: BuildResult) -> str:
+    """The image digest from buildx's metadata file: never from resolving a tag."""
     if not result.digest:
-        raise BuildError("buildx pushed, but reported no image digest in its metadata file.",
+        raise BuildError("buildx built, but reported no image digest in its metadata file.",
                          hint="Update docker buildx (0.10 or later).")
-    moved = [(tag, actual) for tag in plan.tags
-             if (actual := client.resolve(tag)) != result.digest]
-    if moved:
-        listing = "; ".join(f"{plan.image}:{tag} -> {actual}" for tag, actual in moved)
-        raise BuildError(
-            f"After the push, not every tag points to the pushed index {result.digest}: "
-            f"{listing}.", title="Pushed digest not verified",
-            hint="Another build pushed the same tags at the same time, or the registry "
-            "did not store the push. Check the registry and run the build again.")
-    platforms = client.platforms(result.digest)
+    return result.digest
+
+
+def verify(client: RegistryClient, digest: str, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The pushed index holds every requested platform."""
+    platforms = client.platforms(digest)
     if missing := [p for p in wanted if p not in platforms]:
         raise BuildError(
-            f"The pushed index {result.digest} has no manifest for {', '.join(missing)} "
+            f"The pushed index {digest} has no manifest for {', '.join(missing)} "
             f"(it holds {', '.join(sorted(platforms)) or 'nothing'}).",
             title="Pushed digest not verified",
             hint="The builder dropped a platform: check `platforms` and the builder "
@@ -239,6 +313,15 @@ def report(
     actions.set_output("status", outcome.status)
     actions.info(f"Build {outcome.status}: {pinned or plan.image}")
     actions.add_summary(summary(plan, outcome, settings.platforms, seconds))
+
+
+def partial_summary(plan: BuildPlan, exc: PartlyPublishedError) -> str:
+    """The job summary of a run that failed after publishing some tags."""
+    rows = [[f"`{tag}`", f"`{exc.digest}`"] for tag in exc.published]
+    return "\n".join([
+        f"### Build & Push `{plan.image}`: failed after publishing {len(rows)} tag(s)", "",
+        exc.message, "", markdown_table(["Tag published by this run", "Digest"], rows), "",
+        "Run the job again: it publishes the missing tags of this image.", ""])
 
 
 def platforms_json(platforms: Mapping[str, str]) -> str:

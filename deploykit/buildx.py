@@ -1,7 +1,9 @@
 """Raw ``docker buildx`` calls: builder choice, the build argv, its results.
 
 Everything here goes through :class:`DockerCLI`. Orchestration (which tags,
-whether to push, the write-once guard, verification) lives in ``build.py``.
+whether to push, the write-once guard, verification) lives in ``build.py``. A
+build that pushes writes an OCI layout folder (no tag, no ``--push``): the docker
+driver cannot push by digest, so ``publish.py`` uploads it and tags it.
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ class BuildRequest:
     context: str
     dockerfile: str
     platforms: tuple[str, ...]
-    tags: tuple[str, ...]
     push: bool
     labels: tuple[tuple[str, str], ...] = ()
     build_args: tuple[tuple[str, str], ...] = ()
@@ -90,6 +91,8 @@ class BuildRequest:
     sbom: bool = False
     cache: str = "none"
     cache_ref: str = ""
+    cache_exists: bool = True  # False: no registry cache yet, so nothing to import
+    oci_layout: str = ""  # a push exports here (an OCI layout folder); deploykit uploads it
     builder: Builder = field(default_factory=lambda: Builder("", "", ()))
 
 
@@ -212,10 +215,16 @@ def _container_builder(
 
 
 # -- argv ---------------------------------------------------------------------
-def cache_flags(cache: str, cache_ref: str, *, export: bool) -> list[str]:
-    """``--cache-from``/``--cache-to``; a build that pushes nothing exports no cache."""
+def cache_flags(
+    cache: str, cache_ref: str, *, export: bool, cache_exists: bool = True
+) -> list[str]:
+    """``--cache-from``/``--cache-to``; a build that pushes nothing exports no cache.
+
+    A registry cache that does not exist yet is not imported: buildx would print an
+    ``ERROR`` line for it (the first build of a repository is not a failure).
+    """
     if cache == "registry":
-        flags = ["--cache-from", f"type=registry,ref={cache_ref}"]
+        flags = ["--cache-from", f"type=registry,ref={cache_ref}"] if cache_exists else []
         if export:
             flags += ["--cache-to", f"type=registry,ref={cache_ref},mode=max"]
         return flags
@@ -232,8 +241,6 @@ def build_argv(request: BuildRequest, metadata_file: str) -> list[str]:
             "--metadata-file", metadata_file,
             f"--provenance={str(request.provenance).lower()}",
             f"--sbom={str(request.sbom).lower()}"]
-    for tag in request.tags:
-        argv += ["-t", tag]
     for key, value in request.labels:
         argv += ["--label", f"{key}={value}"]
     for key, value in request.build_args:
@@ -242,9 +249,13 @@ def build_argv(request: BuildRequest, metadata_file: str) -> list[str]:
         argv += ["--secret", f"id={secret_id},env={env_name}"]
     if request.target:
         argv += ["--target", request.target]
-    argv += cache_flags(request.cache, request.cache_ref, export=request.push)
-    # A validation build keeps its result in the build cache only: no dangling image.
-    argv += ["--push"] if request.push else ["--output", "type=cacheonly"]
+    argv += cache_flags(request.cache, request.cache_ref, export=request.push,
+                        cache_exists=request.cache_exists)
+    # A push goes to a local OCI layout first (the docker driver cannot push by digest);
+    # deploykit uploads it untagged, then tags it. A validation build keeps its result in
+    # the build cache only: no dangling image.
+    argv += ["--output", f"type=oci,dest={request.oci_layout},tar=false"] if request.push \
+        else ["--output", "type=cacheonly"]
     argv.append(request.context)
     return argv
 

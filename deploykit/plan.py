@@ -34,6 +34,7 @@ class BuildPlan:
     image: str  # registry/repo
     tag_plan: TagPlan
     entries: tuple[PlannedTag, ...]
+    registry_tags: tuple[str, ...] = ()  # every tag of the repository when planned
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -64,7 +65,7 @@ def make_plan(settings: Settings, client: RegistryClient) -> BuildPlan:
     present = set(existing)
     entries = tuple(_planned_tag(client, tag, tag in tag_plan.write_once, tag in present)
                     for tag in tag_plan.tags)
-    return BuildPlan(settings.image_name, tag_plan, entries)
+    return BuildPlan(settings.image_name, tag_plan, entries, tuple(existing))
 
 
 def _planned_tag(client: RegistryClient, tag: str, write_once: bool, listed: bool) -> PlannedTag:

@@ -1,10 +1,12 @@
 """A client of the OCI distribution API (the registry's ``/v2/`` HTTP API).
 
-Reads only: resolve a tag to its digest with one ``HEAD``, read manifests,
-platforms and labels, list every tag (paginated). Authentication is anonymous,
+Reads: resolve a tag to its digest with one ``HEAD``, read manifests,
+platforms and labels, list every tag (paginated). Writes, for Build & Push only:
+upload a blob, PUT a manifest under its digest or a tag. Authentication is anonymous,
 Basic, or the Bearer-token challenge flow GHCR and Docker Hub use; tokens are
-cached per scope. Idempotent calls are retried with tenacity on connection
-errors, 429 and 5xx, honouring ``Retry-After``, within ``retry_seconds``.
+cached per scope. Idempotent calls (reads, content-addressed uploads, a PUT of
+the same bytes) are retried with tenacity on connection errors, 429 and 5xx,
+honouring ``Retry-After``, within ``retry_seconds``.
 
 Every failure is a typed :class:`~deploykit.errors.RegistryError`; only a
 "manifest unknown" answer ever means "this tag does not exist".
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -216,6 +219,10 @@ class RegistryClient:
     def pull_scope(self) -> str:
         return f"repository:{self.repository}:pull"
 
+    @property
+    def push_scope(self) -> str:
+        return f"repository:{self.repository}:pull,push"
+
     # -- public reads ------------------------------------------------------------
     def resolve(self, reference: str) -> str:
         """The digest ``reference`` (tag or digest) points to, from one ``HEAD``."""
@@ -288,6 +295,62 @@ class RegistryClient:
             tags.update(dict.fromkeys(self._json(response, what).get("tags") or []))
             url, params = self._next_page(response, seen), None
         return list(tags)
+
+    def manifest_bytes(self, digest: str) -> tuple[str, bytes]:
+        """Media type and exact bytes of the manifest ``digest`` (checked against it)."""
+        what = self._what(digest)
+        response = self._call("GET", self._url(f"manifests/{digest}"), what,
+                              headers={"Accept": MANIFEST_ACCEPT})
+        self._raise_for_manifest(response, what)
+        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+            raise RegistryError(f"{self.registry} sent a manifest for {what} with another "
+                                "digest.", hint="The registry or a proxy altered the "
+                                "manifest; do not publish it.")
+        body = self._json(response, what)
+        media_type = str(body.get("mediaType") or
+                         response.headers.get("Content-Type", "").split(";")[0].strip())
+        return media_type, response.content
+
+    # -- writes (Build & Push) ------------------------------------------------------------
+    def blob_exists(self, digest: str) -> bool:
+        what = f"{self.name}@{digest} (blob)"
+        response = self._call("HEAD", self._url(f"blobs/{digest}"), what,
+                              scope=self.push_scope)
+        if response.status_code == 404:
+            return False
+        self._raise_for_status(response, what)
+        return True
+
+    def upload_blob(self, digest: str, path: Path) -> None:
+        """Monolithic upload: POST opens it, PUT ``?digest=`` sends the file and closes it.
+
+        The pair is retried as one: the blob is content addressed, so it is idempotent.
+        """
+        what = f"{self.name}@{digest} (blob upload)"
+        self._retrying(what, lambda: self._upload_once(digest, path, what))
+
+    def _upload_once(self, digest: str, path: Path, what: str) -> requests.Response:
+        opened = self._authorized("POST", self._url("blobs/uploads/"), what, None, None,
+                                  scope=self.push_scope)
+        self._raise_for_status(opened, what)
+        location = opened.headers.get("Location", "")
+        if not location:
+            raise RegistryError(f"{self.registry} opened no upload for {what} (no Location).",
+                                hint="Is the registry an OCI distribution registry?")
+        closed = self._authorized("PUT", urljoin(opened.url, location), what,
+                                  {"Content-Type": "application/octet-stream"},
+                                  {"digest": digest}, scope=self.push_scope, body=path)
+        self._raise_for_status(closed, what)
+        return closed
+
+    def put_manifest(self, reference: str, content: bytes, media_type: str) -> None:
+        """PUT ``content`` under a tag or its digest (the same bytes again: idempotent)."""
+        ref = _manifest_reference(reference)
+        what = self._what(ref)
+        response = self._call("PUT", self._url(f"manifests/{ref}"), what,
+                              headers={"Content-Type": media_type}, scope=self.push_scope,
+                              body=content)
+        self._raise_for_status(response, what)
 
     # -- helpers of the reads --------------------------------------------------------
     def _what(self, reference: str) -> str:
@@ -389,9 +452,12 @@ class RegistryClient:
         *,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
+        scope: str = "",
+        body: bytes | Path | None = None,
     ) -> requests.Response:
-        """One idempotent request (HEAD/GET), authenticated, retried when transient."""
-        return self._retrying(what, lambda: self._authorized(method, url, what, headers, params))
+        """One idempotent request, authenticated, retried when transient."""
+        return self._retrying(what, lambda: self._authorized(
+            method, url, what, headers, params, scope=scope, body=body))
 
     def _retrying(
         self, what: str, call: Callable[[], requests.Response]
@@ -420,11 +486,14 @@ class RegistryClient:
         what: str,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
+        *,
+        scope: str = "",
+        body: bytes | Path | None = None,
     ) -> requests.Response:
-        scope = self.pull_scope
-        response = self._send(method, url, scope, headers, params)
+        scope = scope or self.pull_scope
+        response = self._send(method, url, scope, headers, params, body=body)
         if response.status_code == 401 and self._authenticate(response, scope, what):
-            response = self._send(method, url, scope, headers, params)
+            response = self._send(method, url, scope, headers, params, body=body)
         return response
 
     def _send(
@@ -434,6 +503,8 @@ class RegistryClient:
         scope: str,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
+        *,
+        body: bytes | Path | None = None,
     ) -> requests.Response:
         request_headers = dict(headers or {})
         auth = None
@@ -441,9 +512,17 @@ class RegistryClient:
             request_headers["Authorization"] = f"Bearer {self._tokens[scope]}"
         elif self._basic:
             auth = HTTPBasicAuth(self._username, self._password)
-        return self._transient_checked(lambda: self._session.request(
-            method, url, headers=request_headers, params=params, auth=auth,
-            timeout=self._timeout))
+
+        def send() -> requests.Response:
+            if isinstance(body, Path):  # a file is opened anew for every attempt
+                with body.open("rb") as stream:
+                    return self._session.request(
+                        method, url, headers=request_headers, params=params, auth=auth,
+                        data=stream, timeout=self._timeout)
+            return self._session.request(method, url, headers=request_headers,
+                                         params=params, auth=auth, data=body,
+                                         timeout=self._timeout)
+        return self._transient_checked(send)
 
     def _transient_checked(
         self, send: Callable[[], requests.Response]

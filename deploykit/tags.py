@@ -142,7 +142,7 @@ def _staging_plan(
 def _release_plan(ref: str, version_input: str, existing_tags: Iterable[str],
                   latest: str) -> TagPlan:
     version, parsed = _release_version(ref, version_input)
-    add_latest, why_latest = _latest_decision(parsed, existing_tags, latest)
+    add_latest, why_latest = latest_decision(parsed, existing_tags, latest)
     tags = (version, LATEST) if add_latest else (version,)
     return _make_plan(tags, version=version, kind=RELEASE, reason=(
         f"Release build for {_ref_label('', ref)}: publishes {version}; {why_latest}"))
@@ -163,9 +163,10 @@ def _release_version(ref: str, version_input: str) -> tuple[str, semver.Version]
     return f"v{parsed}", parsed
 
 
-def _latest_decision(
+def latest_decision(
     version: semver.Version, existing_tags: Iterable[str], latest: str
 ) -> tuple[bool, str]:
+    """Whether a release of ``version`` gets ``latest``, and why (one sentence)."""
     if latest == "true":
         return True, "`latest` added (latest=true)."
     if latest == "false":
@@ -191,6 +192,12 @@ def next_test_tag(existing_tags: Iterable[str], build_date: datetime) -> str:
     numbers = [int(m.group("n")) for m in map(_TEST_TAG_RE.match, existing_tags)
                if m and m.group("date") == date]
     return f"test-{date}-{max(numbers, default=0) + 1}"
+
+
+def test_tag_number(tag: str) -> int:
+    """``N`` of ``test-YYYYMMDD-N`` (0 for any other tag)."""
+    match = _TEST_TAG_RE.match(tag)
+    return int(match.group("n")) if match else 0
 
 
 def sha_tag(sha: str) -> str:

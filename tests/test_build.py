@@ -46,19 +46,50 @@ BUILD_OUTPUT = """\
 """
 
 
+CREATED = "2024-06-01T12:00:00Z"
+INDEX_BODY = b'{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+
+
 class FakeRegistry:
-    """tags -> digests, digest -> revision label and platforms."""
+    """tags -> digests, digest -> revision label and platforms; manifest PUTs by content."""
+
+    name = IMAGE
 
     def __init__(self) -> None:
         self.tag_digests: dict[str, str] = {}
         self.revisions: dict[str, str] = {}
+        self.created: dict[str, str] = {}
         self.index: dict[str, dict[str, str]] = {}
+        self.manifests: dict[bytes, str] = {}
         self.calls: list[tuple[str, str]] = []
 
-    def publish(self, tag: str, digest: str, revision: str) -> None:
+    def publish(self, tag: str, digest: str, revision: str, created: str = CREATED) -> None:
         self.tag_digests[tag] = digest
         self.revisions[digest] = revision
+        self.created[digest] = created
         self.index[digest] = {"linux/amd64": AMD, "linux/arm64": ARM}
+        self.manifests[digest.encode()] = digest
+
+    def blob_exists(self, digest: str) -> bool:
+        return True
+
+    def upload_blob(self, digest: str, path: Path) -> None:
+        raise AssertionError("every blob exists")
+
+    def manifest_bytes(self, digest: str) -> tuple[str, bytes]:
+        self.calls.append(("manifest", digest))
+        content = next(body for body, known in self.manifests.items() if known == digest)
+        return "application/vnd.oci.image.index.v1+json", content
+
+    def put_manifest(self, reference: str, content: bytes, media_type: str) -> None:
+        self.calls.append(("put", reference))
+        if reference.startswith("sha256:"):
+            self.manifests[content] = reference
+            self.revisions.setdefault(reference, SHA)
+            self.created.setdefault(reference, CREATED)
+            self.index.setdefault(reference, {"linux/amd64": AMD, "linux/arm64": ARM})
+        else:
+            self.tag_digests[reference] = self.manifests[content]
 
     def tags(self) -> list[str]:
         self.calls.append(("tags", ""))
@@ -81,7 +112,8 @@ class FakeRegistry:
     def labels(self, reference: str, platform: str | None = None) -> dict[str, str]:
         self.calls.append(("labels", reference))
         digest = self.resolve(reference)
-        return {"org.opencontainers.image.revision": self.revisions[digest]}
+        return {"org.opencontainers.image.revision": self.revisions[digest],
+                "org.opencontainers.image.created": self.created[digest]}
 
     def platforms(self, reference: str) -> dict[str, str]:
         self.calls.append(("platforms", reference))
@@ -121,12 +153,15 @@ class FakeDocker:
         return subprocess.CompletedProcess(argv, self.build_code, self.build_output, "")
 
     def push_all(self, argv: list[str], digest: str = NEW) -> None:
+        """Write the metadata file and an OCI layout holding one (empty) index."""
         metadata = argv[argv.index("--metadata-file") + 1]
         Path(metadata).write_text(json.dumps({"containerimage.digest": digest}))
-        if "--push" in argv:
-            for index, value in enumerate(argv):
-                if value == "-t":
-                    self.registry.publish(argv[index + 1].rsplit(":", 1)[1], digest, SHA)
+        output = argv[argv.index("--output") + 1]
+        if output.startswith("type=oci,dest="):
+            layout = Path(output.removeprefix("type=oci,dest=").split(",")[0])
+            blobs = layout / "blobs" / "sha256"
+            blobs.mkdir(parents=True)
+            (blobs / digest.removeprefix("sha256:")).write_bytes(INDEX_BODY)
 
     @property
     def builds(self) -> list[list[str]]:
@@ -204,16 +239,17 @@ def test_build_argv_has_labels_tags_and_no_password(
 ) -> None:
     actions = make_actions()
     registry = FakeRegistry()
+    registry.publish("buildcache", OLD, "")
     docker = FakeDocker(actions, registry)
     execute(settings_for(workspace, build_args="A=1"), actions, registry, docker)
     [argv] = docker.builds
     metadata = argv[argv.index("--metadata-file") + 1]
+    layout = argv[argv.index("--output") + 1].split(",")[1].removeprefix("dest=")
     app = str(workspace / "app")
     assert argv == [
         "buildx", "build", "--builder", "default", "--progress=plain",
         "--platform", "linux/amd64,linux/arm64", "-f", f"{app}/Dockerfile",
         "--metadata-file", metadata, "--provenance=false", "--sbom=false",
-        "-t", f"{IMAGE}:v1.2.3", "-t", f"{IMAGE}:latest",
         "--label", "org.opencontainers.image.source=https://github.com/org/app",
         "--label", f"org.opencontainers.image.revision={SHA}",
         "--label", "org.opencontainers.image.version=v1.2.3",
@@ -222,9 +258,41 @@ def test_build_argv_has_labels_tags_and_no_password(
         "--build-arg", "A=1",
         "--cache-from", f"type=registry,ref={IMAGE}:buildcache",
         "--cache-to", f"type=registry,ref={IMAGE}:buildcache,mode=max",
-        "--push", app,
+        "--output", f"type=oci,dest={layout},tar=false", app,
     ]
     assert all(PASSWORD not in " ".join(call) for call in docker.calls)
+    assert not Path(layout).exists()  # the temporary OCI layout is gone
+
+
+def test_first_build_says_there_is_no_cache_yet_and_imports_none(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    execute(settings_for(workspace), actions, registry, docker)
+    [argv] = docker.builds
+    assert "--cache-from" not in argv
+    assert argv[argv.index("--cache-to") + 1] == \
+        f"type=registry,ref={IMAGE}:buildcache,mode=max"
+    assert f"No build cache yet at {IMAGE}:buildcache: this first build fills it.\n" \
+        in actions.out.getvalue().splitlines(keepends=True)
+    assert ("resolve", "buildcache") in registry.calls
+
+
+def test_image_is_pushed_by_digest_before_any_tag_and_write_once_tags_first(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    puts = [ref for call, ref in registry.calls if call == "put"]
+    assert puts == [NEW, "sha-0123456", "test-20240601-1", "staging-latest"]
+    assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
+    assert registry.tag_digests == dict.fromkeys(
+        ("sha-0123456", "test-20240601-1", "staging-latest"), NEW)
 
 
 def test_staging_build_labels_its_test_tag_as_version(
@@ -332,8 +400,58 @@ def test_staging_rerun_of_same_commit_skips_on_its_sha_tag(
     outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
                       registry, docker)
     assert (outcome.status, outcome.digest) == ("skipped", OLD)
-    assert outcome.tags == ("staging-latest", "sha-0123456")
+    assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
     assert docker.calls == []
+    assert [call for call in registry.calls if call[0] == "put"] == []
+
+
+def test_rerun_after_a_partial_publish_completes_the_missing_tags(
+    workspace: Path, tmp_path: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    """The earlier run pushed OLD and published sha-<7> only, then died."""
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("sha-0123456", OLD, SHA)
+    docker = FakeDocker(actions, registry)
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    assert (outcome.status, outcome.digest) == ("built", OLD)
+    assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
+    assert registry.tag_digests == dict.fromkeys(
+        ("sha-0123456", "test-20240601-1", "staging-latest"), OLD)
+    assert docker.calls == []
+    assert outcome.note == (f"Completed: an earlier run of this revision pushed {OLD}; this "
+                            "run published test-20240601-1, staging-latest. Nothing was built.")
+    assert outputs(tmp_path)["status"] == "built"
+
+
+def test_failure_after_a_tag_names_the_published_tags_in_error_and_summary(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    put = registry.put_manifest
+
+    def failing_put(reference: str, content: bytes, media_type: str) -> None:
+        if reference.startswith("test-"):
+            raise build.BuildError("127.0.0.1:5001 answered 400 for the PUT.", hint="h")
+        put(reference, content, media_type)
+
+    registry.put_manifest = failing_put  # type: ignore[method-assign]
+    with pytest.raises(build.PartlyPublishedError) as info:
+        execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry,
+                docker)
+    assert info.value.message == (
+        "127.0.0.1:5001 answered 400 for the PUT. This run had already published "
+        f"sha-0123456 (naming {NEW}); the other tags of the plan are not published.")
+    assert info.value.published == ("sha-0123456",)
+    assert actions.summary_parts == [
+        f"### Build & Push `{IMAGE}`: failed after publishing 1 tag(s)\n\n"
+        f"{info.value.message}\n\n"
+        "| Tag published by this run | Digest |\n| --- | --- |\n"
+        f"| `sha-0123456` | `{NEW}` |\n\n"
+        "Run the job again: it publishes the missing tags of this image.\n"]
 
 
 def test_mutable_tags_never_trigger_the_guard(
@@ -349,25 +467,6 @@ def test_mutable_tags_never_trigger_the_guard(
 
 
 # -- verification ----------------------------------------------------------------------
-def test_tag_not_pointing_to_the_pushed_digest_fails_loudly(
-    workspace: Path, make_actions: Callable[..., CapturedActions],
-) -> None:
-    actions = make_actions()
-    registry = FakeRegistry()
-
-    def racing_push(argv: list[str]) -> None:
-        docker.push_all(argv)
-        registry.publish("latest", OLD, OTHER_SHA)  # another build won the race
-
-    docker = FakeDocker(actions, registry, push=racing_push)
-    with pytest.raises(BuildError) as info:
-        execute(settings_for(workspace), actions, registry, docker)
-    assert info.value.message == (
-        f"After the push, not every tag points to the pushed index {NEW}: "
-        f"{IMAGE}:latest -> {OLD}.")
-    assert info.value.title == "Pushed digest not verified"
-
-
 def test_index_missing_a_platform_fails_loudly(
     workspace: Path, make_actions: Callable[..., CapturedActions],
 ) -> None:
@@ -393,8 +492,9 @@ def test_missing_digest_in_metadata_is_an_error(
     docker = FakeDocker(actions, registry, push=lambda argv: None)
     with pytest.raises(BuildError) as info:
         execute(settings_for(workspace), actions, registry, docker)
-    assert info.value.message == ("buildx pushed, but reported no image digest in its "
+    assert info.value.message == ("buildx built, but reported no image digest in its "
                                   "metadata file.")
+    assert [call for call in registry.calls if call[0] == "put"] == []
 
 
 def test_failed_build_is_a_build_error_and_nothing_is_verified(

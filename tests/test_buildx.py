@@ -155,9 +155,8 @@ class FakeDocker:
 def request(**changes: Any) -> BuildRequest:
     base: dict[str, Any] = dict(
         context="/ws/app", dockerfile="/ws/app/Dockerfile",
-        platforms=("linux/amd64", "linux/arm64"),
-        tags=("127.0.0.1:5001/org/app:v1.2.3", "127.0.0.1:5001/org/app:latest"),
-        push=True, cache="registry", cache_ref="127.0.0.1:5001/org/app:buildcache")
+        platforms=("linux/amd64", "linux/arm64"), push=True, oci_layout="/tmp/oci",
+        cache="registry", cache_ref="127.0.0.1:5001/org/app:buildcache")
     base.update(changes)
     return BuildRequest(**base)
 
@@ -175,7 +174,6 @@ def test_build_argv_is_exact_with_every_input() -> None:
         "buildx", "build", "--builder", "deploykit", "--progress=plain",
         "--platform", "linux/amd64,linux/arm64", "-f", "/ws/app/Dockerfile",
         "--metadata-file", "/tmp/m.json", "--provenance=true", "--sbom=false",
-        "-t", "127.0.0.1:5001/org/app:v1.2.3", "-t", "127.0.0.1:5001/org/app:latest",
         "--label", "org.opencontainers.image.revision=abc123",
         "--label", "org.opencontainers.image.title=app",
         "--build-arg", "PY=3.12", "--build-arg", "EMPTY=",
@@ -183,12 +181,12 @@ def test_build_argv_is_exact_with_every_input() -> None:
         "--target", "runtime",
         "--cache-from", "type=registry,ref=127.0.0.1:5001/org/app:buildcache",
         "--cache-to", "type=registry,ref=127.0.0.1:5001/org/app:buildcache,mode=max",
-        "--push", "/ws/app",
+        "--output", "type=oci,dest=/tmp/oci,tar=false", "/ws/app",
     ]
 
 
 def test_validation_build_neither_pushes_nor_exports_cache() -> None:
-    argv = buildx.build_argv(request(push=False, tags=()), "/m.json")
+    argv = buildx.build_argv(request(push=False), "/m.json")
     assert "--push" not in argv
     assert "-t" not in argv
     assert argv[-5:] == ["--cache-from",
@@ -205,6 +203,14 @@ def test_validation_build_neither_pushes_nor_exports_cache() -> None:
 ])
 def test_cache_flags(cache: str, export: bool, flags: list[str]) -> None:
     assert buildx.cache_flags(cache, "r:buildcache", export=export) == flags
+
+
+def test_a_registry_cache_not_there_yet_is_exported_but_not_imported() -> None:
+    """buildx would print `ERROR: failed to configure registry cache importer` for it."""
+    assert buildx.cache_flags("registry", "r:buildcache", export=True, cache_exists=False) \
+        == ["--cache-to", "type=registry,ref=r:buildcache,mode=max"]
+    argv = buildx.build_argv(request(cache_exists=False), "/m.json")
+    assert "--cache-from" not in argv
 
 
 def test_secret_values_and_gha_token_stay_out_of_argv() -> None:
