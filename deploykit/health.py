@@ -490,8 +490,8 @@ def report_failures(api: Any, report: HealthReport, actions: Actions) -> None:
                 text = logs.decode("utf-8", "replace") if isinstance(logs, bytes) else str(logs)
             except docker.errors.APIError as exc:
                 text = f"(logs unavailable: {exc.explanation})"
-            actions.info(text.rstrip() or "(no output)")
+            lines = [text.rstrip() or "(no output)"]
             if container.health_log:
-                actions.info("Health log (latest last):")
-                for line in container.health_log:
-                    actions.info("  " + (line or "(no output)"))
+                lines.append("Health log (latest last):")
+                lines.extend("  " + (line or "(no output)") for line in container.health_log)
+            actions.untrusted("", "\n".join(lines))  # the image's output: never a command

@@ -397,11 +397,16 @@ def test_report_table_and_failure_logs(make_actions) -> None:  # type: ignore[no
         "| worker | shop-worker-1 | running | - | 0 | waiting |"]
     actions = make_actions()
     report_failures(engine, report, actions)
-    assert actions.out.getvalue() == (
+    out = actions.out.getvalue()
+    token = out.splitlines()[1].removeprefix("::stop-commands::")
+    assert out == (
         "::group::Logs of shop-app-1 (app): exited with code 1\n"
+        f"::stop-commands::{token}\n"
         "starting\npanic: no config\n"
         "Health log (latest last):\n  connection refused\n"
+        f"::{token}::\n"
         "::endgroup::\n")
+    assert token.startswith("deploykit-")
     assert engine.logs_asked == [("a", 40)]
 
 
