@@ -22,7 +22,7 @@ from typing import Any
 import tenacity
 
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import ComposeError, DockerError, InputError
+from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
 from deploykit.settings import IMAGE_VARIABLES, Settings
 
 DEFAULT_FILES = ("compose.yaml", "docker-compose.yml")
@@ -33,18 +33,31 @@ _IMAGE_RE = re.compile("^" + _VARIABLE.format(name="IMAGE_REGISTRY") + "/"
                        + _VARIABLE.format(name="IMAGE_REPO") + ":"
                        + _VARIABLE.format(name="IMAGE_TAG") + "$")
 PULL_ATTEMPTS = 3
+ONE_SHOT_LABEL = "deploykit.one-shot"
+ONE_SHOT_CONDITION = "service_completed_successfully"
+ONE_SHOT_LOG_TAIL = 40
+_TRUE = ("true", "1", "yes")
 _TOP_LEVEL = ("--ansi", "never", "--progress", "plain")
 
 
 @dataclass(frozen=True)
 class ComposeProject:
-    """A validated compose project: which services run the deployed image."""
+    """A validated compose project: which services run the deployed image.
+
+    ``image_services`` keep running (their digest is verified and rolled back);
+    ``one_shot_services`` run to completion before them (a migration).
+    """
 
     directory: Path
     file: Path
     name: str
     services: tuple[str, ...]
     image_services: tuple[str, ...]
+    one_shot_services: tuple[str, ...] = ()
+
+    @property
+    def long_running(self) -> tuple[str, ...]:
+        return tuple(s for s in self.services if s not in self.one_shot_services)
 
 
 def image_environment(registry: str, repository: str, tag: str | None,
@@ -115,6 +128,55 @@ def check_services(raw: Mapping[str, Any], file: Path) -> tuple[str, ...]:
             hint=f"Give the app's services (e.g. `app` and `worker`) the line\n"
                  f"    {EXPECTED_IMAGE_LINE}")
     return tuple(users)
+
+
+def one_shot_services(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """Services that run to completion: another service waits for them with
+    ``condition: service_completed_successfully``, or they carry the label
+    ``deploykit.one-shot: "true"`` (a task nothing depends on)."""
+    services = raw.get("services") or {}
+    found = set()
+    for name, definition in services.items():
+        service = definition or {}
+        if str(_labels(service).get(ONE_SHOT_LABEL, "")).strip().lower() in _TRUE:
+            found.add(name)
+        depends_on = service.get("depends_on") or {}
+        if isinstance(depends_on, Mapping):
+            found.update(dependency for dependency, spec in depends_on.items()
+                         if isinstance(spec, Mapping)
+                         and spec.get("condition") == ONE_SHOT_CONDITION)
+    return tuple(sorted(found & set(services)))
+
+
+def _labels(service: Mapping[str, Any]) -> Mapping[str, Any]:
+    labels = service.get("labels") or {}
+    if isinstance(labels, list):  # `- key=value`, when not normalised by compose
+        return dict(str(item).partition("=")[::2] for item in labels)
+    return labels if isinstance(labels, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class OneShotRun:
+    """How one container of a one-shot service ended (``exit_code`` None: still running)."""
+
+    service: str
+    name: str
+    state: str
+    exit_code: int | None
+
+
+def one_shot_runs(rows: Sequence[Mapping[str, Any]],
+                  services: Sequence[str]) -> list[OneShotRun]:
+    """The one-shot containers in ``docker compose ps --all --format json`` rows."""
+    runs = []
+    for row in rows:
+        if row.get("Service") not in services:
+            continue
+        state = str(row.get("State") or "")
+        done = state in ("exited", "dead")
+        runs.append(OneShotRun(str(row["Service"]), str(row.get("Name") or row["Service"]),
+                               state, int(row.get("ExitCode") or 0) if done else None))
+    return runs
 
 
 # -- bind mounts seen from inside the action container ---------------------------
@@ -195,13 +257,16 @@ class Compose:
     def load(self) -> ComposeProject:
         """Validate the raw file (no interpolation) and learn the project's name."""
         raw = self.config(interpolate=False)
-        image_services = check_services(raw, self.file)
+        users = check_services(raw, self.file)
+        one_shots = one_shot_services(raw)
         name = self.name or str(raw.get("name") or "")
         if not name:
             raise ComposeError(f"Compose found no project name for {self.file}.",
                                hint="Set `project_name`.")
+        image_services = tuple(s for s in users if s not in one_shots) or users
         return ComposeProject(self.directory, self.file, name,
-                              tuple(sorted(raw.get("services") or {})), image_services)
+                              tuple(sorted(raw.get("services") or {})), image_services,
+                              one_shots)
 
     def pull(self, *, timeout: float | None = None) -> None:
         """Pull, retried; ``timeout`` bounds all attempts together."""
@@ -224,6 +289,89 @@ class Compose:
         recreate = ["--force-recreate"] if force_recreate else []
         self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, stream=True,
                   timeout=timeout, give_up_at=give_up_at)
+
+    def up_release(self, project: ComposeProject, *, force_recreate: bool = False,
+                   one_shot_timeout: float = 600, timeout: float | None = None,
+                   give_up_at: Callable[[], float | None] | None = None,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> tuple[str, ...]:
+        """``up``; with one-shot services, in two steps, so that a failing migration
+        replaces nothing. Returns the one-shot services that ran to completion.
+
+        Compose itself would recreate (stop) the old ``app`` before it waits for
+        ``migrate``. So: 1. ``up`` the one-shot services (and what they depend on) and
+        wait until they exit; a non-zero exit raises :class:`OneShotError`, with the
+        old release still running. 2. ``up --no-deps`` every other service, so that
+        the one-shot services do not run a second time.
+        """
+        if not project.one_shot_services:
+            self.up(force_recreate=force_recreate, timeout=timeout, give_up_at=give_up_at)
+            return ()
+        one_shots = project.one_shot_services
+        self._run("up", "-d", "--no-build", *one_shots, stream=True, timeout=timeout,
+                  give_up_at=give_up_at)
+        self.wait_for_one_shots(one_shots, timeout=one_shot_timeout, clock=clock, sleep=sleep)
+        recreate = ["--force-recreate"] if force_recreate else []
+        self._run("up", "-d", "--no-build", "--remove-orphans", "--no-deps", *recreate,
+                  *project.long_running, stream=True, timeout=timeout, give_up_at=give_up_at)
+        return one_shots
+
+    def wait_for_one_shots(self, services: Sequence[str], *, timeout: float,
+                           clock: Callable[[], float] = time.monotonic,
+                           sleep: Callable[[float], None] = time.sleep,
+                           interval: float = 1.0) -> None:
+        """Until every container of ``services`` exited; raises OneShotError with the
+        logs of the ones that exited non-zero, or when ``timeout`` passed first."""
+        actions = self.docker.actions
+        actions.info(f"Waiting up to {timeout:g} s for the one-shot service(s) "
+                     f"{', '.join(services)} to finish; nothing else is replaced before.")
+        deadline = clock() + timeout
+        while True:
+            runs = one_shot_runs(self.ps(), services)
+            pending = [r for r in runs if r.exit_code is None]
+            if runs and not pending:
+                break
+            if clock() >= deadline:
+                names = ", ".join(r.service for r in pending) or ", ".join(services)
+                raise OneShotError(
+                    f"One-shot service(s) {names} did not finish within {timeout:g} s; "
+                    "nothing else was replaced (it may still run: see `docker compose ps`).",
+                    hint="Raise `health_timeout` if the migration needs longer.")
+            sleep(interval)
+        for run in runs:
+            actions.info(f"{run.service} ({run.name}) exited with code {run.exit_code}.")
+        failed = [r for r in runs if r.exit_code != 0]
+        if failed:
+            raise OneShotError(
+                "; ".join(f"One-shot service {r.service} ({r.name}) exited with code "
+                          f"{r.exit_code}" for r in failed)
+                + f". Nothing else was replaced.{self._last_lines(failed)}",
+                hint="Its logs are in the log group above; the previous release still "
+                "runs. Fix the migration and deploy a new image.")
+
+    def _last_lines(self, failed: Sequence[OneShotRun]) -> str:
+        """Each failed one-shot's last log lines, in a log group and in the error."""
+        text = ""
+        for run in failed:
+            with self.docker.actions.group(f"Logs of {run.name} ({run.service}): exited "
+                                           f"with code {run.exit_code}"):
+                logs = self._run("logs", "--no-color", "--no-log-prefix", "--tail",
+                                 str(ONE_SHOT_LOG_TAIL), run.service, stream=True)
+            last = [line for line in logs.splitlines() if line.strip()][-3:]
+            if last:
+                text += f"\nLast lines of {run.service}:\n" + "\n".join(last)
+        return text
+
+    def restore(self, project: ComposeProject, *, timeout: float | None = None,
+                give_up_at: Callable[[], float | None] | None = None) -> None:
+        """Bring back the image's services of the previous release. With one-shot
+        services only the long-running image services, ``--no-deps``: the one-shot
+        services do not run again and the other services (db, redis) are not touched."""
+        if not project.one_shot_services:
+            self.up(timeout=timeout, give_up_at=give_up_at)
+            return
+        self._run("up", "-d", "--no-build", "--no-deps", *project.image_services,
+                  stream=True, timeout=timeout, give_up_at=give_up_at)
 
     def ps(self) -> list[dict[str, Any]]:
         output = self._run("ps", "--all", "--format", "json").strip()

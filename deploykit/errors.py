@@ -112,6 +112,12 @@ class DeployError(DeploykitError):
         self.status = status
 
 
+class OneShotError(DeployError):
+    """A one-shot service (a migration) failed before the release replaced anything."""
+
+    title = "One-shot service failed"
+
+
 class GitHubError(DeploykitError):
     """The GitHub API refused or failed a request."""
 

@@ -1,26 +1,31 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploykit.actions import Actions
 from deploykit.compose import (
     EXPECTED_IMAGE_LINE,
     Compose,
+    ComposeProject,
     check_services,
     host_path,
     image_environment,
     locate_compose_file,
+    one_shot_services,
     project_directory,
     rewrite_bind_sources,
 )
-from deploykit.errors import ComposeError, DockerError, InputError
+from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
 from deploykit.settings import load_settings
 
 IMAGE = "${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
@@ -39,6 +44,8 @@ class FakeDocker:
     def __init__(self, *answers: str | Exception) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[list[str], dict[str, str], bool]] = []
+        self.log = io.StringIO()
+        self.actions = Actions({}, stdout=self.log, stderr=self.log)
 
     def run(self, args: Sequence[str], *, extra_env: Mapping[str, str] | None = None,
             cwd: str | None = None, stream: bool = False, **_: Any
@@ -291,3 +298,144 @@ def test_for_engine_removes_the_file_on_error(tmp_path: Path) -> None:
         path = Path(used.file)
         raise RuntimeError
     assert not path.exists()
+
+
+# -- one-shot services (a migration before the release) ------------------------------
+DJANGO = {"name": "shop", "services": {
+    "migrate": {"image": IMAGE, "restart": "no",
+                "depends_on": {"db": {"condition": "service_healthy"}}},
+    "app": {"image": IMAGE, "depends_on": {
+        "migrate": {"condition": "service_completed_successfully", "required": True},
+        "db": {"condition": "service_healthy"}}},
+    "worker": {"image": IMAGE, "depends_on": {
+        "migrate": {"condition": "service_completed_successfully"}}},
+    "db": {"image": "postgres:16"},
+    "redis": {"image": "redis:7-alpine"},
+}}
+
+
+def test_one_shot_services_from_depends_on_conditions_and_labels() -> None:
+    assert one_shot_services(DJANGO) == ("migrate",)
+    labelled = {"services": {
+        "app": {"image": IMAGE, "depends_on": {"db": {"condition": "service_started"}}},
+        "db": {"image": "pg"},
+        "warm": {"image": IMAGE, "labels": {"deploykit.one-shot": "true"}},
+        "seed": {"image": IMAGE, "labels": ["deploykit.one-shot=True"]},
+        "other": {"image": IMAGE, "labels": {"deploykit.one-shot": "false"}},
+        "ghost": {"image": IMAGE, "depends_on": {
+            "missing": {"condition": "service_completed_successfully"}}},
+    }}
+    assert one_shot_services(labelled) == ("seed", "warm")
+    assert one_shot_services({"services": {"app": {"image": IMAGE}}}) == ()
+
+
+def test_load_keeps_one_shot_services_out_of_the_image_services(tmp_path: Path) -> None:
+    project = compose_with(FakeDocker(json.dumps(DJANGO)), tmp_path).load()
+    assert project.services == ("app", "db", "migrate", "redis", "worker")
+    assert project.image_services == ("app", "worker")
+    assert project.one_shot_services == ("migrate",)
+    assert project.long_running == ("app", "db", "redis", "worker")
+
+
+def test_a_project_of_one_shot_image_services_only_still_has_image_services(
+        tmp_path: Path) -> None:
+    raw = {"name": "jobs", "services": {
+        "task": {"image": IMAGE, "labels": {"deploykit.one-shot": "true"}}}}
+    project = compose_with(FakeDocker(json.dumps(raw)), tmp_path).load()
+    assert (project.image_services, project.one_shot_services) == (("task",), ("task",))
+
+
+def django_project(tmp_path: Path) -> ComposeProject:
+    return ComposeProject(tmp_path, tmp_path / "compose.yaml", "shop",
+                          ("app", "db", "migrate", "redis", "worker"), ("app", "worker"),
+                          ("migrate",))
+
+
+def ps_row(state: str, code: int = 0, service: str = "migrate") -> str:
+    return json.dumps({"Service": service, "Name": f"shop-{service}-1", "State": state,
+                       "ExitCode": code}) + "\n" + json.dumps(
+        {"Service": "db", "Name": "shop-db-1", "State": "running", "ExitCode": 0})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def commands(docker: FakeDocker) -> list[list[str]]:
+    return [call[0][call[0].index("shop") + 1:] for call in docker.calls]
+
+
+def test_up_release_without_one_shots_is_one_up(tmp_path: Path) -> None:
+    docker = FakeDocker()
+    project = replace(django_project(tmp_path), one_shot_services=())
+    done = compose_with(docker, tmp_path, "shop").up_release(project, force_recreate=True)
+    assert done == ()
+    assert commands(docker) == [["up", "-d", "--no-build", "--remove-orphans",
+                                 "--force-recreate"]]
+
+
+def test_up_release_runs_the_one_shots_first_then_the_rest_without_them(
+        tmp_path: Path) -> None:
+    docker = FakeDocker("", ps_row("running"), ps_row("exited", 0), "")
+    clock = Clock()
+    done = compose_with(docker, tmp_path, "shop").up_release(
+        django_project(tmp_path), one_shot_timeout=60, clock=clock, sleep=clock.sleep)
+    assert done == ("migrate",)
+    assert commands(docker) == [
+        ["up", "-d", "--no-build", "migrate"],
+        ["ps", "--all", "--format", "json"],
+        ["ps", "--all", "--format", "json"],
+        # --no-deps: migrate does not run a second time; db and redis are listed, so
+        # compose starts them when they are missing and leaves them alone otherwise.
+        ["up", "-d", "--no-build", "--remove-orphans", "--no-deps",
+         "app", "db", "redis", "worker"]]
+    log = docker.log.getvalue()
+    assert "Waiting up to 60 s for the one-shot service(s) migrate to finish" in log
+    assert "migrate (shop-migrate-1) exited with code 0." in log
+
+
+def test_a_failing_one_shot_replaces_nothing_and_shows_its_logs(tmp_path: Path) -> None:
+    logs = "Operations to perform:\n  Apply all migrations\n" \
+           "django.db.utils.ProgrammingError: relation \"x\" does not exist\n"
+    docker = FakeDocker("", ps_row("exited", 1), logs)
+    clock = Clock()
+    with pytest.raises(OneShotError) as info:
+        compose_with(docker, tmp_path, "shop").up_release(
+            django_project(tmp_path), one_shot_timeout=60, clock=clock, sleep=clock.sleep)
+    assert commands(docker) == [
+        ["up", "-d", "--no-build", "migrate"], ["ps", "--all", "--format", "json"],
+        ["logs", "--no-color", "--no-log-prefix", "--tail", "40", "migrate"]]
+    assert info.value.message == (
+        "One-shot service migrate (shop-migrate-1) exited with code 1. Nothing else was "
+        "replaced.\nLast lines of migrate:\nOperations to perform:\n  Apply all migrations"
+        "\ndjango.db.utils.ProgrammingError: relation \"x\" does not exist")
+    assert info.value.status == "failed"
+    assert "==> Logs of shop-migrate-1 (migrate): exited with code 1" in docker.log.getvalue()
+
+
+def test_a_one_shot_that_does_not_finish_in_time_replaces_nothing(tmp_path: Path) -> None:
+    docker = FakeDocker("", *[ps_row("running")] * 10)
+    clock = Clock()
+    with pytest.raises(OneShotError) as info:
+        compose_with(docker, tmp_path, "shop").up_release(
+            django_project(tmp_path), one_shot_timeout=3, clock=clock, sleep=clock.sleep)
+    assert info.value.message.startswith(
+        "One-shot service(s) migrate did not finish within 3 s; nothing else was replaced")
+    assert not any(c[0] == "up" and "--no-deps" in c for c in commands(docker))
+    assert clock.now == 3
+
+
+def test_restore_brings_back_the_image_services_only(tmp_path: Path) -> None:
+    docker = FakeDocker()
+    compose = compose_with(docker, tmp_path, "shop")
+    compose.restore(django_project(tmp_path))
+    compose.restore(replace(django_project(tmp_path), one_shot_services=()))
+    assert commands(docker) == [["up", "-d", "--no-build", "--no-deps", "app", "worker"],
+                                ["up", "-d", "--no-build", "--remove-orphans"]]
