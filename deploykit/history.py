@@ -17,7 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploykit.actions import Actions, markdown_table
+from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.errors import DeploykitError, InputError
 from deploykit.settings import Settings
 
@@ -212,6 +212,7 @@ def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None
         actions.info(f"No deploy recorded in {history.path}.")
         return
     rows = [_row(entry) for entry in entries]
-    actions.info(text_table(COLUMNS, rows))
+    actions.untrusted("", text_table(COLUMNS, rows))  # a file's values: never a command
     if actions.in_actions:
-        actions.add_summary("### Deploy history\n\n" + markdown_table(list(COLUMNS), rows))
+        actions.add_summary("### Deploy history\n\n" + markdown_table(
+            list(COLUMNS), [[markdown_text(cell) for cell in row] for row in rows]))

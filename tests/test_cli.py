@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,27 @@ def test_resolve_logs_in_to_its_own_registry() -> None:
                      "registry.example/org/app:v1"], env=env) == 0
         sent = [call.request.headers.get("Authorization", "") for call in rsps.calls]
     assert sent == ["", _basic("me", "ghcr-pat-s3cret"), "Bearer t0k3n"]
+
+
+def test_history_values_never_drive_the_runner(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 5: a history entry with `::stop-commands::` was printed raw under Actions."""
+    hostile = "staging\n::stop-commands::pwned\n::add-mask::x"
+    line = {"time": "2026-01-01T00:00:00Z", "action": "deploy", "environment": hostile,
+            "project": "shop", "tag": "v1 <img src=x>|x", "digest": DIGEST,
+            "previous_digest": "", "status": "deployed", "duration_seconds": 1.0}
+    (tmp_path / "history.jsonl").write_text(json.dumps(line) + "\n")
+    summary = tmp_path / "summary.md"
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary),
+           "GITHUB_REPOSITORY": "o/a", "GITHUB_OUTPUT": str(tmp_path / "out"),
+           "INPUT_STATE_DIR": str(tmp_path)}
+    assert main(["history"], env=env) == 0
+    lines = capsys.readouterr().out.splitlines()
+    token = lines[0].removeprefix("::stop-commands::")
+    assert lines[0].startswith("::stop-commands::deploykit-")
+    assert lines[-1] == f"::{token}::"
+    assert not [text for text in lines[1:-1] if text.startswith(f"::{token}")]
+    text = summary.read_text()
+    assert "<img" not in text
+    assert "| staging ::stop-commands::pwned ::add-mask::x | shop | deploy | v1 &lt;img " \
+           "src=x&gt;&#124;x |" in text
