@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from deploykit.actions import Actions, markdown_table
+from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.compose import Compose, ComposeProject, compose_for, image_environment
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import DeployError, DeploykitError, GitHubError, InputError
@@ -274,8 +274,8 @@ class Deployment:
                           + (f"\n{table}" if self.actions.in_actions else ""))
         self._outputs(target)
         self.actions.set_output("status", PLANNED)
-        self.actions.add_summary(f"### Plan: {self.action} {project.name} to "
-                                 f"{self.settings.environment}\n\n{table}")
+        self.actions.add_summary(f"### Plan: {self.action} {markdown_text(project.name)} to "
+                                 f"{markdown_text(self.settings.environment)}\n\n{table}")
 
     def _outputs(self, target: Target) -> None:
         self.actions.set_output("digest", target.digest)
