@@ -146,6 +146,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # environment names (
 # compose-go's projectNameRegex; the length bound is deploykit's (a DNS label's 63).
 _PROJECT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 PROJECT_NAME_MAX = 63
+_EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z, the last second datetime can hold
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -535,7 +536,8 @@ def _build_date(env: Mapping[str, str]) -> datetime:
     epoch = env.get("SOURCE_DATE_EPOCH", "").strip()
     if not epoch:
         return datetime.now(UTC)
-    if not epoch.isdigit():
-        raise InputError("SOURCE_DATE_EPOCH", f"must be Unix seconds, got {epoch!r}.",
+    if not _DIGITS_RE.fullmatch(epoch) or len(epoch) > _MAX_DIGITS or int(epoch) > _EPOCH_MAX:
+        raise InputError("SOURCE_DATE_EPOCH", f"must be Unix seconds (digits 0-9, at most "
+                         f"{_EPOCH_MAX}), got {_shown(epoch)}.",
                          hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
     return datetime.fromtimestamp(int(epoch), tz=UTC)

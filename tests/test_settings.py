@@ -294,3 +294,12 @@ def test_paths_inside_the_workspace_or_outside_actions_are_accepted() -> None:
     with pytest.raises(InputError):
         deploy_settings({**ACTIONS, "GITHUB_WORKSPACE": "/github/workspace/"},
                         project_dir="/github/workspace2")
+
+
+@pytest.mark.parametrize("epoch", ["\u00b2", "\u0661\u0662", "-1", "1e9", "253402300800",
+                                   "9" * 5000])
+def test_source_date_epoch_is_ascii_seconds(epoch: str) -> None:
+    with pytest.raises(InputError) as caught:
+        load_settings({**BASE, "SOURCE_DATE_EPOCH": epoch})
+    assert caught.value.input_name == "SOURCE_DATE_EPOCH"
+    assert "must be Unix seconds (digits 0-9, at most 253402300799)" in caught.value.message
