@@ -2,27 +2,37 @@
 
 1. gate + resolve   2. validate compose   3. lock   4. record what runs now
 5. login, pull, up  6. health verdict     7. smoke  8. verify digests
-9. on failure after up: restore the recorded images   10. history   12. outputs
+9. on failure after up: restore the last verified release   10. history   12. outputs
+
+SIGINT/SIGTERM (a cancelled workflow) are handled by :mod:`deploykit.cancel`: before
+``up`` nothing changed and the deploy stops; during ``up`` the in-flight command may
+finish (bounded); after it, an unverified release is replaced by the last verified one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import Any
 
 from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.cancel import CancelGuard, Cancelled
 from deploykit.compose import Compose, ComposeProject, compose_for, image_environment
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import DeployError, DeploykitError, GitHubError, InputError
+from deploykit.errors import (
+    DeployError,
+    DeploykitError,
+    DockerError,
+    GitHubError,
+    InputError,
+    LockError,
+    OneShotError,
+)
 from deploykit.github import (
     DeploymentRecord,
     GitHubRecorder,
@@ -43,13 +53,22 @@ from deploykit.health import (
     workspace_mounts,
 )
 from deploykit.history import DEPLOY, ROLLBACK, History, HistoryEntry, now_iso, state_directory
-from deploykit.lock import EngineLock, engine_lock, lock_ttl, this_holder
+from deploykit.lock import EngineLock, Timeouts, engine_lock, this_holder
 from deploykit.policy import DeployTarget, check_deploy_target
-from deploykit.registry import RegistryClient, parse_reference
+from deploykit.reference import parse_reference
+from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
 from deploykit.smoke import smoke_test
 
 DEPLOYED, ROLLED_BACK, FAILED, PLANNED = "deployed", "rolled_back", "failed", "planned"
+# A cancelled `docker compose up` may run on this long after the signal, then it is
+# stopped: with the restore that follows, deploykit exits within GitHub's 7.5 s.
+UP_GRACE = 3.5
+
+
+def image_reference(image_name: str, tag: str | None, digest: str) -> str:
+    """``registry/repo:tag@sha256:...``, or ``registry/repo@sha256:...`` with no tag."""
+    return f"{image_name}:{tag}@{digest}" if tag else f"{image_name}@{digest}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,9 @@ class Target:
     @property
     def label(self) -> str:
         return f"{self.tag}@{self.digest}" if self.tag else self.digest
+
+    def reference(self, image_name: str) -> str:
+        return image_reference(image_name, self.tag, self.digest)
 
 
 @dataclass
@@ -78,6 +100,15 @@ class Previous:
         digest = digests.most_common(1)[0][0]
         reference = next(s.reference for s in services if s.digest == digest)
         return cls(services, digest, _tag_of(reference, image_name))
+
+    @property
+    def unverified(self) -> str:
+        """The digest that runs when it is not the verified release ('' otherwise)."""
+        running = Counter(s.digest for s in self.services if s.digest)
+        if not running:
+            return ""
+        digest = running.most_common(1)[0][0]
+        return digest if digest != self.digest else ""
 
 
 def _tag_of(reference: str, image_name: str) -> str | None:
@@ -116,7 +147,11 @@ class Deployment:
         self.docker = DockerCLI(actions, self.env)
         self.github = GitHubRecorder.from_settings(settings, actions)
         self.image_name = settings.image_name
-        self.history = History(state_directory(settings.state_dir))
+        self.history = History(state_directory(settings.state_dir), warn=lambda text:
+                               actions.warning(text, title="Deploy history"))
+        self.timeouts = Timeouts.of(settings.health_timeout, settings.health_settle,
+                                    settings.smoke_timeout)
+        self.cancel = CancelGuard()
         self.service_env = dict(settings.compose_env)
         for value in self.service_env.values():
             actions.mask(value)
@@ -189,7 +224,12 @@ class Deployment:
 
     def run(self, gate: DeployTarget) -> None:
         try:
-            self._run(gate)
+            with self.cancel.installed(), self.cancel.interruptible():
+                self._run(gate)
+        except Cancelled as cancelled:  # before the lock: nothing was changed
+            self.actions.set_output("status", FAILED)
+            raise DeployError(f"Cancelled ({cancelled.signal_name}) before anything was "
+                              "changed.", title="Deploy cancelled", status=FAILED) from None
         except DeploykitError as exc:
             if "status" not in self.actions.outputs:  # also lock, registry, engine errors
                 self.actions.set_output("status", exc.status if isinstance(exc, DeployError)
@@ -197,23 +237,22 @@ class Deployment:
             raise
 
     def _run(self, gate: DeployTarget) -> None:
-        with _terminate_as_interrupt():
-            target = self.resolve(gate)  # step 1: the registry, after the gate
-            compose, project = self.project()  # step 2
-            compose.with_env(self.service_env, self._image_env(target)).config()
-            client = docker_client(self.env)
-            container_id, mounts = self._engine_context(client.api)
-            if self.settings.dry_run:
-                self.plan(client.api, project, target)
-                return
-            holder = this_holder(
-                project.name, run_url=self.settings.github.run_url,
-                actor=self.settings.github.actor, container=container_id,
-                ttl=lock_ttl(self.settings.health_timeout, self.settings.health_settle,
-                             self.settings.smoke_timeout))
-            with engine_lock(client, holder, timeout=self.settings.lock_timeout,
-                             actions=self.actions) as lock:  # step 3
-                previous = self.record(client.api, project)  # step 4
+        target = self.resolve(gate)  # step 1: the registry, after the gate
+        compose, project = self.project()  # step 2
+        compose.with_env(self.service_env, self._image_env(target)).config()
+        client = docker_client(self.env)
+        container_id, mounts = self._engine_context(client.api)
+        if self.settings.dry_run:
+            self.plan(client.api, project, target)
+            return
+        self.history.check_writable()  # before anything changes, not after the release
+        holder = this_holder(
+            project.name, run_url=self.settings.github.run_url,
+            actor=self.settings.github.actor, container=container_id, ttl=self.timeouts.ttl)
+        with engine_lock(client, holder, timeout=self.settings.lock_timeout,
+                         actions=self.actions) as lock:  # step 3
+            previous = self.record(client.api, project)  # step 4
+            with self.cancel.shielded():
                 Rollout(self, client.api, compose, project=project, mounts=mounts,
                         lock=lock).run(target, previous)
 
@@ -222,8 +261,21 @@ class Deployment:
                                   self.settings.registry_username,
                                   self.settings.registry_password)
         digest = registry.resolve(gate.digest or gate.tag or "")
-        self.actions.info(f"{self.image_name}:{gate} is {digest}.")
-        return Target(gate.tag, digest)
+        target = Target(gate.tag or self._tag_naming(digest), digest)
+        if gate.tag and not gate.digest:
+            self.actions.info(f"{self.image_name}:{gate.tag} is {digest}.")
+        else:
+            named = " (the tag that named it in the history)" if target.tag != gate.tag else ""
+            self.actions.info(f"Deploying {target.reference(self.image_name)}{named}.")
+        return target
+
+    def _tag_naming(self, digest: str) -> str | None:
+        """The tag that named ``digest`` when it was last deployed (from the history)."""
+        for entry in reversed(self.history.entries()):
+            if entry.digest == digest and entry.tag and entry.image in (
+                    "", f"{self.image_name}@{digest}"):
+                return entry.tag
+        return None
 
     def _image_env(self, target: Target) -> dict[str, str]:
         return image_environment(self.settings.registry, self.settings.image_repo,
@@ -242,17 +294,36 @@ class Deployment:
         return (str(container.get("Id", "")) if container else ""), mounts
 
     def record(self, api: Any, project: ComposeProject) -> Previous:
-        previous = Previous.of(running_services(api, project.name, self.image_name,
-                                                project.image_services), self.image_name)
+        previous = self.rollback_target(Previous.of(
+            running_services(api, project.name, self.image_name, project.image_services),
+            self.image_name), project)
         if previous.digest:
             self.actions.set_output("previous_image", f"{self.image_name}@{previous.digest}")
-            self.actions.info(f"Running now: {self.image_name}@{previous.digest}.")
+            if not previous.unverified:
+                self.actions.info(f"Running now: {self.image_name}@{previous.digest}.")
         elif previous.services:
             self.actions.set_output("previous_image", previous.services[0].reference)
         else:
             self.actions.set_output("previous_image", "")
             self.actions.info(f"Nothing of project {project.name!r} runs yet.")
         return previous
+
+    def rollback_target(self, running: Previous, project: ComposeProject) -> Previous:
+        """The last release verified healthy, when the history knows it: containers a
+        failed deploy left (``rollback_on_failure: false``) are never the target."""
+        if not running.digest:
+            return running
+        stack = self.history.releases(self.settings.environment, project.name)
+        if not stack or stack[-1].digest == running.digest:
+            return running
+        verified = stack[-1]
+        self.actions.warning(
+            f"Running now: {self.image_name}@{running.digest}, which no deploy verified "
+            f"(a failed deploy left it). The last verified release, "
+            f"{image_reference(self.image_name, verified.tag or None, verified.digest)} "
+            f"(deployed {verified.time}), is the rollback target.",
+            title="Unverified release running")
+        return Previous(running.services, verified.digest, verified.tag or None)
 
     def plan(self, api: Any, project: ComposeProject, target: Target) -> None:
         previous = self.record(api, project)
@@ -269,7 +340,7 @@ class Deployment:
             rows.append([service, current.digest if current else "-", target.digest, change])
         table = markdown_table(["service", "current digest", "target digest", "change"], rows)
         force = " --force-recreate" if self.settings.force_redeploy else ""
-        self.actions.info(f"Plan: pull {self.image_name}:{target.label}, then `docker compose "
+        self.actions.info(f"Plan: pull {target.reference(self.image_name)}, then `docker compose "
                           f"up -d --no-build --remove-orphans{force}`."
                           + (f"\n{table}" if self.actions.in_actions else ""))
         self._outputs(target)
@@ -286,14 +357,17 @@ class Deployment:
 
 
 class Rollout:
-    """Steps 5-10 under the lock."""
+    """Steps 5-10 under the lock (shielded from signals except where noted)."""
 
     def __init__(self, deployment: Deployment, api: Any, compose: Compose, *,
                  project: ComposeProject, mounts: dict[str, str], lock: EngineLock) -> None:
         self.d, self.api, self.compose, self.project = deployment, api, compose, project
         self.mounts, self.lock = mounts, lock
         self.settings, self.actions = deployment.settings, deployment.actions
+        self.cancel, self.timeouts = deployment.cancel, deployment.timeouts
         self.health_reports: list[tuple[str, HealthReport]] = []
+        self.one_shots_done: tuple[str, ...] = ()
+        self.phase = "the login"
 
     def run(self, target: Target, previous: Previous) -> None:
         self.d._outputs(target)
@@ -315,42 +389,78 @@ class Rollout:
             compose = self.compose.with_env(self.d.service_env, self.d._image_env(target))
             with compose.for_engine(self.mounts) as engine_compose:
                 self.pull(engine_compose, target, previous)
+                # Outside the handler below: a deploy that lost its lock touches nothing.
+                self.verify_lock(target, previous, "before `docker compose up`")
                 try:
-                    self.lock.verify()
                     self.up_and_check(engine_compose, target)
+                except Cancelled as cancelled:
+                    self.undo_cancelled(target, previous, cancelled)
                 except DeploykitError as failure:
                     self.recover(target, previous, failure)
         status = ROLLED_BACK if self.d.action == ROLLBACK else DEPLOYED
         self.finish(target, previous, status)
 
     def pull(self, compose: Compose, target: Target, previous: Previous) -> None:
+        self.phase = "the pull"
         try:
-            with self.actions.group(f"Pull {self.d.image_name}:{target.label}"):
-                compose.pull()
+            with self.cancel.interruptible(), \
+                    self.actions.group(f"Pull {target.reference(self.d.image_name)}"):
+                compose.pull(timeout=self.timeouts.pull)
+        except Cancelled as cancelled:  # the pull is stopped; nothing on the host changed
+            self.record_history(target, previous, FAILED)
+            raise DeployError(f"Cancelled ({cancelled.signal_name}) during the pull: nothing "
+                              f"was changed{self._still_runs(previous)}.",
+                              title="Deploy cancelled", status=FAILED) from None
         except DeploykitError as failure:  # nothing on the host changed yet
             self.record_history(target, previous, FAILED)
             raise DeployError(f"Pull failed, nothing was changed: {failure.message}",
                               hint=failure.hint or "Check the registry credentials and "
                               "that the image exists for this host's platform.") from failure
 
-    def up_and_check(self, compose: Compose, target: Target) -> None:
-        with self.actions.group("docker compose up"):
-            compose.up(force_recreate=self.settings.force_redeploy)
-        health = self.check_health("Health of the new containers")
-        if not health.ok:
-            raise DeployError(f"Health check failed: {health.reasons()}.")
-        if self.settings.smoke_url:
-            with self.actions.group("Smoke test"):
-                smoke_test(self.settings.smoke_url, status=self.settings.smoke_status,
-                           contains=self.settings.smoke_contains,
-                           timeout=self.settings.smoke_timeout, actions=self.actions)
-        self.verify(target)
+    def _still_runs(self, previous: Previous) -> str:
+        return f"; {self.d.image_name}@{previous.digest} still runs" if previous.digest else ""
 
-    def check_health(self, title: str, *, restored: bool = False) -> HealthReport:
+    def verify_lock(self, target: Target, previous: Previous, when: str) -> None:
+        try:
+            self.lock.verify()
+        except LockError as lost:
+            self.record_history(target, previous, FAILED)
+            raise LockError(f"{lost.message} Stopped {when}: this deploy changes nothing and "
+                            "restores nothing under another deploy's lock.",
+                            hint=lost.hint) from lost
+
+    def up_and_check(self, compose: Compose, target: Target) -> None:
+        self.phase = "`docker compose up`"
+        with self.actions.group("docker compose up"):
+            try:  # a signal lets the in-flight `up` finish, for UP_GRACE seconds at most
+                self.one_shots_done = compose.up_release(
+                    self.project, force_recreate=self.settings.force_redeploy,
+                    one_shot_timeout=self.settings.health_timeout,
+                    timeout=self.timeouts.up,
+                    give_up_at=lambda: self.cancel.deadline(UP_GRACE))
+            except DockerError:
+                self.cancel.raise_if_requested()  # it was stopped because of the signal
+                raise
+        with self.cancel.interruptible():  # nothing changes from here on: stop at once
+            self.phase = "the health wait"
+            health = self.check_health("Health of the new containers")
+            if not health.ok:
+                raise DeployError(f"Health check failed: {health.reasons()}.")
+            if self.settings.smoke_url:
+                self.phase = "the smoke test"
+                with self.actions.group("Smoke test"):
+                    smoke_test(self.settings.smoke_url, status=self.settings.smoke_status,
+                               contains=self.settings.smoke_contains,
+                               timeout=self.settings.smoke_timeout, actions=self.actions)
+            self.phase = "the digest check"
+            self.verify(target)
+
+    def check_health(self, title: str, *, restored: bool = False,
+                     timeout: float | None = None) -> HealthReport:
         settle = self.settings.health_settle
         with self.actions.group(title):
             report = HealthWatch(self.api, self.project.name,
-                                 timeout=self.settings.health_timeout,
+                                 timeout=timeout or self.settings.health_timeout,
                                  settle=restore_settle(settle) if restored else settle,
                                  progress=self.actions.info).wait()
             self.actions.info(report.table())
@@ -371,9 +481,43 @@ class Rollout:
                               f"{shown.strip(', ')}.")
         self.actions.info(f"Every service of {self.d.image_name} runs {target.digest}.")
 
+    def restore(self, previous: Previous, *,
+                health_timeout: float | None = None) -> tuple[Target, HealthReport | None]:
+        """Bring the last verified release back (it is on the host: no pull). The health
+        report is None when a signal cut its wait short."""
+        back = Target(previous.tag, previous.digest)
+        compose = self.compose.with_env(self.d.service_env, self.d._image_env(back))
+        with compose.for_engine(self.mounts) as engine_compose, \
+                self.actions.group(f"Restore {back.reference(self.d.image_name)}"):
+            engine_compose.restore(self.project, timeout=self.timeouts.up)
+        try:
+            with self.cancel.interruptible():
+                return back, self.check_health("Health after the rollback", restored=True,
+                                               timeout=health_timeout)
+        except Cancelled as cancelled:
+            self.actions.warning(f"{cancelled.signal_name}: stopped waiting for the health "
+                                 f"of the restored {back.reference(self.d.image_name)}.",
+                                 title="Deploy cancelled")
+            return back, None
+
+    def _now_runs(self, back: Target, health: HealthReport | None, cancelled: bool) -> str:
+        name = f"{self.d.image_name}@{back.digest}"
+        if health is None:
+            return f"{name} was restored; the cancel came before its health was confirmed"
+        if health.ok:
+            return f"{name} runs again and is healthy"
+        if cancelled:
+            return (f"{name} was restored; its health was not confirmed within the time a "
+                    f"cancel leaves: {health.reasons()}")
+        return f"{name} was restored but is not healthy either: {health.reasons()}"
+
     def recover(self, target: Target, previous: Previous, failure: DeploykitError) -> None:
-        """Step 9: bring back what ran before (it is on the host: no pull)."""
+        """Step 9: bring back the last verified release."""
         what = failure.message.rstrip(". ") + "."
+        if isinstance(failure, OneShotError):  # it failed before anything was replaced
+            self.record_history(target, previous, FAILED)
+            self.actions.add_summary(self.summary(target, previous, FAILED))
+            raise failure
         if not self.settings.rollback_on_failure or not previous.digest:
             self.record_history(target, previous, FAILED)
             self.actions.add_summary(self.summary(target, previous, FAILED))
@@ -382,45 +526,85 @@ class Rollout:
             raise DeployError(f"{what} Not rolled back ({why}): the failing containers are "
                               "left for inspection.", hint=_INSPECT_HINT, status=FAILED) \
                 from failure
-        back = Target(previous.tag, previous.digest)
-        self.actions.warning(f"{what} Rolling back to {self.d.image_name}@{back.digest}.",
+        self.verify_lock(target, previous, "before the rollback")
+        self.actions.warning(f"{what} Rolling back to {self.d.image_name}@{previous.digest}.",
                              title="Deploy failed, rolling back")
-        compose = self.compose.with_env(self.d.service_env, self.d._image_env(back))
-        with compose.for_engine(self.mounts) as engine_compose, \
-                self.actions.group(f"Restore {self.d.image_name}:{back.label}"):
-            engine_compose.up()
-        health = self.check_health("Health after the rollback", restored=True)
-        status = FAILED if self.d.action == ROLLBACK or not health.ok else ROLLED_BACK
+        back, health = self.restore(previous)
+        healthy = health is None or health.ok
+        status = FAILED if self.d.action == ROLLBACK or not healthy else ROLLED_BACK
+        self.record_history(target, previous, status)
+        self.actions.add_summary(self.summary(target, previous, status) + self.schema_note())
+        raise DeployError(f"{what} Rolled back: {self._now_runs(back, health, False)}.",
+                          hint=_INSPECT_HINT, status=status,
+                          title="Deploy failed and was rolled back") from failure
+
+    def undo_cancelled(self, target: Target, previous: Previous, cancelled: Cancelled) -> None:
+        """A signal before the new release was verified: the last verified one comes back
+        (whatever `rollback_on_failure` says: a cancelled deploy is not wanted)."""
+        self.cancel.acknowledge()
+        what = f"Cancelled ({cancelled.signal_name}) during {self.phase}"
+        reference = target.reference(self.d.image_name)
+        if not previous.digest:
+            self.record_history(target, previous, FAILED)
+            self.actions.add_summary(self.summary(target, previous, FAILED))
+            raise DeployError(f"{what}: {reference} was not verified, and no verified "
+                              "release ran before it: it is left as it is.",
+                              hint=_INSPECT_HINT, status=FAILED, title="Deploy cancelled")
+        self.verify_lock(target, previous, "before the rollback")
+        self.actions.warning(f"{what}: {reference} was not verified. Rolling back to "
+                             f"{self.d.image_name}@{previous.digest}.", title="Deploy cancelled")
+        back, health = self.restore(previous, health_timeout=max(self.cancel.left(), 1.0))
+        status = FAILED if self.d.action == ROLLBACK else ROLLED_BACK
         self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
-        now_runs = (f"{self.d.image_name}@{back.digest} runs again and is healthy"
-                    if health.ok else
-                    f"{self.d.image_name}@{back.digest} was restored but is not healthy either: "
-                    f"{health.reasons()}")
-        raise DeployError(f"{what} Rolled back: {now_runs}.", hint=_INSPECT_HINT,
-                          status=status, title="Deploy failed and was rolled back") from failure
+        raise DeployError(f"{what}. Rolled back: {self._now_runs(back, health, True)}.",
+                          hint=_INSPECT_HINT, status=status,
+                          title="Deploy cancelled and rolled back")
+
+    def schema_note(self) -> str:
+        """Rolling the code back does not roll back what the failed release's one-shot
+        services (its migrations) did: said in the log and in the summary."""
+        if not self.one_shots_done:
+            return ""
+        note = (f"The one-shot service(s) {', '.join(self.one_shots_done)} completed in the "
+                "failed release: its migrations ran, and the schema is not rolled back with "
+                "the code. The restored release runs against the new schema (see "
+                "expand/contract migrations in docs/django.md).")
+        self.actions.warning(note, title="The schema is not rolled back")
+        return f"\n\n**Note:** {note}"
 
     def finish(self, target: Target, previous: Previous, status: str) -> None:
+        if self.cancel.requested:
+            self.cancel.acknowledge()
+            self.actions.info(f"{self.cancel.signal_name} came after "
+                              f"{target.reference(self.d.image_name)} was verified: the "
+                              "deploy is complete, there is nothing to undo.")
         self.actions.set_output("status", status)
         self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
         self.actions.notice(f"{self.project.name} in {self.settings.environment} runs "
-                            f"{self.d.image_name}:{target.label}.", title=status)
+                            f"{target.reference(self.d.image_name)}.", title=status)
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
+        """One line; a failure to write it is a warning: the status stays the truth."""
         rolled_back_from = previous.digest if self.d.action == ROLLBACK else ""
-        self.d.history.append(HistoryEntry(
-            time=now_iso(), action=self.d.action, environment=self.settings.environment,
-            project=self.project.name, tag=target.tag or "", digest=target.digest,
-            previous_digest=previous.digest, status=status,
-            duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
-            actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
-            rolled_back_from=rolled_back_from))
+        try:
+            self.d.history.append(HistoryEntry(
+                time=now_iso(), action=self.d.action, environment=self.settings.environment,
+                project=self.project.name, tag=target.tag or "", digest=target.digest,
+                previous_digest=previous.digest, status=status,
+                duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
+                actor=self.settings.github.actor,
+                image=f"{self.d.image_name}@{target.digest}",
+                rolled_back_from=rolled_back_from))
+        except DeploykitError as exc:
+            self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
+                                 "its history line is missing.", title=exc.title)
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
         rows = [["status", status], ["environment", self.settings.environment],
                 ["project", self.project.name],
-                ["image", f"{self.d.image_name}:{target.label}"],
+                ["image", target.reference(self.d.image_name)],
                 ["previous image", f"{self.d.image_name}@{previous.digest}"
                  if previous.digest else "-"],
                 ["duration", f"{self.d.elapsed():.1f} s"]]
@@ -433,20 +617,3 @@ class Rollout:
 
 _INSPECT_HINT = ("See the log group with the failing container's logs and health log; "
                  "`docker compose ps` and `docker logs <container>` on the host show more.")
-
-
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a cancelled workflow) unwinds like Ctrl-C, so the lock is released."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -11,9 +14,10 @@ from typing import Any
 import pytest
 
 import deploykit.deploy as deploy_module
+from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
-from deploykit.errors import DeployError, DockerError, LockError
+from deploykit.errors import DeployError, DeploykitError, DockerError, LockError
 from deploykit.health import ContainerHealth, HealthReport, RunningService
 from deploykit.history import History, HistoryEntry
 from tests.conftest import parse_github_output
@@ -32,6 +36,15 @@ class World:
     health: list[bool] = field(default_factory=list)  # one verdict per health run
     pull_fails: bool = False
     smoke_fails: bool = False
+    signal_at: dict[str, int] = field(default_factory=dict)  # phase -> signal sent there
+    timeouts: list[tuple[str, float | None]] = field(default_factory=list)
+    give_up_at: list[float | None] = field(default_factory=list)
+    lock_lost: bool = False
+
+    def at(self, phase: str) -> None:
+        """A phase runs: send ourselves the signal planned for it (once)."""
+        if phase in self.signal_at:
+            os.kill(os.getpid(), self.signal_at.pop(phase))
 
 
 @dataclass(frozen=True)
@@ -56,16 +69,31 @@ class FakeCompose:
     def for_engine(self, mounts: dict[str, str]) -> Iterator[FakeCompose]:
         yield self
 
-    def pull(self) -> None:
+    def pull(self, *, timeout: float | None = None) -> None:
         self.world.calls.append(f"pull {self.env['IMAGE_TAG']}")
+        self.world.timeouts.append(("pull", timeout))
+        self.world.at("pull")
         if self.world.pull_fails:
             raise DockerError("`docker compose pull` failed:\nmanifest unknown")
 
-    def up(self, *, force_recreate: bool = False) -> None:
+    def up(self, *, force_recreate: bool = False, timeout: float | None = None,
+           give_up_at: Any = None) -> None:
         self.world.calls.append(f"up {self.env['IMAGE_TAG']}"
                                 + (" --force-recreate" if force_recreate else ""))
+        self.world.timeouts.append(("up", timeout))
         digest = self.env["IMAGE_TAG"].partition("@")[2]
         self.world.running = {"app": digest, "worker": digest}
+        self.world.at("up")
+        if give_up_at is not None:
+            self.world.give_up_at.append(give_up_at())
+
+    def up_release(self, project: ComposeProject, *, force_recreate: bool = False,
+                   **_: Any) -> tuple[str, ...]:
+        self.up(force_recreate=force_recreate)
+        return ()
+
+    def restore(self, project: ComposeProject, **_: Any) -> None:
+        self.up()
 
 
 class FakeWatch:
@@ -74,8 +102,10 @@ class FakeWatch:
     def __init__(self, api: Any, project: str, *, timeout: float, settle: float,
                  **options: Any) -> None:
         self.world.calls.append(f"health {project}")
+        self.world.timeouts.append(("health", timeout))
 
     def wait(self) -> HealthReport:
+        self.world.at("health")
         ok = self.world.health.pop(0) if self.world.health else True
         app = ContainerHealth("app", "shop-app-1", "a", "running" if ok else "exited",
                               verdict="healthy" if ok else "failed",
@@ -103,11 +133,16 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         world.calls.append("engine")
         return Client()
 
+    def verify(self: Any) -> None:
+        world.calls.append("verify lock")
+        if world.lock_lost:
+            raise LockError("The lock deploykit-lock-shop was taken over while this deploy ran.")
+
     @contextmanager
     def lock(client: Any, holder: Any, *, timeout: float, actions: Any) -> Iterator[Any]:
         world.calls.append(f"lock {holder.project}")
         try:
-            yield type("Lock", (), {"verify": lambda self: None})()
+            yield type("Lock", (), {"verify": verify})()
         finally:
             world.calls.append("unlock")
 
@@ -117,6 +152,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
 
     def smoke(urls: Any, **kwargs: Any) -> list[Any]:
         world.calls.append(f"smoke {' '.join(urls)}")
+        world.at("smoke")
         if world.smoke_fails:
             raise DeployError("Smoke test: http://x/ answered 500, expected 200 (retried for 1 s).")
         return []
@@ -163,7 +199,7 @@ def test_deploy_happy_path(world: World, run: Any, tmp_path: Path) -> None:
     assert world.calls == [
         "registry 127.0.0.1:5000/org/app", "resolve v2.0.0", "compose config (raw)",
         f"compose config v2.0.0@{D2}", "engine", "lock shop", f"pull v2.0.0@{D2}",
-        f"up v2.0.0@{D2}", "health shop", "smoke http://x/", "unlock"]
+        "verify lock", f"up v2.0.0@{D2}", "health shop", "smoke http://x/", "unlock"]
     assert {k: outputs[k] for k in ("digest", "image", "previous_image", "status")} == {
         "digest": D2, "image": f"{NAME}@{D2}", "previous_image": f"{NAME}@{D1}",
         "status": "deployed"}
@@ -211,7 +247,8 @@ def test_failed_health_rolls_back_to_what_ran(world: World, run: Any, tmp_path: 
     code, outputs, log = run("deploy", image_tag="v2.0.0", smoke_url="http://x/")
     assert code == 1
     assert world.calls[world.calls.index(f"up v2.0.0@{D2}"):] == [
-        f"up v2.0.0@{D2}", "health shop", f"up v@{D1}", "health shop", "unlock"]
+        f"up v2.0.0@{D2}", "health shop", "verify lock", f"up v@{D1}", "health shop",
+        "unlock"]
     assert outputs["status"] == "rolled_back"
     assert outputs["previous_image"] == f"{NAME}@{D1}"
     assert ("Health check failed: app (shop-app-1) exited with code 3. Rolled back: "
@@ -280,7 +317,8 @@ def test_digest_mismatch_after_up_fails(world: World, run: Any,
     world.running = {"app": D1, "worker": D1}
     original_up = FakeCompose.up
 
-    def up_but_worker_keeps_old(self: FakeCompose, *, force_recreate: bool = False) -> None:
+    def up_but_worker_keeps_old(self: FakeCompose, *, force_recreate: bool = False,
+                                **kwargs: Any) -> None:
         original_up(self, force_recreate=force_recreate)
         if self.env["IMAGE_TAG"].endswith(D2):
             world.running["worker"] = D3
@@ -296,8 +334,8 @@ def test_rollback_twice_walks_the_history(world: World, run: Any, tmp_path: Path
         assert run("deploy", image_tag=tag)[0] == 0
     code, outputs, _ = run("rollback")
     assert (code, outputs["status"], outputs["digest"]) == (0, "rolled_back", D2)
-    assert world.calls[-4:] == [f"pull v2.0.0@{D2}", f"up v2.0.0@{D2}", "health shop",
-                                "unlock"]
+    assert world.calls[-5:] == [f"pull v2.0.0@{D2}", "verify lock", f"up v2.0.0@{D2}",
+                                "health shop", "unlock"]
     code, outputs, _ = run("rollback")
     assert (code, outputs["digest"]) == (0, D1)
     entries = history(tmp_path)
@@ -333,13 +371,11 @@ def test_history_command_reads_what_deploys_wrote(world: World, run: Any) -> Non
     assert "v1.0.0" in log and "deployed" in log
 
 
-def test_sigterm_handler_is_restored() -> None:
-    import signal
-
-    before = signal.getsignal(signal.SIGTERM)
-    with deploy_module._terminate_as_interrupt():
-        assert signal.getsignal(signal.SIGTERM) is not before
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_signal_handlers_are_restored() -> None:
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with CancelGuard().installed():
+        assert all(signal.getsignal(signum) is not handler for signum, handler in before.items())
+    assert {signum: signal.getsignal(signum) for signum in before} == before
 
 
 
@@ -409,3 +445,211 @@ def test_rollback_without_history_asks_github(
     assert (code, outputs["digest"]) == (0, D1)
     assert ("previous", "staging", D3) in recorder.calls
     assert f"No local history: rolling back to v1.0.0 ({D1}) from GitHub deployment #5." in log
+
+
+# -- cancel (SIGINT/SIGTERM), lost lock, history, rollback target --------------------------
+def test_signal_during_the_pull_stops_it_and_changes_nothing(world: World, run: Any,
+                                                              tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.signal_at = {"pull": signal.SIGINT}
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert not any(call.startswith("up ") for call in world.calls)
+    assert world.calls[-1] == "unlock"
+    assert (f"::error title=Deploy cancelled::Cancelled (SIGINT) during the pull: nothing was "
+            f"changed; {NAME}@{D1} still runs.") in log
+    assert [(e.status, e.digest) for e in history(tmp_path)] == [("failed", D2)]
+
+
+@pytest.mark.parametrize(("phase", "signum", "during"), [
+    ("up", signal.SIGTERM, "`docker compose up`"),
+    ("health", signal.SIGINT, "the health wait"),
+    ("smoke", signal.SIGTERM, "the smoke test"),
+])
+def test_signal_after_up_restores_the_verified_release(
+        world: World, run: Any, tmp_path: Path, phase: str, signum: int, during: str) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.signal_at = {phase: signum}
+    code, outputs, log = run("deploy", image_tag="v2.0.0", smoke_url="http://x/")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    after_up = world.calls[world.calls.index(f"up v2.0.0@{D2}") + 1:]
+    assert after_up[-4:] == ["verify lock", f"up v@{D1}", "health shop", "unlock"]
+    assert world.running == {"app": D1, "worker": D1}
+    name = signal.Signals(signum).name
+    assert (f"::error title=Deploy cancelled and rolled back::Cancelled ({name}) during "
+            f"{during}. Rolled back: {NAME}@{D1} runs again and is healthy.") in log
+    assert [(e.status, e.digest, e.previous_digest) for e in history(tmp_path)] == \
+        [("rolled_back", D2, D1)]
+    restore_health = world.timeouts[-1]
+    assert restore_health[0] == "health" and restore_health[1] <= 7.0  # type: ignore[operator]
+
+
+def test_an_in_flight_up_gets_a_bounded_grace(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.signal_at = {"up": signal.SIGINT}
+    run("deploy", image_tag="v2.0.0")
+    [moment] = world.give_up_at
+    assert moment is not None and moment - time.monotonic() <= deploy_module.UP_GRACE
+
+
+def test_without_signal_every_docker_step_has_its_timeout(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    run("deploy", image_tag="v2.0.0", health_timeout="30")
+    assert world.timeouts == [("pull", 900), ("up", 150), ("health", 30)]
+    assert world.give_up_at == [None]
+
+
+def test_signal_with_no_verified_release_before_leaves_the_new_one(world: World, run: Any,
+                                                                    tmp_path: Path) -> None:
+    world.signal_at = {"health": signal.SIGINT}
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert (f"Cancelled (SIGINT) during the health wait: {NAME}:v2.0.0@{D2} was not verified, "
+            "and no verified release ran before it: it is left as it is.") in log
+    assert [e.status for e in history(tmp_path)] == ["failed"]
+
+
+def test_a_cancel_restores_even_with_rollback_on_failure_false(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.signal_at = {"health": signal.SIGTERM}
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", rollback_on_failure="false")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert world.running == {"app": D1, "worker": D1}
+
+
+def test_a_signal_during_the_rollback_lets_the_restore_finish(world: World, run: Any,
+                                                              tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False]
+
+    original_up = FakeCompose.up
+
+    def up(self: FakeCompose, **kwargs: Any) -> None:
+        if self.env["IMAGE_TAG"].endswith(D1):  # the restore: SIGINT while it runs
+            world.signal_at["up"] = signal.SIGINT
+        original_up(self, **kwargs)
+
+    FakeCompose.up = up  # type: ignore[method-assign]
+    try:
+        code, outputs, log = run("deploy", image_tag="v2.0.0")
+    finally:
+        FakeCompose.up = original_up  # type: ignore[method-assign]
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert world.running == {"app": D1, "worker": D1}
+    assert f"{NAME}@{D1} was restored; the cancel came before its health was confirmed" in log
+    assert [e.status for e in history(tmp_path)] == ["rolled_back"]
+
+
+def test_a_signal_after_verification_keeps_the_release(world: World, run: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    world.running = {"app": D1, "worker": D1}
+    original = deploy_module.Rollout.finish
+
+    def signal_then_finish(self: Any, *args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the GitHub deployment is updated
+        original(self, *args)
+
+    monkeypatch.setattr(deploy_module.Rollout, "finish", signal_then_finish)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (0, "deployed")
+    assert (f"SIGTERM came after {NAME}:v2.0.0@{D2} was verified: the deploy is complete, "
+            "there is nothing to undo.") in log
+
+
+def test_a_lost_lock_stops_before_up_and_restores_nothing(world: World, run: Any,
+                                                          tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.lock_lost = True
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert world.calls[-3:] == [f"pull v2.0.0@{D2}", "verify lock", "unlock"]
+    assert ("::error title=Deploy lock held::The lock deploykit-lock-shop was taken over while "
+            "this deploy ran. Stopped before `docker compose up`: this deploy changes nothing "
+            "and restores nothing under another deploy's lock.") in log
+    assert [e.status for e in history(tmp_path)] == ["failed"]
+
+
+def test_a_lock_lost_during_the_health_wait_restores_nothing(world: World, run: Any) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False]
+    original = FakeWatch.wait
+
+    def wait(self: FakeWatch) -> HealthReport:
+        world.lock_lost = True  # a competitor took the lock over meanwhile
+        return original(self)
+
+    FakeWatch.wait = wait  # type: ignore[method-assign]
+    try:
+        code, outputs, log = run("deploy", image_tag="v2.0.0")
+    finally:
+        FakeWatch.wait = original  # type: ignore[method-assign]
+    assert (code, outputs["status"]) == (1, "failed")
+    assert not any(call.startswith("up v@") for call in world.calls)
+    assert "Stopped before the rollback" in log
+
+
+def test_an_unwritable_state_dir_fails_before_anything(world: World, run: Any,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("x")
+    code, outputs, log = run("deploy", image_tag="v2.0.0",
+                             state_dir=str(tmp_path / "blocker" / "state"))
+    assert (code, outputs["status"]) == (1, "failed")
+    assert not any(call.startswith(("lock", "pull", "up")) for call in world.calls)
+    assert "::Input 'state_dir': the deploy history " \
+           f"{tmp_path / 'blocker' / 'state' / 'history.jsonl'} is not writable (" in log
+
+
+@pytest.mark.parametrize(("health", "code", "status", "visible"), [
+    ([True], 0, "deployed", "runs 127.0.0.1:5000/org/app:v2.0.0@"),
+    ([False, True], 1, "rolled_back", "Health check failed: app (shop-app-1) exited with code 3"),
+])
+def test_a_history_that_fails_late_keeps_the_true_status(
+        world: World, run: Any, monkeypatch: pytest.MonkeyPatch, health: list[bool],
+        code: int, status: str, visible: str) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = health
+
+    def full_disk(self: History, entry: HistoryEntry) -> None:
+        raise DeploykitError(f"Cannot write the deploy history {self.path}: No space left on "
+                             "device.", title="History not writable")
+
+    monkeypatch.setattr(History, "append", full_disk)
+    got, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (got, outputs["status"]) == (code, status)
+    assert visible in log
+    assert f"No space left on device. The deploy is still `{status}`; only its history line " \
+           "is missing." in log
+
+
+def test_containers_of_a_failed_deploy_are_never_the_rollback_target(
+        world: World, run: Any, tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    assert run("deploy", image_tag="v1.0.0")[0] == 0
+    world.health = [False]
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", rollback_on_failure="false")
+    assert (code, outputs["status"], world.running["app"]) == (1, "failed", D2)
+
+    world.health = [False, True]
+    code, outputs, log = run("deploy", image_tag="v3.0.0")
+    assert outputs["previous_image"] == f"{NAME}@{D1}"
+    assert f"Running now: {NAME}@{D2}, which no deploy verified" in log
+    assert f"Running now: {NAME}@{D2}." not in log
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert f"up v1.0.0@{D1}" in world.calls
+    assert world.running == {"app": D1, "worker": D1}
+    assert history(tmp_path)[-1].previous_digest == D1
+
+
+def test_a_bare_digest_is_a_valid_reference_with_a_meaningful_tag(world: World, run: Any,
+                                                                  tmp_path: Path) -> None:
+    code, outputs, log = run("deploy", image_tag=D3)
+    assert code == 0, log
+    assert f"up sha256-333333333333@{D3}" in world.calls
+    assert f"Deploying {NAME}@{D3}." in log
+    assert f"{NAME}:sha256:" not in log and "pinned" not in log
+    assert outputs["image"] == f"{NAME}@{D3}"
+
+    assert run("deploy", image_tag="v3.0.0")[0] == 0  # the history now knows v3.0.0 = D3
+    code, _, log = run("deploy", image_tag=D3, force_redeploy="true")
+    assert f"up v3.0.0@{D3} --force-recreate" in world.calls
+    assert f"Deploying {NAME}:v3.0.0@{D3} (the tag that named it in the history)." in log
