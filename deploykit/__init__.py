@@ -1,3 +1,3 @@
 """deploykit: build an image once, publish it under immutable tags, deploy by pull + up."""
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
