@@ -87,13 +87,13 @@ class FakeCompose:
         if give_up_at is not None:
             self.world.give_up_at.append(give_up_at())
 
-    def up_release(self, project: ComposeProject, *, force_recreate: bool = False,
-                   **_: Any) -> tuple[str, ...]:
-        self.up(force_recreate=force_recreate)
+    def up_release(self, project: ComposeProject, *, one_shot_timeout: float = 0,
+                   **options: Any) -> tuple[str, ...]:
+        self.up(**options)
         return ()
 
-    def restore(self, project: ComposeProject, **_: Any) -> None:
-        self.up()
+    def restore(self, project: ComposeProject, **options: Any) -> None:
+        self.up(**options)
 
 
 class FakeWatch:
