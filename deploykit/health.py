@@ -284,9 +284,11 @@ class HealthWatch:
         sleep: Callable[[float], None] = time.sleep, wall: Callable[[], float] = time.time,
         events: Callable[..., EventSource | None] = open_project_events,
         progress: Callable[[str], None] | None = None,
-        progress_every: float = PROGRESS_EVERY,
+        progress_every: float = PROGRESS_EVERY, one_shots: Iterable[str] = (),
     ) -> None:
         self.api, self.project = api, project
+        # From the compose file: `up --no-deps` leaves them out of the depends_on labels.
+        self.one_shots = frozenset(one_shots)
         self.timeout, self.settle, self.interval = timeout, settle, interval
         self.safety_poll, self.progress_every = safety_poll, progress_every
         self.clock, self.sleep, self.wall = clock, sleep, wall
@@ -365,7 +367,7 @@ class HealthWatch:
     def _report(self, containers: Mapping[str, Mapping[str, Any]]) -> HealthReport:
         self._settles_at.clear()
         ordered = sorted(containers.values(), key=lambda c: (_service(c), str(c.get("Name"))))
-        one_shots = one_shot_services(ordered)
+        one_shots = one_shot_services(ordered) | self.one_shots
         return HealthReport([self.judge(c, one_shot=_service(c) in one_shots)
                              for c in ordered])
 

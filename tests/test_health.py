@@ -346,6 +346,16 @@ def test_one_shot_by_label_and_an_exit_nothing_expects() -> None:
         ("seed", "failed", "exited with code 0")]
 
 
+def test_one_shot_services_known_from_the_compose_file() -> None:
+    """`up --no-deps` (deploykit's second step) writes no depends_on label for them."""
+    done = container("m", "migrate", status="exited")
+    clock = FakeClock()
+    report = HealthWatch(Engine(clock, done), "shop", timeout=5, settle=0, clock=clock,
+                         sleep=clock.sleep, events=lambda *a, **k: None,
+                         one_shots=("migrate",)).wait()
+    assert verdicts(report) == [("migrate", "completed", "exited 0 (one-shot)")]
+
+
 def test_progress_lines_while_waiting() -> None:
     clock = FakeClock()
     waits = {"com.docker.compose.depends_on": "migrate:service_completed_successfully:false"}
