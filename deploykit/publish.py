@@ -122,6 +122,7 @@ class Publisher:
     notes: list[str] = field(default_factory=list)
     _manifest: tuple[str, bytes] | None = None
     _created: datetime | None = None
+    _taken: int = 0  # test tags found taken by another build so far
 
     @property
     def image(self) -> str:
@@ -182,6 +183,7 @@ class Publisher:
 
     def _claim(self, tag: str) -> str | None:
         """PUT ``tag`` when nobody holds it; the other digest when somebody does."""
+        _ = self.manifest  # fetched before the HEAD, so that the PUT follows it at once
         current = self.holder(tag)
         if current is None:
             self._put(tag)
@@ -190,6 +192,8 @@ class Publisher:
 
     def _claim_fixed(self, tag: str) -> None:
         if other := self._claim(tag):
+            if tag in self.published:
+                self.published.remove(tag)
             raise WriteOnceTagError(
                 f"{self.image}:{tag} was published by another build at {other} while this "
                 f"build published {self.digest}; a write-once tag never moves.",
@@ -197,26 +201,34 @@ class Publisher:
                 "Keep one: deploy the digest the tag names.")
 
     def _claim_test_tag(self, tag: str) -> str:
-        for _ in range(TEST_TAG_ATTEMPTS):
-            other = self._claim(tag)
-            if other is None:
-                return tag
+        while (other := self._claim(tag)) is not None:
+            self._count_taken(tag, other)
             tag = self._next_number(tag, other)
-        raise self._out_of_numbers(tag)
+        return tag
 
     def _recheck_test_tag(self, tag: str) -> str:
         """The test tag again after the others: another build may have overwritten it."""
-        for _ in range(TEST_TAG_ATTEMPTS):
-            other = self.holder(tag)
-            if other == self.digest:
-                return tag
+        while (other := self.holder(tag)) != self.digest:
             if tag in self.published:
                 self.published.remove(tag)
             if other is None:  # gone (deleted by hand?): claim it again
                 tag = self._claim_test_tag(tag)
-                continue
-            tag = self._claim_test_tag(self._next_number(tag, other))
-        raise self._out_of_numbers(tag)
+            else:
+                self._count_taken(tag, other)
+                tag = self._claim_test_tag(self._next_number(tag, other))
+        return tag
+
+    def _count_taken(self, tag: str, other: str) -> None:
+        """Count one taken test tag; past the bound, a clear error naming both digests."""
+        self._taken += 1
+        if self._taken < TEST_TAG_ATTEMPTS:
+            return
+        raise BuildError(
+            f"{self.image}:{tag} names {other}, another build's image, not this build's "
+            f"{self.digest}, and so did {TEST_TAG_ATTEMPTS - 1} other test tags this build "
+            "published or tried: too many builds publish at once.", title="Test tag taken",
+            hint="Many builds of the branch run at once: give build-push.yml's "
+            "concurrency group to every workflow that builds it, then run this job again.")
 
     def _next_number(self, tag: str, other: str) -> str:
         if not self.renumber:
@@ -232,27 +244,41 @@ class Publisher:
         self.notes.append(message)
         return number
 
-    def _out_of_numbers(self, tag: str) -> BuildError:
-        return BuildError(
-            f"{self.image}: {TEST_TAG_ATTEMPTS} test tags in a row were taken by other builds "
-            f"while this build ({self.digest}) published them; the last, {tag}, names "
-            f"{self.holder(tag) or 'nothing'}.", title="Test tag taken",
-            hint="Many builds of the branch run at once: give build-push.yml's "
-            "concurrency group to every workflow that builds it, then run this job again.")
-
     # -- mutable ---------------------------------------------------------------------------
     def _move(self, tag: str, test_tag: str | None, version: str) -> bool:
         """Move ``tag`` here unless a newer image holds it (checked before and after)."""
         for _ in range(3):
             current = self.holder(tag)
             if current == self.digest:
-                return True
+                return not self._hand_over(tag, test_tag)
             if why := self._keep_reason(tag, current, test_tag, version):
-                self.actions.info(why)
-                self.notes.append(why)
+                self._say(why)
                 return False
             self._put(tag)
         return self.holder(tag) == self.digest
+
+    def _hand_over(self, tag: str, test_tag: str | None) -> bool:
+        """After the move: a newer build that published its test tag meanwhile gets ``tag``.
+
+        That build published its test tag before it looked at ``tag``, so whichever of
+        the two moves ``tag`` last, one of them sees the other here.
+        """
+        if tag != STAGING_LATEST or test_tag is None:
+            return False
+        for other_tag in self._higher_test_tags(test_tag):
+            other = self.holder(other_tag)
+            if other and other != self.digest and (why := self.newer_image(other, test_tag)):
+                media_type, content = self.client.manifest_bytes(other)
+                if self.holder(tag) == self.digest:
+                    self.client.put_manifest(tag, content, media_type)
+                self._say(f"{self.image}:{tag} goes to {other} ({other_tag}), published "
+                          f"meanwhile: {why}.")
+                return True
+        return False
+
+    def _say(self, text: str) -> None:
+        self.actions.info(text)
+        self.notes.append(text)
 
     def _keep_reason(
         self, tag: str, current: str | None, test_tag: str | None, version: str
@@ -293,7 +319,7 @@ class Publisher:
             return ""
         for tag in self._higher_test_tags(test_tag):
             if self.holder(tag) == other:
-                return f"same build time, and it holds {tag}, a later number than {test_tag}"
+                return f"the same build time, and it holds {tag}, a later number than {test_tag}"
         return ""
 
     @property

@@ -1,0 +1,395 @@
+"""Publishing tags one by one, against an in-memory OCI registry served by ``responses``.
+
+The registry keeps manifests by digest and tags by name; hooks let a test play
+"another build" at the exact moment between this build's HEAD and PUT, or right
+after its PUT, and make a PUT fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from deploykit import registry as registry_module
+from deploykit.errors import RegistryError, WriteOnceTagError
+from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
+from deploykit.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from tests.conftest import CapturedActions
+
+BASE = "http://127.0.0.1:5000/v2/org/app"
+IMAGE = "127.0.0.1:5000/org/app"
+NOON = "2026-11-30T12:00:00Z"
+STAGING = ("staging-latest", "test-20261130-1", "sha-0123456")
+
+Hook = Callable[[str], None]
+
+
+def sha256(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+class FakeOCI:
+    """One repository: manifests by digest, tags, blobs; every request recorded."""
+
+    def __init__(self, rsps: responses.RequestsMock) -> None:
+        self.manifests: dict[str, tuple[str, bytes]] = {}
+        self.tags: dict[str, str] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.after_head: dict[str, Hook] = {}  # tag -> what "another build" does then
+        self.after_put: dict[str, Hook] = {}
+        self.failing_puts: set[str] = set()
+        pattern = re.compile(rf"{re.escape(BASE)}/.*")
+        for method in ("HEAD", "GET", "PUT", "POST"):
+            rsps.add_callback(method, pattern, callback=self.handle)
+
+    # -- building images -----------------------------------------------------------------
+    def image(self, created: str = NOON, revision: str = "r") -> str:
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {
+            "org.opencontainers.image.created": created,
+            "org.opencontainers.image.revision": revision}}}).encode()
+        self.blobs[sha256(config)] = config
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(config), "size": len(config)}, "layers": []}).encode()
+        self.manifests[sha256(manifest)] = (OCI_MANIFEST, manifest)
+        return sha256(manifest)
+
+    def another_build_tags(self, tag: str, digest: str) -> Hook:
+        def hook(_: str) -> None:
+            self.tags[tag] = digest
+        return hook
+
+    # -- the HTTP side ---------------------------------------------------------------------
+    def handle(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        path = str(request.url).split("?")[0].removeprefix(BASE)
+        self.requests.append(f"{request.method} {path}")
+        kind, _, name = path.lstrip("/").partition("/")
+        if kind == "tags":
+            return 200, {}, json.dumps({"name": "org/app", "tags": sorted(self.tags)}).encode()
+        status, headers, body = (self._blob(request, name) if kind == "blobs" else
+                                 self._manifest(request, name))
+        return status, headers, b"" if request.method == "HEAD" else body
+
+    def _manifest(
+        self, request: requests.PreparedRequest, ref: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        if request.method == "PUT":
+            if ref in self.failing_puts:
+                return 400, {}, b'{"errors":[{"code":"TAG_INVALID","message":"injected"}]}'
+            content = request.body if isinstance(request.body, bytes) else b""
+            digest = sha256(content)
+            self.manifests[digest] = (str(request.headers["Content-Type"]), content)
+            if not ref.startswith("sha256:"):
+                self.tags[ref] = digest
+                self.after_put.pop(ref, lambda _: None)(ref)
+            return 201, {"Docker-Content-Digest": digest}, b""
+        digest = ref if ref.startswith("sha256:") else self.tags.get(ref, "")
+        if request.method == "HEAD" and ref in self.after_head:
+            found = (200, {"Docker-Content-Digest": digest}, b"") if digest else (404, {}, b"")
+            self.after_head.pop(ref)(ref)  # the other build acts right after our HEAD
+            return found
+        if digest not in self.manifests:
+            return 404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}'
+        media_type, content = self.manifests[digest]
+        return 200, {"Docker-Content-Digest": digest, "Content-Type": media_type}, content
+
+    def _blob(
+        self, request: requests.PreparedRequest, name: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        if request.method == "POST":
+            return 202, {"Location": "/v2/org/app/blobs/uploads/u1?_state=x"}, b""
+        if request.method == "PUT":
+            digest = str(request.url).split("digest=")[1].replace("%3A", ":")
+            body = request.body
+            content = body.read() if hasattr(body, "read") else bytes(body or b"")
+            assert sha256(content) == digest
+            self.blobs[digest] = content
+            return 201, {}, b""
+        if name not in self.blobs:
+            return 404, {}, b""
+        return 200, {}, self.blobs[name] if request.method == "GET" else b""
+
+
+@pytest.fixture
+def oci() -> Iterator[FakeOCI]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield FakeOCI(rsps)
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_module, "_sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def publisher(
+    make_actions: Callable[..., CapturedActions]
+) -> Callable[..., tuple[Publisher, CapturedActions]]:
+    def factory(digest: str, **options: Any) -> tuple[Publisher, CapturedActions]:
+        actions = make_actions()
+        client = RegistryClient("127.0.0.1:5000", "org/app")
+        return Publisher(client, actions, digest, **options), actions
+    return factory
+
+
+def puts(oci: FakeOCI) -> list[str]:
+    return [r.split("/manifests/")[1] for r in oci.requests if r.startswith("PUT /manifests/")]
+
+
+# -- the happy path ---------------------------------------------------------------------------
+def test_write_once_tags_first_each_after_a_head_then_the_mutable_tag(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    ours = oci.image()
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == list(STAGING)
+    assert puts(oci) == ["sha-0123456", "test-20261130-1", "staging-latest"]
+    for tag in ("sha-0123456", "test-20261130-1"):
+        index = oci.requests.index(f"PUT /manifests/{tag}")
+        assert oci.requests[index - 1] == f"HEAD /manifests/{tag}"
+    assert oci.tags == dict.fromkeys(STAGING, ours)
+    assert oci.requests.count(f"GET /manifests/{ours}") == 1  # fetched once, by digest
+    assert pub.published == ["sha-0123456", "test-20261130-1", "staging-latest"]
+
+
+def test_the_same_manifest_bytes_and_media_type_go_under_every_tag(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    ours = oci.image()
+    pub, _ = publisher(ours)
+    pub.publish(("v1.2.3", "latest"))
+    assert oci.tags == {"v1.2.3": ours, "latest": ours}
+    assert {oci.manifests[d][0] for d in oci.tags.values()} == {OCI_MANIFEST}
+
+
+# -- collisions on test-YYYYMMDD-N --------------------------------------------------------------
+def test_test_tag_taken_between_plan_and_put_takes_the_next_number_and_says_so(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags["test-20261130-1"] = theirs
+    pub, actions = publisher(ours)
+    tags = pub.publish(STAGING)
+    assert tags == ["staging-latest", "test-20261130-2", "sha-0123456"]
+    assert oci.tags["test-20261130-1"] == theirs and oci.tags["test-20261130-2"] == ours
+    notice = (f"{IMAGE}:test-20261130-1 was taken by another build ({theirs}) while this "
+              f"build ({ours}) published it; taking test-20261130-2 instead.")
+    assert f"::notice title=Test tag taken::{notice}\n" in actions.out.getvalue()
+    assert notice in pub.notes
+
+
+def test_test_tag_overwritten_right_after_our_put_is_detected_and_renumbered(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    """Both HEADs saw nothing; the other build's PUT landed after ours."""
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.after_put["test-20261130-1"] = oci.another_build_tags("test-20261130-1", theirs)
+    pub, actions = publisher(ours)
+    tags = pub.publish(STAGING)
+    assert tags[1] == "test-20261130-2"
+    assert oci.tags["test-20261130-1"] == theirs and oci.tags["test-20261130-2"] == ours
+    assert "test-20261130-1" not in pub.published
+    assert f"({theirs}) while this build ({ours})" in actions.out.getvalue()
+
+
+def test_out_of_numbers_is_a_clear_error_naming_both_digests(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags["test-20261130-1"] = theirs  # taken before our HEAD
+    for n in range(2, 9):  # every later number is overwritten just after our PUT
+        oci.after_put[f"test-20261130-{n}"] = oci.another_build_tags(
+            f"test-20261130-{n}", theirs)
+    pub, _ = publisher(ours)
+    with pytest.raises(PartlyPublishedError) as info:
+        pub.publish(STAGING)
+    assert info.value.message == (
+        f"{IMAGE}:test-20261130-5 names {theirs}, another build's image, not this build's "
+        f"{ours}, and so did 4 other test tags this build published or tried: too many "
+        "builds publish at once. This run had already published sha-0123456, "
+        f"staging-latest (naming {ours}); the other tags of the plan are not published.")
+    assert info.value.published == ("sha-0123456", "staging-latest")
+    assert "test-20261130-6" not in oci.tags
+
+
+def test_a_test_tag_given_by_the_git_tag_is_never_renumbered(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags["test-20261130-7"] = theirs
+    pub, _ = publisher(ours, renumber=False)
+    with pytest.raises(PartlyPublishedError) as info:
+        pub.publish(("staging-latest", "test-20261130-7", "sha-0123456"))
+    assert f"test-20261130-7 (given by the git tag) was published by another build at " \
+        f"{theirs}; this build is {ours}." in info.value.message
+
+
+def test_sha_tag_of_another_build_is_refused_with_both_digests(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags["sha-0123456"] = theirs
+    pub, _ = publisher(ours)
+    with pytest.raises(WriteOnceTagError) as info:
+        pub.publish(STAGING)
+    assert info.value.message == (
+        f"{IMAGE}:sha-0123456 was published by another build at {theirs} while this build "
+        f"published {ours}; a write-once tag never moves.")
+    assert oci.tags == {"sha-0123456": theirs}
+
+
+def test_sha_tag_overwritten_after_our_put_is_not_listed_as_ours(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.after_put["sha-0123456"] = oci.another_build_tags("sha-0123456", theirs)
+    pub, _ = publisher(ours)
+    with pytest.raises(PartlyPublishedError) as info:
+        pub.publish(STAGING)
+    assert info.value.published == ("test-20261130-1", "staging-latest")
+    assert f"sha-0123456 was published by another build at {theirs}" in info.value.message
+
+
+# -- staging-latest: the newest build wins -------------------------------------------------------
+def test_staging_latest_stays_on_a_build_made_later(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    later, ours = oci.image(created="2026-11-30T12:05:00Z"), oci.image()
+    oci.tags["staging-latest"] = later
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == ["test-20261130-1", "sha-0123456"]
+    assert oci.tags["staging-latest"] == later
+    assert pub.notes == [f"{IMAGE}:staging-latest stays at {later}: it was built at "
+                         "2026-11-30T12:05:00Z, after this build (2026-11-30T12:00:00Z)."]
+
+
+def test_staging_latest_moves_from_an_older_build(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    older, ours = oci.image(created="2026-11-29T08:00:00Z"), oci.image()
+    oci.tags["staging-latest"] = older
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == list(STAGING)
+    assert oci.tags["staging-latest"] == ours
+
+
+def test_same_build_time_the_higher_test_number_keeps_staging_latest(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags.update({"test-20261130-2": theirs, "staging-latest": theirs})
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == ["test-20261130-1", "sha-0123456"]
+    assert oci.tags["staging-latest"] == theirs
+    assert pub.notes[-1].endswith("the same build time, and it holds test-20261130-2, a "
+                                  "later number than test-20261130-1.")
+
+
+def test_staging_latest_goes_to_a_newer_build_that_published_meanwhile(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    """Our PUT of staging-latest landed after the newer build's: we hand it over."""
+    theirs, ours = oci.image(revision="a"), oci.image(revision="b")
+
+    def newer_build_published(_: str) -> None:
+        oci.tags["test-20261130-2"] = theirs
+
+    oci.after_put["staging-latest"] = newer_build_published
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == ["test-20261130-1", "sha-0123456"]
+    assert oci.tags["staging-latest"] == theirs
+
+
+def test_latest_auto_is_decided_again_at_publish_time(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    """v1.3.0 was released while v1.2.3 was building: latest stays on v1.3.0."""
+    newer, ours = oci.image(revision="a"), oci.image(revision="b")
+    oci.tags.update({"v1.3.0": newer, "latest": newer})
+    pub, _ = publisher(ours)
+    assert pub.publish(("v1.2.3", "latest")) == ["v1.2.3"]
+    assert oci.tags["latest"] == newer
+    assert pub.notes == [f"{IMAGE}:latest stays: `latest` not added: v1.3.0 is already in "
+                         "the registry and is higher (latest=auto)."]
+
+
+# -- failures part-way -------------------------------------------------------------------------
+def test_a_failed_put_after_a_tag_names_what_was_published(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    ours = oci.image()
+    oci.failing_puts.add("test-20261130-1")
+    pub, _ = publisher(ours)
+    with pytest.raises(PartlyPublishedError) as info:
+        pub.publish(STAGING)
+    assert info.value.published == ("sha-0123456",)
+    assert info.value.digest == ours
+    assert "TAG_INVALID: injected" in info.value.message
+    assert info.value.message.endswith(
+        f"This run had already published sha-0123456 (naming {ours}); the other tags of "
+        "the plan are not published.")
+    assert info.value.hint.startswith("Run the job again: it finds the image by its "
+                                      "write-once tag and publishes the missing tags.")
+
+
+def test_a_failure_before_any_tag_is_the_plain_error(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    ours = oci.image()
+    oci.failing_puts.add("sha-0123456")
+    pub, _ = publisher(ours)
+    with pytest.raises(RegistryError) as info:
+        pub.publish(STAGING)
+    assert info.value.message == ("127.0.0.1:5000 answered 400 for "
+                                  f"{IMAGE}:sha-0123456: TAG_INVALID: injected")
+    assert oci.tags == {}
+
+
+def test_a_rerun_finds_its_tags_and_puts_nothing(
+    oci: FakeOCI, publisher: Callable[..., tuple[Publisher, CapturedActions]],
+) -> None:
+    ours = oci.image()
+    oci.tags.update(dict.fromkeys(STAGING, ours))
+    pub, _ = publisher(ours)
+    assert pub.publish(STAGING) == list(STAGING)
+    assert puts(oci) == [] and pub.published == []
+
+
+# -- the untagged upload -----------------------------------------------------------------------
+def write_layout(root: Path, blobs: list[bytes]) -> None:
+    folder = root / "blobs" / "sha256"
+    folder.mkdir(parents=True)
+    for blob in blobs:
+        (folder / sha256(blob).removeprefix("sha256:")).write_bytes(blob)
+
+
+def test_upload_layout_sends_missing_blobs_then_manifests_children_first(
+    oci: FakeOCI, tmp_path: Path,
+) -> None:
+    config, layer, known = b'{"os":"linux"}', b"layer-bytes", b"already-there"
+    oci.blobs[sha256(known)] = known
+    manifest = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": sha256(config)},
+                           "layers": [{"digest": sha256(layer)},
+                                      {"digest": sha256(known)}]}).encode()
+    index = json.dumps({"mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": sha256(manifest)}]}).encode()
+    write_layout(tmp_path, [config, layer, known, manifest, index])
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+
+    assert upload_layout(client, tmp_path, sha256(index), OCI_INDEX) == 2
+
+    assert puts(oci) == [sha256(manifest), sha256(index)]
+    assert oci.manifests[sha256(index)] == (OCI_INDEX, index)
+    assert oci.blobs[sha256(layer)] == layer and oci.blobs[sha256(config)] == config
+    assert oci.tags == {}
+    assert [r for r in oci.requests if r.startswith("PUT /blobs")] == [
+        "PUT /blobs/uploads/u1", "PUT /blobs/uploads/u1"]
