@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import deploykit
 from deploykit.cli import main
 from tests.conftest import parse_github_output
 from tests.integration.conftest import TestRegistry
@@ -38,6 +39,7 @@ ACCEPT = ("application/vnd.oci.image.index.v1+json,"
 EPOCH = "1796040000"  # 2026-11-30T12:00:00Z
 DAY = "20261130"
 _DIGEST_PATH = re.compile(r"/manifests/sha256:[0-9a-f]{64}$")
+SOURCE_ROOT = str(Path(deploykit.__file__).resolve().parent.parent)  # the code under test
 
 
 @dataclass
@@ -56,7 +58,7 @@ def build_env(registry: TestRegistry, repo: str, context: str, sha: str,
               files: Path) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-        "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(files / "output"),
+        "PYTHONPATH": SOURCE_ROOT, "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(files / "output"),
         "GITHUB_STEP_SUMMARY": str(files / "summary"), "GITHUB_EVENT_NAME": "push",
         "GITHUB_REF": "refs/heads/pre-release", "GITHUB_SHA": sha,
         "GITHUB_REPOSITORY": "deploykit/it-app", "GITHUB_ACTOR": "it",
