@@ -322,3 +322,11 @@ def test_the_release_rewrite_finds_exactly_one_image_line() -> None:
     assert re.findall(r"(?m)^  image: Dockerfile$", action) == ["  image: Dockerfile"]
     assert "grep -c '^  image: Dockerfile$' action.yml" in (
         ROOT / ".github/workflows/release.yml").read_text()
+
+
+def test_build_push_runs_one_build_per_repository_and_branch_without_cancelling() -> None:
+    job = reusable("build-push.yml")["jobs"]["build-push"]
+    group = job["concurrency"]["group"]
+    assert group.startswith("build-push-${{ github.repository }}-${{ ")
+    assert "github.ref" in group and "'staging'" in group  # pre-release and test-* share one
+    assert job["concurrency"]["cancel-in-progress"] is False
