@@ -142,6 +142,10 @@ def test_two_platform_release_is_pushed_verified_and_rerun_skipped(
     assert json.loads(first.outputs["platforms"]) == index
     assert BUILD_GROUP in first.log
     assert registry.tags() == ["buildcache", "latest", "v1.2.3"]
+    # The first build has no registry cache to import: one calm line, no buildx ERROR line.
+    assert f"No build cache yet at {auth_registry.host}/{repo}:buildcache: this first build " \
+        "fills it." in first.log.splitlines()
+    assert [line for line in first.log.splitlines() if "ERROR" in line] == []
 
     again = run_build(context, repo, ref="refs/tags/v1.2.3", commit=commit)
 
