@@ -575,3 +575,63 @@ def test_resolve_command_needs_a_tag_or_digest(capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "Input 'reference': 'ghcr.io/org/app' names no tag or digest." in captured.err
+
+
+# -- writes (Build & Push) -----------------------------------------------------------------
+PUSH_CHALLENGE = ('Bearer realm="https://ghcr.io/token",service="ghcr.io",'
+                  'scope="repository:org/app:pull,push"')
+
+
+def test_manifest_put_asks_for_a_push_token_once_and_sends_the_exact_bytes(rsps: Any) -> None:
+    body = b'{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    add_challenge(rsps, responses.PUT, f"{MANIFEST_URL}/sha-0123456", PUSH_CHALLENGE)
+    add_token(rsps, "push-tok", scope="repository:org/app:pull,push")
+    for tag in ("sha-0123456", "test-20261130-1"):
+        rsps.add(responses.PUT, f"{MANIFEST_URL}/{tag}", status=201, match=[
+            matchers.header_matcher({"Authorization": "Bearer push-tok",
+                                     "Content-Type": OCI_INDEX})])
+    client = ghcr()
+    client.put_manifest("sha-0123456", body, OCI_INDEX)
+    client.put_manifest("test-20261130-1", body, OCI_INDEX)
+    puts = [call.request for call in rsps.calls if call.request.method == "PUT"]
+    assert [p.body for p in puts] == [body] * 3  # the challenged one, then two with the token
+    assert len([c for c in rsps.calls if c.request.url.startswith(TOKEN_URL)]) == 1
+
+
+def test_blob_upload_follows_a_relative_location_and_retries_the_pair_on_503(
+    rsps: Any, tmp_path: Any, clock: FakeClock,
+) -> None:
+    blob = tmp_path / "layer"
+    blob.write_bytes(b"layer-bytes")
+    digest = "sha256:" + hashlib.sha256(b"layer-bytes").hexdigest()
+    base = "http://127.0.0.1:5001/v2/org/app/blobs/uploads/"
+    auth = "Basic " + base64.b64encode(b"deploykit:pw").decode()
+    rsps.add(responses.POST, base, status=401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+    for attempt, status in (("u1", 503), ("u2", 201)):
+        rsps.add(responses.POST, base, status=202,
+                 headers={"Location": f"/v2/org/app/blobs/uploads/{attempt}?_state=s"},
+                 match=[matchers.header_matcher({"Authorization": auth})])
+        rsps.add(responses.PUT, f"{base}{attempt}", status=status, match=[
+            matchers.query_param_matcher({"_state": "s", "digest": digest}),
+            matchers.header_matcher({"Authorization": auth})])
+    RegistryClient("127.0.0.1:5001", "org/app", "deploykit", "pw").upload_blob(digest, blob)
+    uploads = [c.request for c in rsps.calls if c.request.method == "PUT"]
+    assert len(uploads) == 2
+    assert len(clock.sleeps) == 1
+
+
+def test_blob_exists_is_a_head_and_404_means_absent(rsps: Any) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/blobs"
+    rsps.add(responses.HEAD, f"{url}/{DIGEST}", status=200)
+    rsps.add(responses.HEAD, f"{url}/{CONFIG}", status=404)
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+    assert (client.blob_exists(DIGEST), client.blob_exists(CONFIG)) == (True, False)
+
+
+def test_manifest_bytes_refuses_bytes_of_another_digest(rsps: Any) -> None:
+    rsps.add(responses.GET, f"http://127.0.0.1:5000/v2/org/app/manifests/{DIGEST}",
+             body=b'{"mediaType":"x"}', headers={"Content-Type": OCI_INDEX})
+    with pytest.raises(RegistryError) as info:
+        RegistryClient("127.0.0.1:5000", "org/app").manifest_bytes(DIGEST)
+    assert info.value.message == (f"127.0.0.1:5000 sent a manifest for 127.0.0.1:5000/org/app@"
+                                  f"{DIGEST} with another digest.")
