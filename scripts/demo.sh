@@ -68,7 +68,9 @@ build() {  # build VERSION SHA [BUILD_ARG...]
 }
 
 deploy() {  # deploy TAG
-  env "${common[@]}" "${deploykit[@]}" deploy --registry "$registry" --image-repo "$repo" \
+  # compose gets DEMO_PORT (its port mapping) through compose_env: docker children of
+  # deploykit inherit only a minimal environment
+  env "${common[@]}" INPUT_COMPOSE_ENV="DEMO_PORT=$port" "${deploykit[@]}" deploy --registry "$registry" --image-repo "$repo" \
     --environment staging --image-tag "$1" --project-name "$project" \
     --smoke-url "http://127.0.0.1:$port/" --smoke-contains "deploykit demo" \
     --health-timeout 60 --smoke-timeout 30
