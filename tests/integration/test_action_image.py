@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from deploykit import __version__
 from tests.integration.actionbed import (
     build_action_image,
     copy_project,
@@ -50,6 +51,21 @@ def test_the_image_runs_deploykit_help(action_image: str) -> None:
     assert out.startswith("usage: deploykit [-h] [--version] COMMAND ...\n")
     for command in ("build", "deploy", "rollback", "tags", "resolve", "history"):
         assert f"\n    {command} " in out
+
+
+def test_arguments_reach_the_cli_through_the_entrypoint(action_image: str) -> None:
+    """`docker run <image> --help`, what users and act try first: the CLI's help, exit 0."""
+    code, out, err = run(action_image, "--help")
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: deploykit [-h] [--version] COMMAND ...\n")
+    code, out, err = run(action_image, "--version")
+    assert (code, out, err) == (0, f"deploykit {__version__}\n", "")
+    code, out, err = run(action_image, "deploy", "--help")
+    assert (code, err) == (0, "")
+    assert out.startswith("usage: deploykit deploy ")
+    # arguments win over INPUT_MODE: a CLI command, not the action
+    code, out, _ = run(action_image, "--version", env={"INPUT_MODE": "bogus"})
+    assert (code, out) == (0, f"deploykit {__version__}\n")
 
 
 def test_a_bad_mode_is_one_error_annotation_and_exit_1(action_image: str) -> None:
