@@ -30,6 +30,7 @@ the lock network, its local images); the pushed images stay in the registry.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -183,6 +184,15 @@ class Timed:
     started: float  # wall clock
     lines: list[tuple[float, str]] = field(default_factory=list)  # (wall clock, line)
 
+    def phases(self) -> dict[str, float]:
+        """Seconds of each phase, from the ``==>`` lines of deploykit's log."""
+        marks = [("start", self.started)]
+        marks += [(name, at) for name, prefix in PHASES
+                  if (at := self.first(prefix)) is not None]
+        marks.append(("end", self.started + self.seconds))
+        return {name: end - begin
+                for (name, begin), (_, end) in itertools.pairwise(marks)}
+
     def first(self, prefix: str, after: str = "") -> float | None:
         seen_after = not after
         for when, line in self.lines:
@@ -242,9 +252,13 @@ class Measured:
     p3_verdict: list[float] = field(default_factory=list)
     p3_restore: list[float] = field(default_factory=list)
     p3_bare_restore: list[float] = field(default_factory=list)
+    phases: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    load_before: str = ""
     failures: list[str] = field(default_factory=list)
 
 
+PHASES = (("pull", "==> Pull "), ("up", "==> docker compose up"),
+          ("health", "==> Health of the new containers"), ("smoke and finish", "==> Smoke test"))
 VERDICT = "| service | container |"  # the health table, printed the moment the verdict falls
 
 
@@ -269,6 +283,8 @@ def measure_p1(fixture: Fixture, runs: int, results: Measured,
         if verdict and healthy:
             results.p2.append(verdict - max(t for t in healthy if t <= verdict + 1))
         for name, timed in (("bare", bare), ("P1", default), ("P1'", settle0)):
+            if name != "bare":
+                results.phases.setdefault(name, []).append(timed.phases())
             if timed.code != 0:
                 results.failures.append(f"P1 run {index + 1}: {name} exited {timed.code}")
         note(f"run {index + 1}: bare {bare.seconds:.2f} s, deploykit {default.seconds:.2f} s, "
@@ -364,6 +380,16 @@ def table(body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def phase_table(m: Measured) -> str:
+    """Median seconds of each phase of deploykit's P1 and P1' runs."""
+    names = ["start", "pull", "up", "health", "smoke and finish"]
+    lines = ["| run | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for run_name, runs in m.phases.items():
+        cells = [f"{statistics.median(r.get(n, 0.0) for r in runs):.2f}" for n in names]
+        lines.append(f"| {run_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> None:
     raw = {name: [round(v, 4) for v in getattr(m, name)] for name in (
         "bare", "p1", "p1_settle0", "to_healthy", "p2", "p3_verdict", "p3_restore",
@@ -372,7 +398,7 @@ def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> 
         "# bench_compare.py results", "",
         f"`.venv/bin/python bench/bench_compare.py --runs {runs}`, "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.", "",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine()}; load average at the start {m.load_before}.", "",
         "Fixture: busybox `app` (httpd, 1 s healthcheck, `stop_signal: SIGKILL`) and "
         "`worker` (no healthcheck, traps TERM) on one image in the htpasswd registry "
         f"{REGISTRY}; every deploy recreates both (`--force-redeploy`, bare "
@@ -382,6 +408,11 @@ def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> 
         "to exit), P2/P3 from the engine's event timestamps to the line deploykit prints "
         "with its verdict.", "",
         table(body), "",
+        "Where deploykit's time goes (median seconds; `start`: Python start-up, gate, "
+        "resolve, `compose config`, lock and what runs now, up to the `==> Pull` line; "
+        "`health`: from the end of `up` to the verdict; `smoke and finish`: smoke test, "
+        "digest check, history, summary):", "",
+        phase_table(m), "",
         "Not measured by this script: P4 (cached rebuild vs cold, two platforms), P4' "
         "(deploykit build vs bare `buildx build --push`), P5 (registry requests to resolve "
         "a tag), P6 (tag plan over 5,000 tags), P7 (action image size, `docker run` to the "
@@ -417,7 +448,7 @@ def main(argv: list[str]) -> int:
         (workdir / "compose.yaml").write_text(COMPOSE.format(port=port))
         fixture = Fixture(workdir, f"benchcmp-{run_id}", port, f"bench-compare/{run_id}",
                           workdir / "docker-config")
-        measured = Measured()
+        measured = Measured(load_before=" ".join(f"{x:.2f}" for x in os.getloadavg()))
 
         def note(text: str) -> None:
             print(text, flush=True)
