@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import TestRegistry, remove_local_images
+from tests.integration.conftest import TestRegistry, docker_push, remove_local_images
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = """\
@@ -268,3 +268,53 @@ def test_a_good_input_still_deploys(project: Project, tmp_path: Path) -> None:
                             project.directory)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "status<<" in (tmp_path / "out").read_text()
+
+
+# An ENTRYPOINT, since the compose file's `command:` replaces any CMD.
+HOSTILE_ENTRYPOINT = ('ENTRYPOINT ["sh", "-c", "echo ::stop-commands::pwned; '
+                      'echo ::add-mask::deploykit; echo ::error title=forged::forged error; '
+                      "echo 'hello ##[warning]legacy'; exit 3\"]")
+
+
+def outside_stop_blocks(stdout: str) -> tuple[list[str], list[str]]:
+    """(lines the runner would read as commands, lines inside stop-commands blocks)."""
+    outside: list[str] = []
+    inside: list[str] = []
+    token = ""
+    for line in stdout.splitlines():
+        if token:
+            if line == f"::{token}::":
+                token = ""
+            else:
+                inside.append(line)
+        elif line.startswith("::stop-commands::"):
+            token = line.removeprefix("::stop-commands::")
+            assert token.startswith("deploykit-") and len(token) == len("deploykit-") + 32
+        else:
+            outside.append(line)
+    assert not token, "a stop-commands block was never closed"
+    return outside, inside
+
+
+def test_hostile_container_output_never_drives_the_runner(
+        project: Project, base_image: str, tmp_path: Path) -> None:
+    """Finding 5: a failing image printing workflow commands; they stay text. Runs last: the
+    failed deploy rolls back (the table above needs the host untouched)."""
+    context = tmp_path / "hostile"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base_image}\n{HOSTILE_ENTRYPOINT}\n")
+    docker_push("buildx", "build", "--platform", "linux/amd64", "--push", "--provenance=false",
+                "-t", f"{project.registry}/{project.repo}:hostile", str(context))
+    result = run_entrypoint(project.env("deploy", {"image_tag": "hostile"}, {},
+                                        tmp_path / "out"), project.directory)
+    assert result.returncode == 1, result.stdout + result.stderr
+    outside, inside = outside_stop_blocks(result.stdout)
+    assert "::stop-commands::pwned" in inside
+    assert "::add-mask::deploykit" in inside
+    assert "::error title=forged::forged error" in inside
+    assert "hello ##[warning]legacy" in inside
+    assert not [line for line in outside if "##[" in line or line.startswith(
+        ("::add-mask::", "::stop-commands::"))]
+    errors = [line for line in outside if line.startswith("::error")]
+    assert len(errors) == 1
+    assert errors[0].startswith("::error title=Deploy failed and was rolled back::")
