@@ -20,6 +20,7 @@ import json
 import re
 import secrets as _random
 import sys
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,16 @@ REDACTED = "***"
 # legacy `##[name]` anywhere in the line.
 _COMMAND_LIKE = re.compile(r"^\s*::|##\[", re.MULTILINE)
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!~])")
+
+
+def url_passwords(texts: list[str]) -> set[str]:
+    """The passwords inside URLs (``postgres://user:PASSWORD@db/app``), as written and
+    decoded: a program that prints the URL's parts shows them alone."""
+    found = set()
+    for text in texts:
+        for match in re.finditer(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:([^@/?#\s]+)@", text):
+            found.update({match.group(1), urllib.parse.unquote(match.group(1))})
+    return found
 
 
 def escape_data(value: str) -> str:
@@ -89,7 +100,8 @@ class Actions:
             return
         lines = secret.splitlines()
         values = [line.partition("=")[2] for line in lines if "=" in line]  # KEY=VALUE lists
-        for raw in {secret, *lines, *values}:
+        passwords = url_passwords([secret, *lines, *values])
+        for raw in {secret, *lines, *values, *passwords}:
             candidate = raw.strip()
             if len(candidate) < 3 or candidate in self._secrets:
                 continue

@@ -51,6 +51,16 @@ def test_multiline_secret_masks_each_line(make_actions) -> None:
     assert actions.redact("alpha-one beta-two") == "*** ***"
 
 
+def test_the_password_inside_a_url_is_masked_alone_too(make_actions) -> None:
+    actions = make_actions()
+    actions.mask("DATABASE_URL=postgres://shop:p%40ss-w0rd@db:5432/shop\n"
+                 "BROKER_URL=redis://:r3dis-pw@redis:6379/0")
+    assert actions.redact("auth failed: p@ss-w0rd, p%40ss-w0rd, r3dis-pw") == \
+        "auth failed: ***, ***, ***"
+    assert actions.redact("postgres://shop:p%40ss-w0rd@db:5432/shop") == "***"
+    assert "::add-mask::p@ss-w0rd" in actions.out.getvalue().splitlines()
+
+
 def test_outside_actions_mask_prints_nothing(make_actions) -> None:
     actions = make_actions(in_actions=False)
     actions.mask("s3cr3t-value")
