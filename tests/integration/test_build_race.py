@@ -109,25 +109,26 @@ def test_two_builds_of_one_branch_at_once_get_their_own_tags(
     runs = [read_run(process.returncode, log, files[index])
             for index, (process, log) in enumerate(zip(processes, logs, strict=True))]
 
-    assert [run.code for run in runs] == [0, 0], "\n\n".join(logs)
+    context = "\n\n".join(logs)  # both logs with every failure below
+    assert [run.code for run in runs] == [0, 0], context
     planned = f"test-{DAY}-1"
     assert all(re.search(rf"^{planned}\s+new\s", run.log, re.MULTILINE) for run in runs), \
-        "the two builds did not overlap: both must plan the same test tag"
-    assert sum("was taken by another build" in run.log for run in runs) == 1, logs
+        f"the two builds did not overlap: both must plan {planned}\n{context}"
+    assert sum("was taken by another build" in run.log for run in runs) == 1, context
     registry = Tags(auth_registry.host, repo, (auth_registry.username, auth_registry.password))
     digests = [run.outputs["digest"] for run in runs]
-    assert digests[0] != digests[1]
+    assert digests[0] != digests[1], context
     test_tags = [next(t for t in run.outputs["tags"].splitlines() if t.startswith("test-"))
                  for run in runs]
-    assert sorted(test_tags) == [f"test-{DAY}-1", f"test-{DAY}-2"]
+    assert sorted(test_tags) == [f"test-{DAY}-1", f"test-{DAY}-2"], context
     for sha, digest, test_tag in zip(shas, digests, test_tags, strict=True):
-        assert registry.digest(test_tag) == digest
-        assert registry.digest(f"sha-{sha[:7]}") == digest
+        assert registry.digest(test_tag) == digest, context
+        assert registry.digest(f"sha-{sha[:7]}") == digest, context
     # The documented rule: same build time (SOURCE_DATE_EPOCH), so the higher N wins.
     newest = digests[test_tags.index(f"test-{DAY}-2")]
-    assert registry.digest("staging-latest") == newest
+    assert registry.digest("staging-latest") == newest, context
     assert registry.all() == sorted(["staging-latest", *test_tags,
-                                     *(f"sha-{sha[:7]}" for sha in shas)])
+                                     *(f"sha-{sha[:7]}" for sha in shas)]), context
 
 
 # -- a failure after the first tag, then a re-run ------------------------------------------
