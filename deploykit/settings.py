@@ -102,7 +102,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("health_timeout", "Seconds for every container to become healthy (1 to 86400).",
               "120", kind="int", modes=RUN, minimum=1, maximum=DAY_SECONDS),
     InputSpec("health_settle", "Seconds every container must run with no restart, from its "
-              "own start, healthy if it has a healthcheck (0 to 3600).", "5", kind="int", modes=RUN, maximum=3600),
+              "own start, healthy if it has a healthcheck (0 to 3600).", "5", kind="int",
+              modes=RUN, maximum=3600),
     InputSpec("smoke_url", "`http://` or `https://` URL(s) that must answer after the "
               "deploy, one a line.",
               kind="lines", modes=RUN),
