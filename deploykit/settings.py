@@ -64,9 +64,10 @@ INPUTS: tuple[InputSpec, ...] = (
               "`release` branch.", modes=(BUILD,)),
     InputSpec("platforms", "Comma-separated platforms to build.", "linux/amd64,linux/arm64",
               modes=(BUILD,)),
-    InputSpec("context", "Build context, relative to the workspace.", ".", modes=(BUILD,)),
-    InputSpec("dockerfile", "Dockerfile path. Default: `Dockerfile` in the context.",
-              modes=(BUILD,)),
+    InputSpec("context", "Build context, relative to the workspace (in Actions: inside it).",
+              ".", modes=(BUILD,)),
+    InputSpec("dockerfile", "Dockerfile path, relative to the workspace (in Actions: inside "
+              "it). Default: `Dockerfile` in the context.", modes=(BUILD,)),
     InputSpec("target", "Build stage to build (`--target`).", modes=(BUILD,)),
     InputSpec("build_args", "Build arguments, one `KEY=VALUE` a line.", kind="lines",
               modes=(BUILD,)),
@@ -253,9 +254,8 @@ def load_settings(
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None and v != ""})
     values = {spec.name: _parse(spec, raw.get(spec.name, spec.default)) for spec in INPUTS}
     github = _github_context(env)
-    if env.get("GITHUB_ACTIONS") == "true" and values["mode"] in RUN:
-        _inside_workspace(github.workspace, str(values["project_dir"]),
-                          str(values["compose_file"]))
+    if env.get("GITHUB_ACTIONS") == "true":
+        _paths_inside_workspace(github.workspace, str(values["mode"]), values)
     return Settings(
         mode=str(values["mode"]),
         registry=_registry(str(values["registry"])),
@@ -431,23 +431,33 @@ def _http_url(name: str, value: str) -> str:
     return value
 
 
-def _inside_workspace(workspace: str, project_dir: str, compose_file: str) -> None:
-    """In Actions, ``project_dir`` and ``compose_file`` must stay inside the workspace.
+def _paths_inside_workspace(workspace: str, mode: str, values: Mapping[str, object]) -> None:
+    """In Actions, the workspace-relative paths of ``mode`` must stay inside the workspace.
 
     Lexical (this module does no I/O): ``..`` and absolute paths are what escape it.
     """
     root = posixpath.normpath(workspace or ".")
-    directory = posixpath.normpath(posixpath.join(root, project_dir or "."))
-    if not _within(directory, root):
-        raise InputError("project_dir", f"{_shown(project_dir)} is outside the workspace "
-                         f"{root}.", hint="In Actions, `project_dir` is relative to the "
-                         "workspace (GITHUB_WORKSPACE) and stays inside it: check out the "
-                         "compose project there.")
-    if compose_file and not _within(
-            posixpath.normpath(posixpath.join(directory, compose_file)), root):
-        raise InputError("compose_file", f"{_shown(compose_file)} is outside the workspace "
-                         f"{root}.", hint="In Actions, `compose_file` is relative to "
-                         "`project_dir` and stays inside the workspace.")
+    if mode in RUN:
+        directory = _inside(root, root, "project_dir", str(values["project_dir"]) or ".",
+                            "relative to the workspace (GITHUB_WORKSPACE)")
+        if values["compose_file"]:
+            _inside(root, directory, "compose_file", str(values["compose_file"]),
+                    "relative to `project_dir`")
+    elif mode == BUILD:
+        _inside(root, root, "context", str(values["context"]) or ".",
+                "relative to the workspace (GITHUB_WORKSPACE)")
+        if values["dockerfile"]:
+            _inside(root, root, "dockerfile", str(values["dockerfile"]),
+                    "relative to the workspace (GITHUB_WORKSPACE)")
+
+
+def _inside(root: str, base: str, name: str, value: str, relative_to: str) -> str:
+    path = posixpath.normpath(posixpath.join(base, value))
+    if not _within(path, root):
+        raise InputError(name, f"{_shown(value)} is outside the workspace {root}.",
+                         hint=f"In Actions, `{name}` is {relative_to} and stays inside the "
+                         "workspace: check the files out there.")
+    return path
 
 
 def _within(path: str, root: str) -> bool:

@@ -303,3 +303,23 @@ def test_source_date_epoch_is_ascii_seconds(epoch: str) -> None:
         load_settings({**BASE, "SOURCE_DATE_EPOCH": epoch})
     assert caught.value.input_name == "SOURCE_DATE_EPOCH"
     assert "must be Unix seconds (digits 0-9, at most 253402300799)" in caught.value.message
+
+
+@pytest.mark.parametrize(("inputs", "name"), [
+    ({"context": "/etc"}, "context"),
+    ({"context": "../sibling"}, "context"),
+    ({"dockerfile": "/etc/Dockerfile"}, "dockerfile"),
+    ({"context": "app", "dockerfile": "../../Dockerfile"}, "dockerfile"),
+])
+def test_build_paths_stay_in_the_workspace_in_actions(inputs: dict[str, str], name: str) -> None:
+    with pytest.raises(InputError) as caught:
+        load_settings({**BASE, **ACTIONS, **{f"INPUT_{k.upper()}": v for k, v in inputs.items()}})
+    assert caught.value.input_name == name
+    assert caught.value.message == (f"Input '{name}': {inputs[name]!r} is outside the "
+                                    "workspace /github/workspace.")
+
+
+def test_build_paths_inside_the_workspace_are_accepted() -> None:
+    s = load_settings({**BASE, **ACTIONS, "INPUT_CONTEXT": "app",
+                       "INPUT_DOCKERFILE": "docker/app.Dockerfile"})
+    assert (s.context, s.dockerfile) == ("app", "docker/app.Dockerfile")

@@ -131,6 +131,8 @@ CASES = [
     bad("compose_file", "/etc/hostname", "compose-file-absolute-outside"),
     bad("project_dir", "does-not-exist", "project-dir-missing"),
     bad("compose_file", "missing.yaml", "compose-file-missing"),
+    bad("context", "/etc", "build-context-outside", mode="build"),
+    bad("dockerfile", "../../Dockerfile", "build-dockerfile-outside", mode="build"),
     # pairs, lists, build inputs
     bad("compose_env", "not a pair", "compose-env-not-key-value"),
     bad("compose_env", "IMAGE_TAG=latest", "compose-env-image-variable"),
