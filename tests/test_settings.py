@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -323,3 +325,18 @@ def test_build_paths_inside_the_workspace_are_accepted() -> None:
     s = load_settings({**BASE, **ACTIONS, "INPUT_CONTEXT": "app",
                        "INPUT_DOCKERFILE": "docker/app.Dockerfile"})
     assert (s.context, s.dockerfile) == ("app", "docker/app.Dockerfile")
+
+
+def test_any_input_value_is_either_accepted_or_an_input_error() -> None:
+    """Seeded fuzzing: no value of any input ends in anything but an InputError."""
+    rng = random.Random(11)
+    alphabet = [*"abcAZ09:/@._-[]%\n\r\t |`<>#&;'\"\\", "\u0661", "\u00b2", "\uff11",
+                "\u2028", "\x00", "\u00e9", "::", "##["]
+    for _ in range(2000):
+        spec = rng.choice(INPUTS)
+        value = "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 3, 10, 70, 300])))
+        env = {**BASE, "GITHUB_ACTIONS": rng.choice(["true", ""]), "GITHUB_WORKSPACE": "/ws",
+               "INPUT_MODE": rng.choice(["build", "deploy", "rollback"]),
+               f"INPUT_{spec.name.upper()}": value}
+        with contextlib.suppress(InputError):
+            load_settings(env)
