@@ -242,7 +242,7 @@ def test_django_stack_migrations_failed_migration_and_rollback(
     # v1: migrate runs 0001 before app and worker; a row written through the app.
     code, outputs, log = stack.deploy(capsys, "v1")
     assert (code, outputs.get("status")) == (0, "deployed"), log
-    assert "migrate (" in log and "exited 0 (one-shot)" in log
+    assert "completed: exited 0 (one-shot)" in log  # migrate in the health verdict
     assert "Applying notes.0001_initial... OK" in stack.logs("migrate")
     created = stack.post("/notes/", {"text": "kept across releases"})
     assert created.status_code == 201, created.text
