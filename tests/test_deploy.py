@@ -17,7 +17,13 @@ import deploykit.deploy as deploy_module
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
-from deploykit.errors import DeployError, DeploykitError, DockerError, LockError
+from deploykit.errors import (
+    DeployError,
+    DeploykitError,
+    DockerError,
+    LockError,
+    OneShotError,
+)
 from deploykit.health import ContainerHealth, HealthReport, RunningService
 from deploykit.history import History, HistoryEntry
 from tests.conftest import parse_github_output
@@ -233,6 +239,56 @@ def test_errors_after_the_gate_report_status_failed(world: World, run: Any,
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "failed")
     assert "Another deploy of project 'shop' holds the lock." in log
+
+
+def test_a_failed_one_shot_replaced_nothing_and_is_not_rolled_back(
+        world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: `migrate` exits 1 before app and worker are replaced."""
+    world.running = {"app": D1, "worker": D1}
+
+    def failing(self: FakeCompose, project: ComposeProject, **options: Any) -> tuple[str, ...]:
+        world.calls.append(f"migrate {self.env['IMAGE_TAG']}")
+        raise OneShotError("One-shot service migrate (shop-migrate-1) exited with code 1. "
+                           "Nothing else was replaced.")
+
+    monkeypatch.setattr(FakeCompose, "up_release", failing)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert world.calls[world.calls.index(f"migrate v2.0.0@{D2}"):] == \
+        [f"migrate v2.0.0@{D2}", "unlock"]  # no health wait, no restore
+    assert world.running == {"app": D1, "worker": D1}
+    assert "exited with code 1. Nothing else was replaced." in log
+    assert "Rolling back" not in log
+    assert [(e.status, e.digest) for e in history(tmp_path)] == [("failed", D2)]
+    assert "| status | failed |" in (tmp_path / "summary").read_text()
+
+
+def test_a_rollback_after_a_migration_says_the_schema_stays(
+        world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False, True]
+
+    def migrated(self: FakeCompose, project: ComposeProject, *, one_shot_timeout: float,
+                 **options: Any) -> tuple[str, ...]:
+        self.up(**options)
+        return ("migrate",)
+
+    monkeypatch.setattr(FakeCompose, "up_release", migrated)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    note = ("The one-shot service(s) migrate completed in the failed release: its migrations "
+            "ran, and the schema is not rolled back with the code.")
+    assert "::warning title=The schema is not rolled back::" + note in log
+    assert "**Note:** " + note in (tmp_path / "summary").read_text()
+
+
+def test_a_rollback_without_one_shots_has_no_schema_note(world: World, run: Any,
+                                                          tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False, True]
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert "schema" not in log and "schema" not in (tmp_path / "summary").read_text()
 
 
 def test_force_redeploy_recreates(world: World, run: Any) -> None:
