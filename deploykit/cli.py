@@ -96,9 +96,10 @@ _COMMON = (*_LOGIN, "dry_run", "github_token", "github_records")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a prefix of a flag (`--image-t`) is an error, never another input
     parser = argparse.ArgumentParser(
         prog="deploykit", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(
             name, help=spec.summary, description=spec.summary,
             epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         command.add_argument("--json", action="store_true", help="Print the outputs as JSON.")
         if name == "resolve":
             command.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")

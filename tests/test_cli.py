@@ -153,3 +153,13 @@ def test_history_values_never_drive_the_runner(tmp_path: Path,
     assert "<img" not in text
     assert "| staging ::stop-commands::pwned ::add-mask::x | shop | deploy | v1 &lt;img " \
            "src=x&gt;&#124;x |" in text
+
+
+@pytest.mark.parametrize("argv", [["deploy", "--image-t", "v1"],
+                                  ["resolve", "--registry-user", "me", "ghcr.io/o/a:v1"],
+                                  ["history", "--env", "staging"]])
+def test_a_flag_prefix_is_no_flag(argv: list[str]) -> None:
+    """`--registry` once meant `--registry-username` on a command without `--registry`."""
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(argv)
+    assert caught.value.code == 2
