@@ -175,7 +175,7 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         # REF names its repository. Its registry stays apart from `registry`: the
         # credentials belong to `registry` and go to no other host (resolve_command).
         overrides["image_repo"] = parse_reference(args.reference).repository
-    return load_settings(env, overrides)
+    return load_settings(env, overrides, image_required=args.command != "history")
 
 
 def main(

@@ -247,9 +247,13 @@ def read_inputs(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def load_settings(
-    env: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    env: Mapping[str, str], overrides: Mapping[str, str] | None = None, *,
+    image_required: bool = True,
 ) -> Settings:
-    """Read every input once (``INPUT_*`` then CLI overrides) and validate it."""
+    """Read every input once (``INPUT_*`` then CLI overrides) and validate it.
+
+    ``image_required=False`` (``deploykit history``) lets ``image_repo`` stay empty.
+    """
     raw = read_inputs(env)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None and v != ""})
     values = {spec.name: _parse(spec, raw.get(spec.name, spec.default)) for spec in INPUTS}
@@ -259,7 +263,8 @@ def load_settings(
     return Settings(
         mode=str(values["mode"]),
         registry=_registry(str(values["registry"])),
-        image_repo=_image_repo(str(values["image_repo"]) or github.repository.lower()),
+        image_repo=_image_repo(str(values["image_repo"]) or github.repository.lower(),
+                               required=image_required),
         registry_username=str(values["registry_username"]) or github.actor,
         registry_password=str(values["registry_password"]),
         image_tag=str(values["image_tag"]).strip(),
@@ -367,8 +372,10 @@ def _registry(value: str) -> str:
     return value
 
 
-def _image_repo(value: str) -> str:
+def _image_repo(value: str, *, required: bool = True) -> str:
     value = value.strip()
+    if not value and not required:
+        return value
     if not value:
         raise InputError("image_repo", "is empty and GITHUB_REPOSITORY is not set.",
                          hint="Set `image_repo: <org>/<app>`.")

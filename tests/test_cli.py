@@ -163,3 +163,9 @@ def test_a_flag_prefix_is_no_flag(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         build_parser().parse_args(argv)
     assert caught.value.code == 2
+
+
+def test_history_needs_no_image_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's `deploykit history` on a terminal, where GITHUB_REPOSITORY is unset."""
+    assert main(["history", "--state-dir", str(tmp_path)], env={}) == 0
+    assert capsys.readouterr().err == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
