@@ -27,7 +27,7 @@ from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_c
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
 from deploykit.registry import OCI_INDEX, RegistryClient
 from deploykit.settings import Settings
-from deploykit.tags import RELEASE, is_test_tag, parse_version, test_tag_number
+from deploykit.tags import RELEASE, is_test_tag, number_of_test_tag, parse_version
 
 BUILT, SKIPPED, VALIDATED = "built", "skipped", "validated"
 OCI = "org.opencontainers.image"
@@ -159,7 +159,7 @@ def own_test_tag(plan: BuildPlan, publisher: Publisher) -> str:
     dates = {planned.split("-")[1], f"{created:%Y%m%d}" if created else ""}
     candidates = sorted((t for t in plan.registry_tags
                          if is_test_tag(t) and t.split("-")[1] in dates),
-                        key=test_tag_number, reverse=True)
+                        key=number_of_test_tag, reverse=True)
     return next((t for t in candidates if publisher.holder(t) == publisher.digest), planned)
 
 

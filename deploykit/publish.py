@@ -36,8 +36,8 @@ from deploykit.tags import (
     is_test_tag,
     latest_decision,
     next_test_tag,
+    number_of_test_tag,
     parse_version,
-    test_tag_number,
 )
 
 CREATED_LABEL = "org.opencontainers.image.created"
@@ -329,10 +329,10 @@ class Publisher:
         return self._created
 
     def _higher_test_tags(self, test_tag: str) -> list[str]:
-        date, number = _tag_date(test_tag), test_tag_number(test_tag)
+        date, number = _tag_date(test_tag), number_of_test_tag(test_tag)
         found = [t for t in self.client.tags()
-                 if is_test_tag(t) and _tag_date(t) == date and test_tag_number(t) > number]
-        return sorted(found, key=test_tag_number, reverse=True)
+                 if is_test_tag(t) and _tag_date(t) == date and number_of_test_tag(t) > number]
+        return sorted(found, key=number_of_test_tag, reverse=True)
 
 
 def _tag_date(tag: str) -> datetime:

@@ -194,7 +194,7 @@ def next_test_tag(existing_tags: Iterable[str], build_date: datetime) -> str:
     return f"test-{date}-{max(numbers, default=0) + 1}"
 
 
-def test_tag_number(tag: str) -> int:
+def number_of_test_tag(tag: str) -> int:
     """``N`` of ``test-YYYYMMDD-N`` (0 for any other tag)."""
     match = _TEST_TAG_RE.match(tag)
     return int(match.group("n")) if match else 0

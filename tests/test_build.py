@@ -425,6 +425,21 @@ def test_rerun_after_a_partial_publish_completes_the_missing_tags(
     assert outputs(tmp_path)["status"] == "built"
 
 
+def test_release_rerun_after_a_partial_publish_moves_latest_and_releases_again(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    """The earlier run published v1.2.3 and died before `latest`."""
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, SHA)
+    registry.publish("latest", NEW, OTHER_SHA)  # an older release, v1.2.2
+    registry.publish("v1.2.2", NEW, OTHER_SHA)
+    outcome = execute(settings_for(workspace), actions, registry, FakeDocker(actions, registry))
+    assert (outcome.status, outcome.tags) == ("built", ("v1.2.3", "latest"))
+    assert registry.tag_digests["latest"] == OLD
+    assert outcome.release_version == "v1.2.3"  # the GitHub release is (re)published
+
+
 def test_failure_after_a_tag_names_the_published_tags_in_error_and_summary(
     workspace: Path, make_actions: Callable[..., CapturedActions],
 ) -> None:

@@ -65,6 +65,7 @@ def test_staging_plan_marks_existing_tags_with_digest_and_revision() -> None:
     assert fake.calls == ["tags", "find staging-latest", "find sha-0123456", f"labels {OLD}"]
     assert [e.tag for e in plan.new] == ["test-20261127-2"]
     assert [e.tag for e in plan.existing] == ["staging-latest", "sha-0123456"]
+    assert plan.registry_tags == ("staging-latest", "test-20261127-1", "sha-0123456", "v1.0.0")
 
 
 def test_existing_write_once_tag_without_revision_label_has_empty_revision() -> None:

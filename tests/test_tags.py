@@ -14,7 +14,9 @@ from deploykit.tags import (
     TagPlan,
     build_kind,
     is_write_once,
+    latest_decision,
     next_test_tag,
+    number_of_test_tag,
     parse_version,
     plan_tags,
 )
@@ -240,3 +242,20 @@ def test_no_random_branch_publishes_anything(branch: str) -> None:
         assert result.push
     else:
         assert (result.tags, result.push, result.kind) == ((), False, "validation")
+
+
+@pytest.mark.parametrize(("tag", "number"), [
+    ("test-20261127-1", 1), ("test-20261127-12", 12), ("sha-0123456", 0), ("v1.2.3", 0),
+    ("test-2026112-1", 0)])
+def test_test_tag_number(tag: str, number: int) -> None:
+    assert number_of_test_tag(tag) == number
+
+
+def test_latest_decision_is_the_plans_rule_on_any_tag_list() -> None:
+    """publish.py decides `latest` again at publish time with the same function."""
+    version = semver.Version.parse("1.2.3")
+    assert latest_decision(version, ["v1.3.0"], "auto") == (
+        False, "`latest` not added: v1.3.0 is already in the registry and is higher "
+        "(latest=auto).")
+    assert latest_decision(version, ["v1.2.2", "v2.0.0-rc.1"], "auto")[0] is True
+    assert latest_decision(version, ["v9.0.0"], "true")[0] is True
