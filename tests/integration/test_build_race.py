@@ -111,6 +111,8 @@ def test_two_builds_of_one_branch_at_once_get_their_own_tags(
 
     context = "\n\n".join(logs)  # both logs with every failure below
     assert [run.code for run in runs] == [0, 0], context
+    assert [line for line in context.splitlines() if auth_registry.password in line
+            and not line.startswith("::add-mask::")] == []
     planned = f"test-{DAY}-1"
     assert all(re.search(rf"^{planned}\s+new\s", run.log, re.MULTILINE) for run in runs), \
         f"the two builds did not overlap: both must plan {planned}\n{context}"
