@@ -122,3 +122,11 @@ class GitHubError(DeploykitError):
     """The GitHub API refused or failed a request."""
 
     title = "GitHub API error"
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """``repr`` of a value from outside for an error message, cut short: one bad input
+    must not flood the log (a 5000-digit number, a 300-character name)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

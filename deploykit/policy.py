@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploykit.errors import InputError, PolicyError
+from deploykit.errors import InputError, PolicyError, shown
 from deploykit.reference import DIGEST_RE as _DIGEST_RE
 from deploykit.reference import TAG_RE as _TAG_RE
 from deploykit.tags import LATEST, STAGING_LATEST, is_release_tag, parse_version
@@ -75,10 +75,10 @@ def _split(image_tag: str, environment: str, production: bool) -> tuple[str | No
     if _DIGEST_RE.match(image_tag):
         return None, image_tag
     if at and not _DIGEST_RE.match(digest):
-        raise InputError("image_tag", f"{digest!r} after `@` is not a digest.",
+        raise InputError("image_tag", f"{shown(digest)} after `@` is not a digest.",
                          hint="A digest is `sha256:` and 64 lower-case hex digits.")
     if not _TAG_RE.match(tag):
-        raise InputError("image_tag", f"{image_tag!r} is not an image tag.",
+        raise InputError("image_tag", f"{shown(image_tag)} is not an image tag.",
                          hint="Pass only the tag (e.g. `v1.4.2`), not REGISTRY/REPO:TAG: "
                          "`registry` and `image_repo` name the image.")
     return tag, digest or None

@@ -21,7 +21,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from deploykit.errors import InputError
+from deploykit.errors import InputError, shown
 
 DOCKER_HUB = "docker.io"
 NAME_MAX_LENGTH = 255  # distribution's NameTotalLengthMax: registry + "/" + repository
@@ -54,7 +54,7 @@ def registry_problem(value: str) -> str:
         return _ipv6_host_problem(value)
     host, colon, port = value.partition(":")
     if not _DOMAIN_NAME_RE.match(host):
-        return (f"{host!r} is not a host name (letters, digits, `-` and `.`; an IPv6 "
+        return (f"{shown(host)} is not a host name (letters, digits, `-` and `.`; an IPv6 "
                 "address goes in brackets, e.g. `[::1]:5000`)")
     return _port_problem(port) if colon else ""
 
@@ -76,7 +76,7 @@ def _ipv6_host_problem(value: str) -> str:
     if not bracket:
         return "an IPv6 host needs its closing `]`"
     if not _is_ipv6(address):
-        return f"{address!r} is not an IPv6 address"
+        return f"{shown(address)} is not an IPv6 address"
     if port and not port.startswith(":"):
         return "only `:PORT` may follow the `]` of an IPv6 host"
     return _port_problem(port[1:]) if port else ""
@@ -94,7 +94,7 @@ def _is_ipv6(text: str) -> bool:
 
 def _port_problem(port: str) -> str:
     if not _PORT_RE.match(port) or not 1 <= int(port) <= 65535:
-        return f"port {port!r} is not a number from 1 to 65535"
+        return f"port {shown(port)} is not a number from 1 to 65535"
     return ""
 
 
@@ -130,22 +130,22 @@ def parse_reference(text: str) -> ImageReference:
     value = text.strip()
     rest, at, digest = value.partition("@")
     if at and not is_digest(digest):
-        raise _bad_reference(text, f"{digest!r} is not a sha256 digest (sha256:<64 hex>).")
+        raise _bad_reference(text, f"{shown(digest)} is not a sha256 digest (sha256:<64 hex>).")
     registry, path = _split_domain(rest)
     tag: str | None = None
     colon = path.rfind(":")
     if colon > path.rfind("/"):
         path, tag = path[:colon], path[colon + 1:]
         if not is_tag(tag):
-            raise _bad_reference(text, f"{tag!r} is not a valid tag.")
+            raise _bad_reference(text, f"{shown(tag)} is not a valid tag.")
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     why = registry_problem(registry)
     if why:
-        raise _bad_reference(text, f"{registry!r} is not a registry host: {why}.")
+        raise _bad_reference(text, f"{shown(registry)} is not a registry host: {why}.")
     why = repository_problem(path)
     if why:
-        raise _bad_reference(text, f"{path!r} is not a valid repository name: {why}.")
+        raise _bad_reference(text, f"{shown(path)} is not a valid repository name: {why}.")
     if len(registry) + 1 + len(path) > NAME_MAX_LENGTH:
         raise _bad_reference(text, f"the name is longer than {NAME_MAX_LENGTH} characters.")
     return ImageReference(registry, path, tag, digest or None)
@@ -161,7 +161,7 @@ def _split_domain(name: str) -> tuple[str, str]:
 
 
 def _bad_reference(text: str, why: str) -> InputError:
-    return InputError("reference", f"{text!r}: {why}",
+    return InputError("reference", f"{shown(text)}: {why}",
                       hint="Write REGISTRY/REPO:TAG, REGISTRY/REPO@sha256:<64 hex> or "
                       "REGISTRY/REPO:TAG@sha256:..., e.g. `ghcr.io/org/app:v1.4.2`.")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from deploykit.errors import InputError
+from deploykit.errors import InputError, shown
 from deploykit.reference import registry_problem, repository_problem
 
 MODES = ("build", "deploy", "rollback")
@@ -314,7 +314,7 @@ def _parse(spec: InputSpec, value: str) -> object:
     if spec.kind == "bool":
         text = value.strip()
         if text not in BOOL_VALUES:
-            raise InputError(spec.name, f"must be `true` or `false`, got {text!r}.",
+            raise InputError(spec.name, f"must be `true` or `false`, got {shown(text)}.",
                              hint=f"Write `{spec.name}: true` or `{spec.name}: false`.")
         return text == "true"
     if spec.kind == "int":
@@ -323,7 +323,7 @@ def _parse(spec: InputSpec, value: str) -> object:
         text = value.strip()
         if text not in spec.choices:
             raise InputError(spec.name, f"must be one of {', '.join(spec.choices)}; "
-                             f"got {text!r}.", hint=f"Use one of: {', '.join(spec.choices)}.")
+                             f"got {shown(text)}.", hint=f"Use one of: {', '.join(spec.choices)}.")
         return text
     return value
 
@@ -331,20 +331,13 @@ def _parse(spec: InputSpec, value: str) -> object:
 def _number(spec: InputSpec, text: str) -> int:
     hint = f"Write a number such as `{spec.name}: {spec.default}`."
     if not _DIGITS_RE.fullmatch(text):
-        raise InputError(spec.name, f"must be a whole number (digits 0-9), got {_shown(text)}.",
+        raise InputError(spec.name, f"must be a whole number (digits 0-9), got {shown(text)}.",
                          hint=hint)
     number = int(text) if len(text) <= _MAX_DIGITS else None
     if number is None or not spec.minimum <= number <= spec.maximum:
         raise InputError(spec.name, f"must be from {spec.minimum} to {spec.maximum}, got "
-                         f"{_shown(text)}.", hint=hint)
+                         f"{shown(text)}.", hint=hint)
     return number
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """``repr`` of an input value, cut short: a bad value must not flood the log."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _lines(value: object) -> tuple[str, ...]:
@@ -362,11 +355,11 @@ def _registry(value: str) -> str:
     if scheme:
         host = value[scheme.end():].rstrip("/")
         raise InputError("registry", f"drop the scheme: use {host or 'ghcr.io'}, not "
-                         f"{_shown(value)}.", hint="`registry` is a host and optional port; "
+                         f"{shown(value)}.", hint="`registry` is a host and optional port; "
                          "deploykit picks HTTPS (plain HTTP only on loopback, as dockerd does).")
     why = registry_problem(value)
     if why:
-        raise InputError("registry", f"{_shown(value)} is not a registry host: {why}.",
+        raise InputError("registry", f"{shown(value)} is not a registry host: {why}.",
                          hint="Write a host and optional port, no path: e.g. `ghcr.io`, "
                          "`127.0.0.1:5000` or `[::1]:5000`.")
     return value
@@ -381,9 +374,9 @@ def _image_repo(value: str, *, required: bool = True) -> str:
                          hint="Set `image_repo: <org>/<app>`.")
     why = repository_problem(value)
     if why:
-        raise InputError("image_repo", f"{_shown(value)} is not a valid repository name: "
+        raise InputError("image_repo", f"{shown(value)} is not a valid repository name: "
                          f"{why}.", hint="Write `<org>/<app>` in lower case, e.g. "
-                         f"`{_shown(value.lower())[1:-1]}`; no tag, no registry.")
+                         f"`{shown(value.lower())[1:-1]}`; no tag, no registry.")
     return value
 
 
@@ -391,7 +384,7 @@ def _environment(value: str) -> str:
     """An environment name: it lands in the history, the lock, logs and summaries."""
     value = value.strip()
     if value and not _NAME_RE.fullmatch(value):
-        raise InputError("environment", f"{_shown(value)} is not an environment name.",
+        raise InputError("environment", f"{shown(value)} is not an environment name.",
                          hint="Use 1 to 100 letters, digits, `.`, `_` or `-`, starting with a "
                          "letter or digit, e.g. `staging` or `production`.")
     return value
@@ -401,7 +394,7 @@ def _production_environments(value: str) -> tuple[str, ...]:
     names = _csv(value, lower=True)
     for name in names:
         if not _NAME_RE.fullmatch(name):
-            raise InputError("production_environments", f"{_shown(name)} is not an "
+            raise InputError("production_environments", f"{shown(name)} is not an "
                              "environment name.", hint="Write names separated by commas, "
                              "e.g. `production,prod`.")
     return names
@@ -413,7 +406,7 @@ def _project_name(value: str) -> str:
     if not value:
         return value
     if not _PROJECT_NAME_RE.fullmatch(value):
-        raise InputError("project_name", f"{_shown(value)} is not a compose project name.",
+        raise InputError("project_name", f"{shown(value)} is not a compose project name.",
                          hint="Use lower-case letters, digits, `-` and `_`, starting with a "
                          "letter or digit (compose's rule), e.g. `shop-staging`.")
     if len(value) > PROJECT_NAME_MAX:
@@ -433,7 +426,7 @@ def _http_url(name: str, value: str) -> str:
         scheme, hostname = "", None
     if scheme not in ("http", "https") or not hostname or any(
             ord(char) < 33 or ord(char) == 127 for char in value):
-        raise InputError(name, f"{_shown(value)} is not an http:// or https:// URL with a "
+        raise InputError(name, f"{shown(value)} is not an http:// or https:// URL with a "
                          "host.", hint=f"Write e.g. `{name}: https://shop.example.com/health`.")
     return value
 
@@ -461,7 +454,7 @@ def _paths_inside_workspace(workspace: str, mode: str, values: Mapping[str, obje
 def _inside(root: str, base: str, name: str, value: str, relative_to: str) -> str:
     path = posixpath.normpath(posixpath.join(base, value))
     if not _within(path, root):
-        raise InputError(name, f"{_shown(value)} is outside the workspace {root}.",
+        raise InputError(name, f"{shown(value)} is outside the workspace {root}.",
                          hint=f"In Actions, `{name}` is {relative_to} and stays inside the "
                          "workspace: check the files out there.")
     return path
@@ -479,7 +472,7 @@ def _platforms(value: str) -> tuple[str, ...]:
         raise InputError("platforms", "is empty.", hint="e.g. `linux/amd64,linux/arm64`.")
     for platform in platforms:
         if not _PLATFORM_RE.match(platform):
-            raise InputError("platforms", f"{platform!r} is not an os/arch[/variant].",
+            raise InputError("platforms", f"{shown(platform)} is not an os/arch[/variant].",
                              hint="e.g. `linux/amd64,linux/arm64,linux/arm/v7`.")
     return tuple(dict.fromkeys(platforms))
 
@@ -556,6 +549,6 @@ def _build_date(env: Mapping[str, str]) -> datetime:
         return datetime.now(UTC)
     if not _DIGITS_RE.fullmatch(epoch) or len(epoch) > _MAX_DIGITS or int(epoch) > _EPOCH_MAX:
         raise InputError("SOURCE_DATE_EPOCH", f"must be Unix seconds (digits 0-9, at most "
-                         f"{_EPOCH_MAX}), got {_shown(epoch)}.",
+                         f"{_EPOCH_MAX}), got {shown(epoch)}.",
                          hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
     return datetime.fromtimestamp(int(epoch), tz=UTC)
