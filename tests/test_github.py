@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,29 @@ def test_no_recorder_without_token_repository_or_on_dry_run(
     assert GitHubRecorder.from_settings(no_repo, actions) is None
     assert GitHubRecorder.from_settings(make_settings(), actions) is not None
 
+
+
+PYGITHUB_LOADED = """
+import sys
+from deploykit.actions import Actions
+from deploykit.github import GitHubRecorder
+from deploykit.settings import load_settings
+import deploykit.build, deploykit.deploy
+env = {"INPUT_MODE": "deploy", "GITHUB_REPOSITORY": "octo/app", "INPUT_GITHUB_TOKEN": sys.argv[1]}
+recorder = GitHubRecorder.from_settings(load_settings(env), Actions(env))
+print(type(recorder).__name__, "github" in sys.modules, "deploykit.github_api" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("token", "printed"), [
+    ("", "NoneType False False"),
+    (TOKEN, "PyGithubRecorder True True"),
+])
+def test_pygithub_is_imported_only_when_a_recorder_is_made(token: str, printed: str) -> None:
+    result = subprocess.run([sys.executable, "-c", PYGITHUB_LOADED, token], check=True,
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.splitlines()[-1] == printed
 
 # -- deployments -----------------------------------------------------------------------
 def test_start_production_deployment_posts_deployment_then_in_progress(
