@@ -192,7 +192,10 @@ version="$(app_answers)" || fail "the demo app does not answer after the second 
 log "second run: both builds skipped, the app answers $version"
 
 # What the first run left on the machine (README: "What the first run does")
-in_machine bash -c 'du -sxm / /var/lib/docker /var/lib/containerd /var/lib/deploykit-testbed /root/deploykit/.venv 2>/dev/null' \
+# (each directory on its own: du counts a directory once across its arguments)
+# shellcheck disable=SC2016  # $d is the machine's shell variable
+in_machine bash -c 'for d in / /var/lib/docker /var/lib/containerd /usr/local /var/lib/deploykit-testbed \
+  /var/cache/apt /var/lib/apt/lists /root/deploykit/.venv; do du -sxm "$d" 2>/dev/null; done' \
   >"$LOGS/disk.txt" || true
 log "disk after the demo (MB): $(awk '{printf "%s=%s  ", $2, $1}' "$LOGS/disk.txt")"
 
