@@ -310,7 +310,8 @@ class Compose:
         one_shots = project.one_shot_services
         self._run("up", "-d", "--no-build", *one_shots, stream=True, timeout=timeout,
                   give_up_at=give_up_at)
-        self.wait_for_one_shots(one_shots, timeout=one_shot_timeout, clock=clock, sleep=sleep)
+        self.wait_for_one_shots(one_shots, timeout=one_shot_timeout, clock=clock, sleep=sleep,
+                                cancelled=give_up_at)
         recreate = ["--force-recreate"] if force_recreate else []
         self._run("up", "-d", "--no-build", "--remove-orphans", "--no-deps", *recreate,
                   *project.long_running, stream=True, timeout=timeout, give_up_at=give_up_at)
@@ -319,9 +320,11 @@ class Compose:
     def wait_for_one_shots(self, services: Sequence[str], *, timeout: float,
                            clock: Callable[[], float] = time.monotonic,
                            sleep: Callable[[float], None] = time.sleep,
-                           interval: float = 1.0) -> None:
+                           interval: float = 1.0,
+                           cancelled: Callable[[], float | None] | None = None) -> None:
         """Until every container of ``services`` exited; raises OneShotError with the
-        logs of the ones that exited non-zero, or when ``timeout`` passed first."""
+        logs of the ones that exited non-zero, or when ``timeout`` passed first, or at
+        once on a cancel (``cancelled()`` is not None): nothing else was replaced yet."""
         actions = self.docker.actions
         actions.info(f"Waiting up to {timeout:g} s for the one-shot service(s) "
                      f"{', '.join(services)} to finish; nothing else is replaced before.")
@@ -331,6 +334,11 @@ class Compose:
             pending = [r for r in runs if r.exit_code is None]
             if runs and not pending:
                 break
+            if cancelled is not None and cancelled() is not None:
+                raise OneShotError(
+                    f"Cancelled while the one-shot service(s) {', '.join(services)} ran: "
+                    "nothing else was replaced (the migration may still finish: see "
+                    "`docker compose ps`).", title="Deploy cancelled")
             if clock() >= deadline:
                 names = ", ".join(r.service for r in pending) or ", ".join(services)
                 raise OneShotError(

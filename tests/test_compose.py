@@ -432,6 +432,21 @@ def test_a_one_shot_that_does_not_finish_in_time_replaces_nothing(tmp_path: Path
     assert clock.now == 3
 
 
+def test_a_cancel_stops_the_wait_for_the_one_shots_at_once(tmp_path: Path) -> None:
+    docker = FakeDocker("", ps_row("running"), ps_row("running"), ps_row("running"))
+    clock = Clock()
+    signalled: list[float | None] = [None, 12.5]
+    with pytest.raises(OneShotError) as info:
+        compose_with(docker, tmp_path, "shop").up_release(
+            django_project(tmp_path), one_shot_timeout=60, clock=clock, sleep=clock.sleep,
+            give_up_at=lambda: signalled.pop(0) if len(signalled) > 1 else signalled[0])
+    assert info.value.message.startswith(
+        "Cancelled while the one-shot service(s) migrate ran: nothing else was replaced")
+    assert info.value.title == "Deploy cancelled"
+    assert [c[0] for c in commands(docker)] == ["up", "ps", "ps"]
+    assert clock.now == 1
+
+
 def test_restore_brings_back_the_image_services_only(tmp_path: Path) -> None:
     docker = FakeDocker()
     compose = compose_with(docker, tmp_path, "shop")
