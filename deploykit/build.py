@@ -55,7 +55,8 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
         return
     actions.mask(settings.registry_password)
     client = RegistryClient(settings.registry, settings.image_repo,
-                            settings.registry_username, settings.registry_password)
+                            settings.registry_username, settings.registry_password,
+                            on_retry=actions.info)
     docker = DockerCLI(actions, getattr(args, "env", None))
     outcome = execute(settings, actions, client, docker)
     if outcome.status == BUILT:

@@ -259,7 +259,7 @@ class Deployment:
     def resolve(self, gate: DeployTarget) -> Target:
         registry = RegistryClient(self.settings.registry, self.settings.image_repo,
                                   self.settings.registry_username,
-                                  self.settings.registry_password)
+                                  self.settings.registry_password, on_retry=self.actions.info)
         digest = registry.resolve(gate.digest or gate.tag or "")
         target = Target(gate.tag or self._tag_naming(digest), digest)
         if gate.tag and not gate.digest:

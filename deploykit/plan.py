@@ -108,7 +108,8 @@ def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace)
     """``deploykit tags``: print the plan, set outputs tags, version, status=planned."""
     actions.mask(settings.registry_password)
     client = RegistryClient(settings.registry, settings.image_repo,
-                            settings.registry_username, settings.registry_password)
+                            settings.registry_username, settings.registry_password,
+                            on_retry=actions.info)
     with actions.group(f"Tag plan for {settings.image_name}"):
         plan = make_plan(settings, client)
         if actions.in_actions:  # on a terminal the summary below shows the same table

@@ -6,7 +6,8 @@ upload a blob, PUT a manifest under its digest or a tag. Authentication is anony
 Basic, or the Bearer-token challenge flow GHCR and Docker Hub use; tokens are
 cached per scope. Idempotent calls (reads, content-addressed uploads, a PUT of
 the same bytes) are retried with tenacity on connection errors, 429 and 5xx,
-honouring ``Retry-After``, within ``retry_seconds``.
+honouring ``Retry-After``, within ``retry_seconds``; each retry is announced through
+``on_retry`` (the callers pass ``Actions.info``) with the wait it honours.
 
 Every failure is a typed :class:`~deploykit.errors.RegistryError`; only a
 "manifest unknown" answer ever means "this tag does not exist".
@@ -14,7 +15,6 @@ Every failure is a typed :class:`~deploykit.errors.RegistryError`; only a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
 import json
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -49,6 +49,9 @@ from deploykit.reference import (
     parse_reference,
 )
 from deploykit.settings import Settings
+
+if TYPE_CHECKING:
+    import argparse
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -127,10 +130,12 @@ def denied_error(registry: str, what: str, detail: str = "") -> DeniedError:
 class _Retryable(Exception):
     """A transient failure: connection error, 429 or 5xx."""
 
-    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str, retry_after: float | None = None, *,
+                 status: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        self.status = status
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -198,6 +203,7 @@ class RegistryClient:
         session: requests.Session | None = None,
         timeout: float = 30,
         retry_seconds: float = 60,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -206,6 +212,7 @@ class RegistryClient:
         self._session = session or requests.Session()
         self._timeout = timeout
         self._retry_seconds = retry_seconds
+        self._on_retry = on_retry
         api_host = _DOCKER_HUB_API if registry == DOCKER_HUB else registry
         self.base_url = f"{_scheme(registry)}://{api_host}"
         self._tokens: dict[str, str] = {}
@@ -467,8 +474,12 @@ class RegistryClient:
         def out_of_time(state: RetryCallState) -> bool:
             return state.upcoming_sleep > deadline - _monotonic()
 
+        def announce(state: RetryCallState) -> None:
+            if self._on_retry is not None:
+                self._on_retry(self._retry_line(what, state, deadline))
+
         retryer = Retrying(retry=retry_if_exception_type(_Retryable), wait=_backoff,
-                           stop=out_of_time, sleep=_sleep,
+                           stop=out_of_time, sleep=_sleep, before_sleep=announce,
                            reraise=True)
         try:
             return retryer(call)
@@ -478,6 +489,19 @@ class RegistryClient:
                 f"(gave up after {retryer.statistics.get('attempt_number', 1)} attempts).",
                 hint=f"Check that {self.registry} is reachable from this runner and "
                 "try again later.") from None
+
+    def _retry_line(self, what: str, state: RetryCallState, deadline: float) -> str:
+        """``Registry R answered 503 for X; retrying in 2.0 s (attempt 2 of at most 10).``"""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.status is not None:
+            failure = f"answered {exc.status} for {what}"
+        else:
+            cause = exc.detail.split(":", 1)[0] if isinstance(exc, _Retryable) else "no answer"
+            failure = f"did not answer for {what} ({cause})"
+        wait = state.upcoming_sleep
+        attempt = state.attempt_number + 1
+        return (f"Registry {self.registry} {failure}; retrying in {wait:.1f} s (attempt "
+                f"{attempt} of at most {_last_attempt(attempt, deadline - _monotonic() - wait)}).")
 
     def _authorized(
         self,
@@ -540,7 +564,8 @@ class RegistryClient:
                                            hint="Check `registry`.") from None
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise _Retryable(f"HTTP {response.status_code}", retry_after)
+            raise _Retryable(f"HTTP {response.status_code}", retry_after,
+                             status=response.status_code)
         return response
 
     def _authenticate(self, response: requests.Response, scope: str, what: str) -> bool:
@@ -576,9 +601,21 @@ class RegistryClient:
         return str(token)
 
 
+def _plain_backoff(attempt_number: int) -> float:
+    return min(0.5 * 2.0 ** (attempt_number - 1), 10.0)
+
+
+def _last_attempt(attempt: int, seconds_left: float) -> int:
+    """The last attempt the budget allows after ``attempt`` when every wait is the back-off."""
+    while _plain_backoff(attempt) <= seconds_left:
+        seconds_left -= _plain_backoff(attempt)
+        attempt += 1
+    return attempt
+
+
 def _backoff(state: RetryCallState) -> float:
     """Exponential back-off, never shorter than the server's ``Retry-After``."""
-    backoff = min(0.5 * 2.0 ** (state.attempt_number - 1), 10.0)
+    backoff = _plain_backoff(state.attempt_number)
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, _Retryable) and exc.retry_after is not None:
         return max(exc.retry_after, backoff)
@@ -598,6 +635,7 @@ def resolve_command(settings: Settings, actions: Actions, args: argparse.Namespa
         reference.registry, reference.repository,
         settings.registry_username if own_registry else "",
         settings.registry_password if own_registry else "",
+        on_retry=actions.info,
     )
     digest = client.resolve(reference.reference)
     actions.info(f"{reference} -> {digest}")

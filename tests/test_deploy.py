@@ -124,8 +124,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     world = World()
 
     class Registry:
-        def __init__(self, registry: str, repository: str, username: str, password: str
-                     ) -> None:
+        def __init__(self, registry: str, repository: str, username: str, password: str,
+                     on_retry: Any = None) -> None:
             world.calls.append(f"registry {registry}/{repository}")
 
         def resolve(self, reference: str) -> str:

@@ -368,6 +368,40 @@ def test_token_service_errors_are_retried_too(rsps: Any, clock: FakeClock) -> No
     assert clock.sleeps == [3.0]
 
 
+def test_each_retry_is_announced_with_the_wait_it_honours(rsps: Any, clock: FakeClock) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=503, headers={"Retry-After": "2"})
+    rsps.add(responses.HEAD, url, status=429, headers={"Retry-After": "7"})
+    rsps.add(responses.HEAD, url, status=502)
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
+    lines: list[str] = []
+    client = RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=30, on_retry=lines.append)
+    assert client.resolve("v1") == DIGEST
+    assert clock.sleeps == [2.0, 7.0, 2.0, 4.0]
+    what = "127.0.0.1:5000/org/app:v1"
+    assert lines == [
+        f"Registry 127.0.0.1:5000 answered 503 for {what}; retrying in 2.0 s (attempt 2 of at "
+        "most 7).",
+        f"Registry 127.0.0.1:5000 answered 429 for {what}; retrying in 7.0 s (attempt 3 of at "
+        "most 6).",
+        f"Registry 127.0.0.1:5000 answered 502 for {what}; retrying in 2.0 s (attempt 4 of at "
+        "most 6).",
+        f"Registry 127.0.0.1:5000 did not answer for {what} (ConnectionError); retrying in "
+        "4.0 s (attempt 5 of at most 6).",
+    ]
+
+
+def test_the_resolve_command_prints_the_retries(
+        rsps: Any, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=503)
+    rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
+    assert main(["resolve", "127.0.0.1:5000/org/app:v1"]) == 0
+    assert ("Registry 127.0.0.1:5000 answered 503 for 127.0.0.1:5000/org/app:v1; retrying in "
+            "0.5 s (attempt 2 of at most 10).") in capsys.readouterr().err.splitlines()
+
+
 def test_parse_retry_after() -> None:
     now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("30", now) == 30.0
