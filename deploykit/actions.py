@@ -92,6 +92,7 @@ class Actions:
         self._secrets: set[str] = set()
         self.outputs: dict[str, str] = {}
         self.summary_parts: list[str] = []
+        self._data_printed = False
 
     # -- secrets -----------------------------------------------------------
     def mask(self, secret: str | None) -> None:
@@ -195,18 +196,25 @@ class Actions:
             self.set_output(name, value)
 
     def print_outputs(self) -> None:
-        """Outside a workflow, the outputs go to stdout for people and scripts."""
-        if self._output_file:
+        """Outside a workflow, the outputs go to stdout for people and scripts.
+
+        ``name=value`` a line; a multi-line value as ``name=`` followed by its lines
+        indented by two spaces (never the runner's ``name<<DELIMITER`` syntax). With
+        ``--json``: one JSON object, unless the command printed its own data.
+        """
+        if self._output_file or self._data_printed:
             return
         if self._json_outputs:
             self._stdout.write(json.dumps(self.outputs, indent=2, sort_keys=True) + "\n")
         else:
-            for name, value in self.outputs.items():
-                if "\n" in value:
-                    self._stdout.write(heredoc_block(name, value))
-                else:
-                    self._stdout.write(f"{name}={value}\n")
+            self._stdout.write(plain_outputs(self.outputs))
         self._stdout.flush()
+
+    def print_json(self, data: object) -> None:
+        """A command's own data as JSON on stdout (``deploykit history --json``)."""
+        self._stdout.write(self.redact(json.dumps(data, indent=2, sort_keys=True)) + "\n")
+        self._stdout.flush()
+        self._data_printed = True
 
     # -- job summary -------------------------------------------------------
     def add_summary(self, markdown: str) -> None:
@@ -218,6 +226,18 @@ class Actions:
         elif not self._json_outputs:
             self._stderr.write("\n" + markdown + "\n")
             self._stderr.flush()
+
+
+def plain_outputs(outputs: Mapping[str, str]) -> str:
+    """``name=value`` lines for a terminal; multi-line values indented under ``name=``."""
+    lines = []
+    for name, value in outputs.items():
+        if "\n" in value:
+            lines.append(f"{name}=")
+            lines.extend(f"  {line}" for line in value.splitlines())
+        else:
+            lines.append(f"{name}={value}")
+    return "".join(line + "\n" for line in lines)
 
 
 def markdown_text(value: str) -> str:

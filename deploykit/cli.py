@@ -75,7 +75,10 @@ COMMANDS: dict[str, Command] = {
     "tags": Command(
         BUILD, "deploykit.plan:plan_command",
         "Print the tags a build would publish (new or existing, with digests).",
-        f"  {_EVENT} \\\n    deploykit tags --registry ghcr.io --image-repo org/app"),
+        "  deploykit tags --registry ghcr.io --image-repo org/app   # from the local git "
+        "checkout\n"
+        f"  {_EVENT} \\\n    deploykit tags --registry ghcr.io --image-repo org/app",
+        inputs=(*_LOGIN, "version", "latest")),
     "resolve": Command(
         DEPLOY, "deploykit.registry:resolve_command",
         "Print the digest of REGISTRY/REPO:TAG. The credentials go only to `--registry` "
@@ -88,8 +91,9 @@ COMMANDS: dict[str, Command] = {
         inputs=("registry", "registry_username", "registry_password")),
     "history": Command(
         DEPLOY, "deploykit.history:show", "Show the deploy history of this host.",
-        "  deploykit history\n  deploykit history --environment production --project-name shop",
-        inputs=("environment", "project_name", "state_dir")),
+        "  deploykit history\n  deploykit history --environment production --project-name shop\n"
+        "  deploykit history --image-repo org/app --limit 5 --json",
+        inputs=("registry", "image_repo", "environment", "project_name", "state_dir")),
 }
 
 _COMMON = (*_LOGIN, "dry_run", "github_token", "github_records")
@@ -108,11 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=spec.summary, description=spec.summary,
             epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-        command.add_argument("--json", action="store_true", help="Print the outputs as JSON.")
+        command.add_argument("--json", action="store_true", help=_JSON_HELP.get(
+            name, "Print the outputs as one JSON object."))
         if name == "resolve":
             command.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
+        if name == "history":
+            command.add_argument("--limit", type=_count, default=20, metavar="N",
+                                 help="Show the last N entries; 0 for all (default: 20).")
         _add_input_flags(command, spec)
     return parser
+
+
+_JSON_HELP = {"history": "Print the entries as a JSON list (oldest first)."}
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    return int(text)
 
 
 _SECRETS_NOTE = ("Secrets are never flags: set INPUT_REGISTRY_PASSWORD, INPUT_GITHUB_TOKEN and "

@@ -204,15 +204,30 @@ def text_table(headers: Iterable[str], rows: list[list[str]]) -> str:
 
 
 def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit history``: the table of past deploys and rollbacks."""
+    """Handler of ``deploykit history``: the table (or ``--json`` list) of past deploys."""
     history = History(state_directory(settings.state_dir),
                       warn=lambda text: actions.warning(text, title="Deploy history"))
-    entries = history.select(settings.environment, settings.project_name)
+    entries = [entry for entry in history.select(settings.environment, settings.project_name)
+               if _of_image(entry, settings.image_name if settings.image_repo else "")]
+    limit = int(getattr(args, "limit", 0) or 0)
+    shown = entries[-limit:] if limit else entries
+    if getattr(args, "json", False):
+        actions.print_json([asdict(entry) for entry in shown])
+        return
     if not entries:
         actions.info(f"No deploy recorded in {history.path}.")
         return
-    rows = [_row(entry) for entry in entries]
+    rows = [_row(entry) for entry in shown]
     actions.untrusted("", text_table(COLUMNS, rows))  # a file's values: never a command
+    if len(shown) < len(entries):
+        actions.info(f"The last {len(shown)} of {len(entries)} entries; `--limit 0` shows all.")
     if actions.in_actions:
         actions.add_summary("### Deploy history\n\n" + markdown_table(
             list(COLUMNS), [[markdown_text(cell) for cell in row] for row in rows]))
+
+
+def _of_image(entry: HistoryEntry, image_name: str) -> bool:
+    """``--image-repo``: entries of that image (``registry/repo@...`` or ``:...``) only."""
+    if not image_name or not entry.image:  # an entry that names no image is kept
+        return True
+    return entry.image.startswith((f"{image_name}@", f"{image_name}:")) or entry.image == image_name

@@ -9,9 +9,10 @@ fails the plan: "unreachable" or "unauthorised" is never taken for "no tags".
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deploykit.actions import Actions, markdown_table
+from deploykit.git import local_checkout
 from deploykit.registry import REVISION_LABEL, RegistryClient
 from deploykit.settings import Settings
 from deploykit.tags import TagPlan, plan_tags
@@ -104,9 +105,29 @@ def plan_summary(plan: BuildPlan) -> str:
     return "\n".join(parts)
 
 
+def with_event(settings: Settings, actions: Actions) -> Settings:
+    """The event to plan for, and where it came from: ``GITHUB_REF`` when it is set,
+    else the local git checkout (a terminal run), else none (nothing is pushed)."""
+    github = settings.github
+    if github.ref or github.event_name:
+        if not actions.in_actions:  # in a workflow that goes without saying
+            actions.info(f"Event from GITHUB_EVENT_NAME/GITHUB_REF: `{github.event_name}` on "
+                         f"`{github.ref}`.")
+        return settings
+    checkout = local_checkout()
+    if checkout is None:
+        actions.info("No GITHUB_REF and no git checkout here: planning for no event.")
+        return settings
+    actions.info(f"Event from the local git checkout (GITHUB_REF is not set): "
+                 f"{checkout.described}.")
+    return replace(settings, github=replace(github, event_name=checkout.event_name,
+                                            ref=checkout.ref, sha=github.sha or checkout.sha))
+
+
 def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """``deploykit tags``: print the plan, set outputs tags, version, status=planned."""
     actions.mask(settings.registry_password)
+    settings = with_event(settings, actions)
     client = RegistryClient(settings.registry, settings.image_repo,
                             settings.registry_username, settings.registry_password,
                             on_retry=actions.info)

@@ -37,10 +37,11 @@ class InputSpec:
     required: bool = False
     minimum: int = 0  # kind int: the accepted range
     maximum: int = 0
+    cli_flag: str = ""  # the CLI flag when it differs from the input name
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.cli_flag or self.name.replace("_", "-"))
 
 
 INPUTS: tuple[InputSpec, ...] = (
@@ -61,7 +62,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("production_environments", "Comma-separated environment names that count as "
               "production.", "production,prod", modes=RUN),
     InputSpec("version", "Release version `X.Y.Z` (with or without `v`) for builds from the "
-              "`release` branch.", modes=(BUILD,)),
+              "`release` branch (CLI: `--release-version`).", modes=(BUILD,),
+              cli_flag="release-version"),
     InputSpec("platforms", "Comma-separated platforms to build.", "linux/amd64,linux/arm64",
               modes=(BUILD,)),
     InputSpec("context", "Build context, relative to the workspace (in Actions: inside it).",

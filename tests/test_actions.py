@@ -91,6 +91,24 @@ def test_terminal_outputs_are_name_value_lines(make_actions) -> None:
     assert actions.out.getvalue() == "digest=sha256:abc\nstatus=built\n"
 
 
+def test_terminal_multiline_outputs_are_indented_never_heredoc(make_actions) -> None:
+    actions = make_actions(in_actions=False)
+    actions.set_output("tags", "sha-0123456\nstaging-latest\ntest-20261127-1")
+    actions.set_output("status", "planned")
+    actions.print_outputs()
+    assert actions.out.getvalue() == ("tags=\n  sha-0123456\n  staging-latest\n"
+                                      "  test-20261127-1\nstatus=planned\n")
+
+
+def test_print_json_replaces_the_outputs_object() -> None:
+    out = io.StringIO()
+    actions = Actions({}, stdout=out, stderr=io.StringIO(), json_outputs=True)
+    actions.mask("s3cret-value")
+    actions.print_json([{"tag": "v1", "note": "s3cret-value"}])
+    actions.print_outputs()
+    assert out.getvalue() == ('[\n  {\n    "note": "***",\n    "tag": "v1"\n  }\n]\n')
+
+
 def test_terminal_outputs_as_json() -> None:
     out = io.StringIO()
     actions = Actions({}, stdout=out, stderr=io.StringIO(), json_outputs=True)

@@ -169,3 +169,68 @@ def test_history_needs_no_image_repo(tmp_path: Path, capsys: pytest.CaptureFixtu
     """The README's `deploykit history` on a terminal, where GITHUB_REPOSITORY is unset."""
     assert main(["history", "--state-dir", str(tmp_path)], env={}) == 0
     assert capsys.readouterr().err == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
+
+
+def _history_line(environment: str, tag: str, image: str = "", **extra: object) -> str:
+    line = {"time": f"2026-01-0{tag[-1]}T00:00:00Z", "action": "deploy",
+            "environment": environment, "project": "shop", "tag": tag,
+            "digest": "sha256:" + tag[-1] * 64, "previous_digest": "", "status": "deployed",
+            "duration_seconds": 2.5, "image": image, **extra}
+    return json.dumps(line) + "\n"
+
+
+def test_history_json_prints_the_entries(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploykit history --json` printed `{}` (the outputs, of which history has none)."""
+    (tmp_path / "history.jsonl").write_text(
+        _history_line("staging", "v1", "127.0.0.1:5000/org/app@sha256:" + "1" * 64)
+        + _history_line("staging", "v2", "127.0.0.1:5000/other/app@sha256:" + "2" * 64)
+        + _history_line("production", "v3", "127.0.0.1:5000/org/app@sha256:" + "3" * 64))
+    assert main(["history", "--state-dir", str(tmp_path), "--json", "--environment", "staging",
+                 "--registry", "127.0.0.1:5000", "--image-repo", "org/app"], env={}) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{
+        "action": "deploy", "actor": "", "digest": "sha256:" + "1" * 64,
+        "duration_seconds": 2.5, "environment": "staging",
+        "image": "127.0.0.1:5000/org/app@sha256:" + "1" * 64, "previous_digest": "",
+        "project": "shop", "rolled_back_from": "", "run_url": "", "status": "deployed",
+        "tag": "v1", "time": "2026-01-01T00:00:00Z"}]
+    assert captured.err == ""
+
+
+def test_history_limit_shows_the_last_entries(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "history.jsonl").write_text("".join(_history_line("staging", f"v{n}")
+                                                    for n in (1, 2, 3)))
+    assert main(["history", "--state-dir", str(tmp_path), "--limit", "2", "--json"],
+                env={}) == 0
+    assert [entry["tag"] for entry in json.loads(capsys.readouterr().out)] == ["v2", "v3"]
+    assert main(["history", "--state-dir", str(tmp_path), "--limit", "1"], env={}) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[1:] == [
+        "2026-01-03T00:00:00Z  staging      shop     deploy  v3   sha256:333333333333  "
+        "          deployed  2.5",
+        "The last 1 of 3 entries; `--limit 0` shows all."]
+
+
+def _flags(command: str) -> set[str]:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    return {opt for action in sub._actions for opt in action.option_strings}
+
+
+def test_each_command_takes_only_the_flags_that_apply() -> None:
+    assert _flags("history") == {"-h", "--help", "--json", "--limit", "--registry",
+                                 "--image-repo", "--environment", "--project-name",
+                                 "--state-dir"}
+    assert _flags("tags") == {"-h", "--help", "--json", "--registry", "--image-repo",
+                              "--registry-username", "--release-version", "--latest"}
+    assert _flags("resolve") == {"-h", "--help", "--json", "--registry", "--registry-username"}
+    assert "--release-version" in _flags("build")
+    assert "--version" not in _flags("build")  # only the global `deploykit --version`
+    assert "--environment" not in _flags("build")
+
+
+def test_release_version_flag_sets_the_version_input() -> None:
+    args = build_parser().parse_args(["build", "--release-version", "1.4.2"])
+    assert args.version == "1.4.2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,31 @@ def test_a_missing_release_version_fails_before_any_connection() -> None:
     with pytest.raises(InputError) as error:
         make_plan(settings_for("refs/heads/release"), fake)  # type: ignore[arg-type]
     assert (error.value.input_name, fake.calls) == ("version", [])
+
+
+def test_tags_on_a_terminal_plans_from_the_local_git_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14: with no GITHUB_* it planned for "`unknown` event on `no ref`"."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "pre-release"],
+                 ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
+                  "--allow-empty", "-m", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, timeout=10)
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, timeout=10,
+                         capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/tags/list",
+                 json={"name": "org/app", "tags": None})
+        code = main(["tags", "--registry", "127.0.0.1:5000", "--image-repo", "org/app"],
+                    env={"SOURCE_DATE_EPOCH": EPOCH})
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out == (f"tags=\n  staging-latest\n  test-20261127-1\n  sha-{sha[:7]}\n"
+                            "version=\nstatus=planned\n")
+    assert captured.err.splitlines()[0] == (
+        "Event from the local git checkout (GITHUB_REF is not set): branch `pre-release` at "
+        f"{sha[:7]}.")
+    assert "Staging build for branch `pre-release`" in captured.err
