@@ -21,7 +21,7 @@ import re
 import secrets as _random
 import sys
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -41,6 +41,43 @@ def url_passwords(texts: list[str]) -> set[str]:
         for match in re.finditer(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:([^@/?#\s]+)@", text):
             found.update({match.group(1), urllib.parse.unquote(match.group(1))})
     return found
+
+
+def url_tokens(texts: list[str]) -> set[str]:
+    """A user part with no password that is long enough to be a token
+    (``https://ghp_xxx@github.com``), as written and decoded; ``git@`` is a user."""
+    found = set()
+    for text in texts:
+        for match in re.finditer(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^:/?#@\s]+)@", text):
+            if len(match.group(1)) >= SECRET_MIN_LENGTH:
+                found.update({match.group(1), urllib.parse.unquote(match.group(1))})
+    return found
+
+
+# The masking rule of compose_env (docs/deploy.md, "Which compose_env values are masked"):
+# a value is masked whole when its key names a secret or when it is long enough to be
+# one; the credentials inside a URL are masked on their own too. Shorter values of other
+# keys (a port, `true`, `info`, `db`, `production`) stay readable in the logs.
+SECRET_KEY_RE = re.compile(
+    r"PASS|PWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH|PRIVATE|SALT|CERT|SIGNATURE|COOKIE|SESSION"
+    r"|DSN|(^|_)PW($|_)", re.IGNORECASE)
+SECRET_MIN_LENGTH = 12  # generated secrets are longer: a uuid 36, a GitHub token 40
+MASK_MIN_LENGTH = 2  # shorter strings are no secret, and masking them garbles every line
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(SECRET_KEY_RE.search(key))
+
+
+def env_secrets(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """The strings of ``KEY=VALUE`` pairs that can reveal a secret (the rule above)."""
+    found: set[str] = set()
+    for key, raw in pairs:
+        value = raw.strip()
+        found |= url_passwords([value]) | url_tokens([value])
+        if is_secret_key(key) or len(value) >= SECRET_MIN_LENGTH:
+            found.add(value)
+    return {text for text in found if len(text.strip()) >= MASK_MIN_LENGTH}
 
 
 def escape_data(value: str) -> str:
@@ -96,20 +133,30 @@ class Actions:
 
     # -- secrets -----------------------------------------------------------
     def mask(self, secret: str | None) -> None:
-        """Register a secret: masked by the runner and redacted by us."""
+        """Register a secret, whole (and each of its lines and ``KEY=VALUE`` values):
+        masked by the runner and redacted by us. For the registry password, the
+        GitHub token, build secrets: always, at any length."""
         if not secret:
             return
         lines = secret.splitlines()
         values = [line.partition("=")[2] for line in lines if "=" in line]  # KEY=VALUE lists
         passwords = url_passwords([secret, *lines, *values])
         for raw in {secret, *lines, *values, *passwords}:
-            candidate = raw.strip()
-            if len(candidate) < 3 or candidate in self._secrets:
-                continue
-            self._secrets.add(candidate)
-            if self.in_actions:
-                self._stdout.write(f"::add-mask::{escape_data(candidate)}\n")
-                self._stdout.flush()
+            self._register(raw)
+
+    def mask_env(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Register what can be a secret in ``compose_env`` (:func:`env_secrets`)."""
+        for text in sorted(env_secrets(pairs)):
+            self._register(text)
+
+    def _register(self, raw: str) -> None:
+        candidate = raw.strip()
+        if len(candidate) < MASK_MIN_LENGTH or candidate in self._secrets:
+            return
+        self._secrets.add(candidate)
+        if self.in_actions:
+            self._stdout.write(f"::add-mask::{escape_data(candidate)}\n")
+            self._stdout.flush()
 
     def redact(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

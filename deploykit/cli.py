@@ -22,6 +22,7 @@ from deploykit.settings import (
     InputSpec,
     Settings,
     load_settings,
+    parse_compose_env,
     read_inputs,
 )
 
@@ -212,9 +213,11 @@ def main(
         parser.print_help()
         return 2
     actions = Actions(env, json_outputs=bool(getattr(args, "json", False)))
+    raw_inputs = read_inputs(env)
     for spec in INPUTS:  # mask first, before anything can be printed
-        if spec.kind == "secret":
-            actions.mask(read_inputs(env).get(spec.name))
+        if spec.kind == "secret" and spec.name != "compose_env":
+            actions.mask(raw_inputs.get(spec.name))
+    _mask_compose_env(actions, raw_inputs.get("compose_env", ""))
     started = time.monotonic()
     settings_loaded = False
     try:
@@ -223,6 +226,7 @@ def main(
         settings_loaded = True
         for secret in settings.secrets():
             actions.mask(secret)
+        actions.mask_env(settings.compose_env)
         args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
         _handler(COMMANDS[command].handler)(settings, actions, args)
         return 0
@@ -238,6 +242,15 @@ def main(
         if settings_loaded and args.command in ("build", "deploy", "rollback", None):
             actions.set_output("duration_seconds", f"{time.monotonic() - started:.1f}")
         actions.print_outputs()
+
+
+def _mask_compose_env(actions: Actions, text: str) -> None:
+    """compose_env by its rule; text that does not parse is masked whole, line by line
+    (its error names only a line number, but nothing of it may show)."""
+    try:
+        actions.mask_env(parse_compose_env(text))
+    except DeploykitError:
+        actions.mask(text)
 
 
 def run_action() -> int:

@@ -153,8 +153,7 @@ class Deployment:
                                     settings.smoke_timeout)
         self.cancel = CancelGuard()
         self.service_env = dict(settings.compose_env)
-        for value in self.service_env.values():
-            actions.mask(value)
+        actions.mask_env(settings.compose_env)  # what can be a secret; a port stays readable
         self._compose: Compose | None = None
         self._project: ComposeProject | None = None
 

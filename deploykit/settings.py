@@ -101,7 +101,9 @@ INPUTS: tuple[InputSpec, ...] = (
               "starting with a letter or digit, at most 63 characters. Default: compose's own "
               "(the directory name).", modes=RUN),
     InputSpec("compose_env", "Environment for the services, one `KEY=VALUE` a line (e.g. the "
-              "`COMPOSE_ENV` secret). Every value is masked.", kind="secret", modes=RUN),
+              "`COMPOSE_ENV` secret). Masked: values of secret-like keys (`*PASSWORD*`, "
+              "`*TOKEN*`, `*SECRET*`, `*KEY*`...), values of 12+ characters, URL credentials.",
+              kind="secret", modes=RUN),
     InputSpec("health_timeout", "Seconds for every container to become healthy (1 to 86400).",
               "120", kind="int", modes=RUN, minimum=1, maximum=DAY_SECONDS),
     InputSpec("health_settle", "Seconds every container must run with no restart, from its "
@@ -230,9 +232,9 @@ class Settings:
         return self.environment.strip().lower() in self.production_environments
 
     def secrets(self) -> tuple[str, ...]:
-        values = [self.registry_password, self.github_token]
-        values.extend(value for _, value in self.compose_env)
-        return tuple(v for v in values if v)
+        """The secrets masked whole, always. ``compose_env`` is masked by its own rule
+        (:func:`deploykit.actions.env_secrets`): a port or ``true`` stays readable."""
+        return tuple(v for v in (self.registry_password, self.github_token) if v)
 
 
 def read_inputs(env: Mapping[str, str]) -> dict[str, str]:

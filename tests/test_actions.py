@@ -6,6 +6,7 @@ from pathlib import Path
 
 from deploykit.actions import (
     Actions,
+    env_secrets,
     escape_property,
     heredoc_block,
     looks_like_command,
@@ -188,3 +189,36 @@ def test_markdown_text_is_inert() -> None:
         "&lt;img src=x onerror=1&gt; \\[a\\]\\(javascript:1\\) \\*\\*b\\*\\* "
         "\\`c\\` \\#d next")
     assert markdown_cell(markdown_text("a|b\\|c")) == "a&#124;b\\\\&#124;c"
+
+
+COMPOSE_ENV_PAIRS = [
+    ("PORT", "8080"), ("DEBUG", "true"), ("LOG_LEVEL", "info"), ("APP_ENV", "production"),
+    ("DB_HOST", "db"), ("DATABASE_URL", "postgres://u:pw@db/x"), ("API_KEY", "abc"),
+    ("POSTGRES_PASSWORD", "s3cret"), ("DB_PW", "hunter"), ("GREETING", "hello-from-env"),
+    ("CLONE_URL", "https://ghp_0123456789abcdef@github.com/o/r"),
+    ("SSH_URL", "ssh://git@github.com/o/r"), ("EMPTY_TOKEN", ""), ("ONE_SECRET", "x"),
+]
+
+
+def test_env_secrets_masks_what_can_be_a_secret_and_shows_a_port() -> None:
+    assert env_secrets(COMPOSE_ENV_PAIRS) == {
+        "postgres://u:pw@db/x", "pw",  # the URL whole (20 characters) and its password
+        "abc", "s3cret", "hunter",  # secret-like keys, at any length from 2
+        "hello-from-env",  # 12 characters or more
+        "https://ghp_0123456789abcdef@github.com/o/r", "ghp_0123456789abcdef",  # a token user
+        "ssh://git@github.com/o/r",  # long enough; `git` alone is a user, not masked
+    }
+
+
+def test_mask_env_redacts_the_password_and_keeps_the_port(make_actions) -> None:
+    actions = make_actions()
+    actions.mask_env([("PORT", "8080"), ("DATABASE_URL", "postgres://u:pw@db/x")])
+    assert actions.out.getvalue() == "::add-mask::postgres://u:pw@db/x\n::add-mask::pw\n"
+    assert actions.redact("smoke http://127.0.0.1:8080/healthz; db postgres://u:pw@db/x; pw") \
+        == "smoke http://127.0.0.1:8080/healthz; db ***; ***"
+
+
+def test_registry_password_is_masked_whole_at_any_length(make_actions) -> None:
+    actions = make_actions()
+    actions.mask("p4")
+    assert actions.redact("login with p4") == "login with ***"

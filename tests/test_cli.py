@@ -234,3 +234,24 @@ def test_each_command_takes_only_the_flags_that_apply() -> None:
 def test_release_version_flag_sets_the_version_input() -> None:
     args = build_parser().parse_args(["build", "--release-version", "1.4.2"])
     assert args.version == "1.4.2"
+
+
+def test_compose_env_masks_by_rule_before_anything_is_printed() -> None:
+    """Issue 14: every compose_env value was masked, so `8080` printed as `***`."""
+    result = run_entrypoint({"INPUT_MODE": "deploy", "INPUT_DRY_RUN": "yes",
+                             "INPUT_COMPOSE_ENV": "PORT=8080\nDATABASE_URL=postgres://u:pw@db/x",
+                             "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:2] == ["::add-mask::postgres://u:pw@db/x",
+                                              "::add-mask::pw"]
+    assert "8080" not in result.stdout
+
+
+def test_compose_env_that_does_not_parse_is_masked_whole() -> None:
+    result = run_entrypoint({"INPUT_MODE": "deploy", "PATH": "/usr/bin:/bin",
+                             "GITHUB_REPOSITORY": "o/a",
+                             "INPUT_COMPOSE_ENV": "PORT=8080\nnot a pair s3cr3t"})
+    assert result.returncode == 1
+    assert "::add-mask::not a pair s3cr3t" in result.stdout.splitlines()
+    assert "::error title=Invalid input%3A compose_env::Input 'compose_env': line 2 is not " \
+           "KEY=VALUE." in result.stdout
