@@ -111,9 +111,12 @@ class Timeouts:
 
     @property
     def ttl(self) -> int:
-        """One deploy (login, pull, up, health, smoke) plus its rollback (up, health)."""
-        attempt = self.up + self.health + self.settle
-        return 2 * self.command + self.pull + attempt + self.smoke + attempt
+        """One deploy plus its rollback: login and config, the pull, `up` of the one-shot
+        services and the wait for them (health_timeout), `up` of the rest, the health
+        verdict, the smoke test; then the restore `up` and its health verdict."""
+        deploy = 2 * self.up + self.health + (self.health + self.settle) + self.smoke
+        rollback = self.up + self.health + self.settle
+        return 2 * self.command + self.pull + deploy + rollback
 
 
 def lock_ttl(health_timeout: int, health_settle: int, smoke_timeout: int) -> int:

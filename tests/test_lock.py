@@ -297,10 +297,11 @@ def test_zombie_is_dead() -> None:
 def test_timeouts_bound_every_step_and_the_lock_outlives_them() -> None:
     timeouts = Timeouts.of(health_timeout=120, health_settle=5, smoke_timeout=60)
     assert (timeouts.pull, timeouts.up, timeouts.command, timeouts.smoke) == (900, 240, 120, 70)
-    deploy = timeouts.command + timeouts.pull + timeouts.up + 120 + 5 + timeouts.smoke
+    one_shots = timeouts.up + 120  # their `up`, then the wait for them
+    deploy = timeouts.command + timeouts.pull + one_shots + timeouts.up + 120 + 5 + timeouts.smoke
     rollback = timeouts.up + 120 + 5
-    assert timeouts.ttl == deploy + rollback + timeouts.command == 1940
-    assert lock_ttl(120, 5, 60) == 1940
+    assert timeouts.ttl == deploy + rollback + timeouts.command == 2300
+    assert lock_ttl(120, 5, 60) == 2300
 
 
 def test_this_holder_describes_this_process() -> None:
