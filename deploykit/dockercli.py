@@ -37,7 +37,6 @@ from deploykit.errors import (
     RegistryUnreachableError,
     UnauthorizedError,
 )
-from deploykit.lock import process_alive, process_start
 
 # Kept from the user's config so plugins, builders and contexts still work.
 _SHARED_CONFIG_ENTRIES = ("cli-plugins", "buildx", "contexts")
@@ -307,6 +306,10 @@ def config_parent(base: Path | None = None) -> Path:
 
 def new_config_directory(base: Path | None = None) -> Path:
     """A fresh 0700 directory for one login, after removing those of dead runs."""
+    # Imported here: deploykit.lock loads the docker SDK (and paramiko), ~0.3 s that
+    # build and tags never use.
+    from deploykit.lock import process_start  # noqa: PLC0415
+
     parent = config_parent(base)
     remove_stale_configs(parent)
     pid = os.getpid()
@@ -320,6 +323,8 @@ _CONFIG_NAME = re.compile(r"^docker-config-(\d+)-(\d+)-[0-9a-f]+$")
 
 def remove_stale_configs(parent: Path) -> list[Path]:
     """Remove the config directories whose process is gone (SIGKILLed runs)."""
+    from deploykit.lock import process_alive  # noqa: PLC0415  (see new_config_directory)
+
     removed = []
     for entry in parent.iterdir():
         match = _CONFIG_NAME.match(entry.name)
