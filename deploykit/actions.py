@@ -130,6 +130,7 @@ class Actions:
         self.outputs: dict[str, str] = {}
         self.summary_parts: list[str] = []
         self._data_printed = False
+        self.summary_enabled = True  # the `summary` input
 
     # -- secrets -----------------------------------------------------------
     def mask(self, secret: str | None) -> None:
@@ -265,6 +266,8 @@ class Actions:
 
     # -- job summary -------------------------------------------------------
     def add_summary(self, markdown: str) -> None:
+        if not self.summary_enabled:
+            return
         markdown = self.redact(markdown).rstrip("\n") + "\n"
         self.summary_parts.append(markdown)
         if self._summary_file:

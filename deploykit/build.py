@@ -15,13 +15,13 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploykit.actions import Actions, markdown_table
 from deploykit.buildx import BuildRequest, BuildResult, run_build, select_builder
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import BuildError, InputError, WriteOnceTagError
+from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.github import GitHubRecorder, summary_links
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
@@ -46,6 +46,7 @@ class Outcome:
     note: str = ""
     release_version: str = ""  # "vX.Y.Z" when a release was built
     image: str = ""
+    labels: Mapping[str, str] | None = None  # the image config's, read back from the registry
 
 
 def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
@@ -82,6 +83,7 @@ def execute(
     except PartlyPublishedError as exc:
         actions.add_summary(partial_summary(plan, exc))
         raise
+    outcome = replace(outcome, labels=image_labels(settings, plan, outcome, client, actions))
     report(actions, settings, plan, outcome, time.monotonic() - started)
     return outcome
 
@@ -309,11 +311,39 @@ def report(
     actions.set_output("digest", outcome.digest)
     actions.set_output("image", pinned)
     actions.set_output("tags", "\n".join(outcome.tags))
+    actions.set_output("images", "\n".join(f"{plan.image}:{tag}" for tag in outcome.tags))
+    actions.set_output("metadata", metadata_json(plan, outcome))
     actions.set_output("version", plan.tag_plan.version)
     actions.set_output("platforms", platforms_json(outcome.platforms or {}))
     actions.set_output("status", outcome.status)
     actions.info(f"Build {outcome.status}: {pinned or plan.image}")
     actions.add_summary(summary(plan, outcome, settings.platforms, seconds))
+
+
+def image_labels(settings: Settings, plan: BuildPlan, outcome: Outcome,
+                 client: RegistryClient, actions: Actions) -> dict[str, str]:
+    """The labels of the pushed image (its Dockerfile's and deploykit's), read back from the
+    registry; a validation build's are the ones deploykit set (nothing was pushed)."""
+    if not outcome.digest:
+        return dict(oci_labels(settings, plan)) if outcome.status == VALIDATED else {}
+    try:
+        return client.labels(outcome.digest)
+    except DeploykitError as exc:  # the image is published: the labels are only a report
+        actions.warning(f"Could not read the labels of {plan.image}@{outcome.digest}: "
+                        f"{exc.message}", title="metadata without labels")
+        return {}
+
+
+def metadata_json(plan: BuildPlan, outcome: Outcome) -> str:
+    """The ``metadata`` output, for steps used to docker/build-push-action's."""
+    return json.dumps({
+        "image": plan.image,
+        "digest": outcome.digest,
+        "tags": [{"tag": tag, "reference": f"{plan.image}:{tag}"} for tag in outcome.tags],
+        "platforms": dict(outcome.platforms or {}),
+        "labels": dict(outcome.labels or {}),
+        "status": outcome.status,
+    }, sort_keys=True)
 
 
 def partial_summary(plan: BuildPlan, exc: PartlyPublishedError) -> str:

@@ -224,6 +224,7 @@ def main(
         settings = _load(args, env)
         command = args.command or settings.mode
         settings_loaded = True
+        actions.summary_enabled = settings.summary
         for secret in settings.secrets():
             actions.mask(secret)
         actions.mask_env(settings.compose_env)

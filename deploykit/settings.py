@@ -128,6 +128,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("github_records", "`best_effort`: a GitHub API failure is a warning; "
               "`required`: it fails the run.", "best_effort", kind="choice",
               choices=("best_effort", "required")),
+    InputSpec("summary", "Write the job summary (`GITHUB_STEP_SUMMARY`; on a terminal, the "
+              "summary printed to stderr).", "true", kind="bool"),
     InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
               "the first `smoke_url`.", modes=RUN),
 )
@@ -135,7 +137,11 @@ INPUTS: tuple[InputSpec, ...] = (
 OUTPUTS: dict[str, str] = {
     "digest": "Index digest of the image built or deployed (`sha256:...`).",
     "image": "Pinned image reference, `registry/repo@sha256:...`.",
-    "tags": "Tags published (one a line).",
+    "tags": "Tags published, bare names (one a line): `v1.4.2`.",
+    "images": "The same tags as full references (one a line): `ghcr.io/org/app:v1.4.2`.",
+    "metadata": "JSON (build): `image`, `digest` (the index), `tags` (each `{tag, "
+                "reference}`), `platforms` (platform -> manifest digest), `labels` (the image "
+                "config's), `status`.",
     "version": "Release version (`vX.Y.Z`) when there is one.",
     "platforms": "JSON object: platform -> manifest digest.",
     "status": "`built`, `skipped`, `validated`, `deployed`, `rolled_back`, `failed` or "
@@ -218,6 +224,7 @@ class Settings:
     state_dir: str
     github_token: str = field(repr=False)
     github_records: str
+    summary: bool
     environment_url: str
     github: GitHubContext
     build_date: datetime
@@ -304,6 +311,7 @@ def load_settings(
         state_dir=str(values["state_dir"]) or env.get("DEPLOYKIT_STATE_DIR", ""),
         github_token=str(values["github_token"]),
         github_records=str(values["github_records"]),
+        summary=bool(values["summary"]),
         environment_url=_http_url("environment_url", str(values["environment_url"]).strip())
         if str(values["environment_url"]).strip() else "",
         github=github,

@@ -219,10 +219,19 @@ def test_release_build_pushes_verifies_and_reports(
         "digest": NEW,
         "image": f"{IMAGE}@{NEW}",
         "tags": "v1.2.3\nlatest",
+        "images": f"{IMAGE}:v1.2.3\n{IMAGE}:latest",
+        "metadata": json.dumps({
+            "digest": NEW, "image": IMAGE,
+            "labels": {"org.opencontainers.image.created": "2024-06-01T12:00:00Z",
+                       "org.opencontainers.image.revision": SHA},
+            "platforms": {"linux/amd64": AMD, "linux/arm64": ARM}, "status": "built",
+            "tags": [{"reference": f"{IMAGE}:v1.2.3", "tag": "v1.2.3"},
+                     {"reference": f"{IMAGE}:latest", "tag": "latest"}]}),
         "version": "v1.2.3",
         "platforms": f'{{"linux/amd64":"{AMD}","linux/arm64":"{ARM}"}}',
         "status": "built",
     }
+    assert ("labels", NEW) in registry.calls  # read back from the registry, not assumed
     assert docker.logins == [("127.0.0.1:5001", "deploykit", PASSWORD)]
     assert actions.summary_parts == [
         f"### Build & Push `{IMAGE}`: built\n\n"
@@ -321,8 +330,16 @@ def test_feature_branch_is_a_validation_build_without_push_or_login_of_tags(
     assert "--push" not in argv and "-t" not in argv and "--cache-from" not in argv
     assert argv[-3:] == ["--output", "type=cacheonly", str(workspace / "app")]
     assert registry.calls == []
-    assert outputs(tmp_path) == {"digest": "", "image": "", "tags": "", "version": "",
-                                 "platforms": "{}", "status": "validated"}
+    assert outputs(tmp_path) == {
+        "digest": "", "image": "", "tags": "", "images": "", "version": "",
+        "metadata": json.dumps({
+            "digest": "", "image": IMAGE,
+            "labels": {"org.opencontainers.image.created": "2024-06-01T12:00:00Z",
+                       "org.opencontainers.image.revision": SHA,
+                       "org.opencontainers.image.source": "https://github.com/org/app",
+                       "org.opencontainers.image.title": "app"},
+            "platforms": {}, "status": "validated", "tags": []}),
+        "platforms": "{}", "status": "validated"}
     assert actions.summary_parts[0].startswith(
         f"### Build & Push `{IMAGE}`: validated\n\nValidation build for branch "
         "`feature/x`: the image is built but nothing is pushed.")

@@ -201,3 +201,14 @@ def test_tags_on_a_terminal_plans_from_the_local_git_checkout(
         "Event from the local git checkout (GITHUB_REF is not set): branch `pre-release` at "
         f"{sha[:7]}.")
     assert "Staging build for branch `pre-release`" in captured.err
+
+
+@pytest.mark.parametrize("summary", ["true", "false"])
+def test_summary_input_turns_the_job_summary_off(tmp_path: Path, summary: str) -> None:
+    env = tags_env(tmp_path, INPUT_MODE="build", INPUT_DRY_RUN="true", INPUT_SUMMARY=summary)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "http://127.0.0.1:5001/v2/org/app/tags/list",
+                 json={"name": "org/app", "tags": None})
+        assert main([], env=env, from_action=True) == 0
+    assert parse_github_output((tmp_path / "out").read_text())["status"] == "planned"
+    assert (tmp_path / "summary").exists() == (summary == "true")

@@ -113,6 +113,17 @@ class Registry:
                                  timeout=10, headers={"Accept": INDEX_ACCEPT})
         return response.headers["Content-Type"]
 
+    def labels(self, index_digest: str) -> dict[str, str]:
+        """The config labels of the index's first image, read straight from the registry."""
+        image = self.platforms(index_digest)["linux/amd64"]
+        manifest = requests.get(f"{self.base}/manifests/{image}", auth=self.auth, timeout=10,
+                                headers={"Accept": INDEX_ACCEPT})
+        manifest.raise_for_status()
+        config = requests.get(f"{self.base}/blobs/{manifest.json()['config']['digest']}",
+                              auth=self.auth, timeout=10)
+        config.raise_for_status()
+        return dict(config.json()["config"]["Labels"])
+
     def tags(self) -> list[str]:
         response = requests.get(f"{self.base}/tags/list", auth=self.auth, timeout=10)
         response.raise_for_status()
@@ -140,6 +151,14 @@ def test_two_platform_release_is_pushed_verified_and_rerun_skipped(
     index = registry.platforms(digest)
     assert sorted(index) == ["linux/amd64", "linux/arm64"]
     assert json.loads(first.outputs["platforms"]) == index
+    image = f"{auth_registry.host}/{repo}"
+    assert first.outputs["images"] == f"{image}:v1.2.3\n{image}:latest"
+    labels = registry.labels(digest)
+    assert labels["org.opencontainers.image.revision"] == commit
+    assert json.loads(first.outputs["metadata"]) == {
+        "image": image, "digest": digest, "platforms": index, "labels": labels,
+        "status": "built", "tags": [{"tag": "v1.2.3", "reference": f"{image}:v1.2.3"},
+                                    {"tag": "latest", "reference": f"{image}:latest"}]}
     assert BUILD_GROUP in first.log
     assert registry.tags() == ["buildcache", "latest", "v1.2.3"]
     # The first build has no registry cache to import: one calm line, no buildx ERROR line.
