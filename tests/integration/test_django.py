@@ -309,4 +309,6 @@ def test_django_stack_migrations_failed_migration_and_rollback(
         for secret in SECRETS:
             assert secret not in shown
     durations = [e.duration_seconds for e in History(stack.directory / "state").entries()]
-    print(f"django story: {time.monotonic() - started:.1f} s; deploys v1..v4: {durations} s")
+    with capsys.disabled():  # the measured time, in pytest's output (-s)
+        print(f"\ndjango story: {time.monotonic() - started:.1f} s; deploys v1..v4: "
+              f"{durations} s")
