@@ -40,7 +40,9 @@ from deploykit.errors import (
 
 # Kept from the user's config so plugins, builders and contexts still work.
 _SHARED_CONFIG_ENTRIES = ("cli-plugins", "buildx", "contexts")
-DEFAULT_TIMEOUT = 120.0  # a local command: config, ps, login, inspect
+DEFAULT_TIMEOUT = 300.0  # a short command: config, ps, login, buildx inspect --bootstrap
+# A streamed command with no bound of its own (a build): GitHub's job limit, 6 h.
+STREAM_TIMEOUT = 6 * 3600.0
 KILL_GRACE = 2.0  # SIGTERM to the child's group, then SIGKILL after this long
 _POLL = 0.1
 
@@ -95,14 +97,16 @@ class DockerCLI:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``docker <args>``; ``stream`` sends output to the log as it comes.
 
-        ``timeout`` (default :data:`DEFAULT_TIMEOUT`) covers the whole run. ``give_up_at``
+        ``timeout`` (default :data:`DEFAULT_TIMEOUT`, :data:`STREAM_TIMEOUT` when
+        streamed) covers the whole run. ``give_up_at``
         may name an earlier moment (a cancelled deploy's grace for an in-flight command).
         Past either, the child's process group is stopped and DockerError raised. Any
         exception while it runs (a cancel included) stops it too.
         """
         argv = [self.executable, *args]
         env = child_environment(self.env, extra_env)
-        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        limit = timeout if timeout is not None else (STREAM_TIMEOUT if stream
+                                                     else DEFAULT_TIMEOUT)
         self.actions.debug("$ " + " ".join(argv))
         try:
             process = subprocess.Popen(

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.dockercli import DockerCLI, child_environment, config_parent, login_error
+from deploykit.dockercli import (
+    DEFAULT_TIMEOUT,
+    STREAM_TIMEOUT,
+    DockerCLI,
+    child_environment,
+    config_parent,
+    login_error,
+)
 from deploykit.errors import (
     DockerError,
     RegistryError,
@@ -209,3 +216,20 @@ def test_login_failures_are_classified(detail: str, error: type, title: str,
     assert found.message == f"docker login to ghcr.io as me failed: {detail}"
     if error is not UnauthorizedError:
         assert "registry_username" not in found.hint
+
+
+def test_the_default_timeouts(make_actions, make_fake_docker, monkeypatch) -> None:
+    seen: list[float] = []
+    original = DockerCLI._communicate
+
+    def spy(self, process, stdin, stream, deadline, give_up_at):  # type: ignore[no-untyped-def]
+        seen.append(round(deadline - time.monotonic()))
+        return original(self, process, stdin, stream, deadline, give_up_at)
+
+    monkeypatch.setattr(DockerCLI, "_communicate", spy)
+    executable, _ = make_fake_docker()
+    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"]}, executable=executable)
+    cli.run(["info"])
+    cli.run(["buildx", "build"], stream=True)  # a build has no bound of its own
+    cli.run(["compose", "up"], stream=True, timeout=240)
+    assert seen == [DEFAULT_TIMEOUT, STREAM_TIMEOUT, 240] == [300, 21600, 240]

@@ -296,12 +296,12 @@ def test_zombie_is_dead() -> None:
 
 def test_timeouts_bound_every_step_and_the_lock_outlives_them() -> None:
     timeouts = Timeouts.of(health_timeout=120, health_settle=5, smoke_timeout=60)
-    assert (timeouts.pull, timeouts.up, timeouts.command, timeouts.smoke) == (900, 240, 120, 70)
+    assert (timeouts.pull, timeouts.up, timeouts.command, timeouts.smoke) == (900, 240, 300, 70)
     one_shots = timeouts.up + 120  # their `up`, then the wait for them
     deploy = timeouts.command + timeouts.pull + one_shots + timeouts.up + 120 + 5 + timeouts.smoke
     rollback = timeouts.up + 120 + 5
-    assert timeouts.ttl == deploy + rollback + timeouts.command == 2300
-    assert lock_ttl(120, 5, 60) == 2300
+    assert timeouts.ttl == deploy + rollback + timeouts.command == 2660
+    assert lock_ttl(120, 5, 60) == 2660
 
 
 def test_this_holder_describes_this_process() -> None:
