@@ -390,6 +390,22 @@ def phase_table(m: Measured) -> str:
     return "\n".join(lines)
 
 
+def gap(m: Measured) -> str:
+    """Where P1' differs from bare compose: deploykit's phases bare compose has no
+    counterpart for (pull, up and the wait for healthy it has too)."""
+    runs = m.phases.get("P1'", [])
+    if not runs or not m.bare:
+        return ""
+    own = {name: statistics.median(r.get(name, 0.0) for r in runs)
+           for name in ("start", "smoke and finish")}
+    return (f"P1' minus bare: {Stats(m.p1_settle0).median - Stats(m.bare).median:+.2f} s "
+            f"(medians); the phases bare compose has no counterpart for take "
+            f"{own['start']:.2f} s before the pull (Python start-up, resolve, `compose "
+            f"config`, lock) and {own['smoke and finish']:.2f} s after the verdict (smoke "
+            "test, digest check, history, summary). The health verdict itself follows the "
+            "engine (P2, P3).")
+
+
 def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> None:
     raw = {name: [round(v, 4) for v in getattr(m, name)] for name in (
         "bare", "p1", "p1_settle0", "to_healthy", "p2", "p3_verdict", "p3_restore",
@@ -413,6 +429,7 @@ def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> 
         "`health`: from the end of `up` to the verdict; `smoke and finish`: smoke test, "
         "digest check, history, summary):", "",
         phase_table(m), "",
+        gap(m), "",
         "Not measured by this script: P4 (cached rebuild vs cold, two platforms), P4' "
         "(deploykit build vs bare `buildx build --push`), P5 (registry requests to resolve "
         "a tag), P6 (tag plan over 5,000 tags), P7 (action image size, `docker run` to the "
