@@ -310,6 +310,12 @@ def config_parent(base: Path | None = None) -> Path:
 
 def new_config_directory(base: Path | None = None) -> Path:
     """A fresh 0700 directory for one login, after removing those of dead runs."""
+    return private_directory("docker-config", base)
+
+
+def private_directory(kind: str, base: Path | None = None) -> Path:
+    """A fresh 0700 directory ``<kind>-<pid>-<start>-<random>`` for files that hold a
+    secret (a login, a resolved compose file), after removing those of dead runs."""
     # Imported here: deploykit.lock loads the docker SDK (and paramiko), ~0.3 s that
     # build and tags never use.
     from deploykit.lock import process_start  # noqa: PLC0415
@@ -317,21 +323,21 @@ def new_config_directory(base: Path | None = None) -> Path:
     parent = config_parent(base)
     remove_stale_configs(parent)
     pid = os.getpid()
-    directory = parent / f"docker-config-{pid}-{process_start(pid) or 0}-{uuid.uuid4().hex[:8]}"
+    directory = parent / f"{kind}-{pid}-{process_start(pid) or 0}-{uuid.uuid4().hex[:8]}"
     directory.mkdir(mode=0o700)
     return directory
 
 
-_CONFIG_NAME = re.compile(r"^docker-config-(\d+)-(\d+)-[0-9a-f]+$")
+_PRIVATE_NAME = re.compile(r"^[a-z-]+?-(\d+)-(\d+)-[0-9a-f]{8}$")
 
 
 def remove_stale_configs(parent: Path) -> list[Path]:
-    """Remove the config directories whose process is gone (SIGKILLed runs)."""
+    """Remove the private directories whose process is gone (SIGKILLed runs)."""
     from deploykit.lock import process_alive  # noqa: PLC0415  (see new_config_directory)
 
     removed = []
     for entry in parent.iterdir():
-        match = _CONFIG_NAME.match(entry.name)
+        match = _PRIVATE_NAME.match(entry.name)
         if not match:
             continue
         pid, start = int(match.group(1)), match.group(2)

@@ -176,12 +176,14 @@ def test_a_killed_runs_config_directory_is_removed_by_the_next(make_actions, tmp
     stale = parent / f"docker-config-{dead.pid}-1-abcdef12"
     stale.mkdir()
     (stale / "config.json").write_text('{"auths": {"ghcr.io": {"auth": "secret"}}}')
+    stale_compose = parent / f"compose-{dead.pid}-1-abcdef12"  # a resolved compose file
+    stale_compose.mkdir()
     alive = parent / f"docker-config-{os.getpid()}-{process_start(os.getpid())}-0badcafe"
     alive.mkdir()
     cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     with cli.temporary_config() as directory:
         assert Path(directory).parent == parent
-        assert not stale.exists()
+        assert not stale.exists() and not stale_compose.exists()
         assert alive.exists()  # its owner (this process) still runs
     assert not Path(directory).exists()
 
