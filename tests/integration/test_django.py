@@ -20,6 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,22 +88,10 @@ def in_registry(registry: str, reference: str) -> bool:
     return response.status_code == 200
 
 
-@pytest.fixture(scope="module")
-def service_images(open_registry: TestRegistry) -> dict[str, str]:
-    """Stand-ins for postgres:16 and redis:7-alpine, built once, then reused."""
-    if not in_registry(open_registry.host, PYTHON_BASE):
-        _unavailable(f"base image {open_registry.host}/{PYTHON_BASE} missing "
-                     "(provision-debian.sh --with-python-base)")
-    images = {}
-    for name, reference in SERVICE_IMAGES.items():
-        image = f"{open_registry.host}/{reference}"
-        if not in_registry(open_registry.host, reference):
-            docker_push("buildx", "build", "--platform", "linux/amd64", "--push",
-                        "--provenance=false", "--build-arg",
-                        f"BASE_IMAGE={open_registry.host}/{PYTHON_BASE}", "-t", image,
-                        str(EXAMPLE / "testbed" / name), timeout=900)
-        images[name] = image
-    return images
+def build_service_image(registry: str, name: str, image: str) -> None:
+    docker_push("buildx", "build", "--platform", "linux/amd64", "--push", "--provenance=false",
+                "--build-arg", f"BASE_IMAGE={registry}/{PYTHON_BASE}", "-t", image,
+                str(EXAMPLE / "testbed" / name), timeout=900)
 
 
 def variant_context(root: Path, tag: str) -> Path:
@@ -133,23 +122,49 @@ def variant_context(root: Path, tag: str) -> Path:
     return context
 
 
-@pytest.fixture(scope="module")
-def releases(open_registry: TestRegistry, service_images: dict[str, str],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """The example built as v1..v4 and pushed: repository and tag -> digest."""
-    repo = open_registry.repo("django")
-    root = tmp_path_factory.mktemp("django-releases")
+def build_releases(registry: str, repo: str, root: Path) -> dict[str, str]:
+    """The example built as v1..v4 (one after the other: v2..v4 reuse v1's layers)."""
     digests = {}
     for tag in ("v1", "v2", "v3", "v4"):
         context = variant_context(root, tag)
         metadata = root / f"{tag}.json"
         docker_push("buildx", "build", "--platform", "linux/amd64", "--push",
                     "--provenance=false", "--metadata-file", str(metadata), "--build-arg",
-                    f"BASE_IMAGE={open_registry.host}/{PYTHON_BASE}",
-                    "-t", f"{open_registry.host}/{repo}:{tag}", str(context), timeout=900)
+                    f"BASE_IMAGE={registry}/{PYTHON_BASE}",
+                    "-t", f"{registry}/{repo}:{tag}", str(context), timeout=900)
         digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
-    yield repo, digests
-    remove_local_images(f"{open_registry.host}/{repo}")
+    return digests
+
+
+@dataclass(frozen=True)
+class Images:
+    services: dict[str, str]  # postgres/redis -> stand-in image
+    repo: str
+    digests: dict[str, str]  # v1..v4 -> digest
+
+
+@pytest.fixture(scope="module")
+def images(open_registry: TestRegistry,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    """The stand-ins for postgres:16 and redis:7-alpine (built once, then reused from the
+    registry) and the releases v1..v4 of the example, built side by side."""
+    registry = open_registry.host
+    if not in_registry(registry, PYTHON_BASE):
+        _unavailable(f"base image {registry}/{PYTHON_BASE} missing "
+                     "(provision-debian.sh --with-python-base)")
+    services = {name: f"{registry}/{reference}" for name, reference in SERVICE_IMAGES.items()}
+    repo = open_registry.repo("django")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        builds = [pool.submit(build_service_image, registry, name, services[name])
+                  for name, reference in SERVICE_IMAGES.items()
+                  if not in_registry(registry, reference)]
+        releases = pool.submit(build_releases, registry, repo,
+                               tmp_path_factory.mktemp("django-releases"))
+        digests = releases.result()
+        for build in builds:
+            build.result()
+    yield Images(services, repo, digests)
+    remove_local_images(f"{registry}/{repo}")
 
 
 @dataclass
@@ -215,18 +230,17 @@ class Stack:
 
 
 @pytest.fixture
-def stack(releases: tuple[str, dict[str, str]], open_registry: TestRegistry,
-          service_images: dict[str, str],
+def stack(images: Images, open_registry: TestRegistry,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The example's compose file as it is, beside a `.env` with what is no secret."""
     directory = tmp_path_factory.mktemp("django-stack")
     shutil.copy(EXAMPLE / "compose.yaml", directory / "compose.yaml")
     port = free_port()
     (directory / ".env").write_text(f"APP_PORT={port}\n"
-                                    f"POSTGRES_IMAGE={service_images['postgres']}\n"
-                                    f"REDIS_IMAGE={service_images['redis']}\n")
+                                    f"POSTGRES_IMAGE={images.services['postgres']}\n"
+                                    f"REDIS_IMAGE={images.services['redis']}\n")
     name = f"dj-{uuid.uuid4().hex[:10]}"
-    yield Stack(name, directory, port, open_registry.host, releases[0], releases[1], [])
+    yield Stack(name, directory, port, open_registry.host, images.repo, images.digests, [])
     docker("compose", "-p", name, "down", "--volumes", "--remove-orphans", "--timeout", "2",
            check=False)
     docker("volume", "rm", f"{name}_pgdata", f"{name}_redisdata", check=False)
