@@ -100,6 +100,10 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("project_name", "Compose project name: lower-case letters, digits, `-` and `_`, "
               "starting with a letter or digit, at most 63 characters. Default: compose's own "
               "(the directory name).", modes=RUN),
+    InputSpec("orchestrator", "`compose` (`docker compose pull` + `up` on one engine) or "
+              "`swarm` (`docker stack deploy` to a Swarm manager, rolling updates; see "
+              "docs/swarm.md).", "compose", kind="choice", choices=("compose", "swarm"),
+              modes=RUN),
     InputSpec("compose_env", "Environment for the services, one `KEY=VALUE` a line (e.g. the "
               "`COMPOSE_ENV` secret). Masked: values of secret-like keys (`*PASSWORD*`, "
               "`*TOKEN*`, `*SECRET*`, `*KEY*`...), values of 12+ characters, URL credentials.",
@@ -228,6 +232,7 @@ class Settings:
     environment_url: str
     github: GitHubContext
     build_date: datetime
+    orchestrator: str = "compose"
 
     @property
     def image_name(self) -> str:
@@ -316,6 +321,7 @@ def load_settings(
         if str(values["environment_url"]).strip() else "",
         github=github,
         build_date=_build_date(env),
+        orchestrator=str(values["orchestrator"]),
     )
 
 
