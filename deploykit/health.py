@@ -1,7 +1,9 @@
 """The Docker SDK side of a deploy: what runs, which digest, and the health verdict.
 
 Only the low-level ``client.api`` calls are used (``containers``,
-``inspect_container``, ``inspect_image``, ``logs``): plain dicts, easy to fake.
+``inspect_container``, ``inspect_image``, ``logs``, and ``events`` through
+:mod:`deploykit.events`): plain dicts, easy to fake. The verdict waits on the engine's
+events and inspects a container again only when one names it.
 ``docker_client`` honours ``DOCKER_HOST`` (``unix://``, ``tcp://`` and
 ``ssh://user@host`` through the system ``ssh`` client) like the docker CLI.
 """
