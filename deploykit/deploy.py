@@ -15,8 +15,8 @@ import argparse
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -383,8 +383,7 @@ class Rollout:
                                         description=f"{target.label} is live")
 
     def _rollout(self, target: Target, previous: Previous) -> None:
-        with self.d.docker.logged_in(self.settings.registry, self.settings.registry_username,
-                                     self.settings.registry_password):
+        with self.logged_in():
             compose = self.compose.with_env(self.d.service_env, self.d._image_env(target))
             with compose.for_engine(self.mounts) as engine_compose:
                 self.pull(engine_compose, target, previous)
@@ -398,6 +397,15 @@ class Rollout:
                     self.recover(target, previous, failure)
         status = ROLLED_BACK if self.d.action == ROLLBACK else DEPLOYED
         self.finish(target, previous, status)
+
+    @contextmanager
+    def logged_in(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            with self.cancel.interruptible():  # nothing on the host changes in a login
+                stack.enter_context(self.d.docker.logged_in(
+                    self.settings.registry, self.settings.registry_username,
+                    self.settings.registry_password))
+            yield
 
     def pull(self, compose: Compose, target: Target, previous: Previous) -> None:
         self.phase = "the pull"

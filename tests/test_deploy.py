@@ -517,6 +517,24 @@ def test_signal_during_the_pull_stops_it_and_changes_nothing(world: World, run: 
     assert [(e.status, e.digest) for e in history(tmp_path)] == [("failed", D2)]
 
 
+def test_signal_during_the_login_stops_before_anything(world: World, run: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    world.running = {"app": D1, "worker": D1}
+
+    def hanging_login(self: Any, registry: str, username: str, password: str) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # a registry that does not answer
+
+    monkeypatch.setattr(deploy_module.DockerCLI, "login", hanging_login)
+    started = time.monotonic()
+    code, outputs, log = run("deploy", image_tag="v2.0.0", registry_password="pw")
+    assert time.monotonic() - started < 10
+    assert (code, outputs["status"]) == (1, "failed")
+    assert "Cancelled (SIGTERM) before anything was changed." in log
+    assert not any(call.startswith(("pull", "up")) for call in world.calls)
+    assert world.calls[-1] == "unlock"
+
+
 @pytest.mark.parametrize(("phase", "signum", "during"), [
     ("up", signal.SIGTERM, "`docker compose up`"),
     ("health", signal.SIGINT, "the health wait"),
