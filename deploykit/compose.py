@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from typing import Any
 
 import tenacity
 
-from deploykit.dockercli import DockerCLI
+from deploykit.dockercli import DockerCLI, private_directory
 from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
 from deploykit.settings import IMAGE_VARIABLES, Settings
 
@@ -395,14 +394,15 @@ class Compose:
         Inside the action container (``mounts`` maps its bind destinations to host
         sources), relative bind mounts resolve to container paths the engine does not
         know; deploy the fully resolved config with host sources instead. The file
-        holds interpolated values (secrets too): 0600, and removed afterwards.
+        holds interpolated values (secrets too): 0600 in a private directory, removed
+        afterwards, and by the next run when this one is killed.
         """
         if not mounts:
             yield self
             return
         resolved = rewrite_bind_sources(self.config(), mounts)
-        directory = tempfile.mkdtemp(prefix="deploykit-compose-")
-        path = Path(directory) / "compose.resolved.json"
+        directory = private_directory("compose")
+        path = directory / "compose.resolved.json"
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:

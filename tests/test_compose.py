@@ -25,6 +25,7 @@ from deploykit.compose import (
     project_directory,
     rewrite_bind_sources,
 )
+from deploykit.dockercli import config_parent
 from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
 from deploykit.settings import load_settings
 
@@ -280,6 +281,9 @@ def test_for_engine_deploys_the_rewritten_resolved_config(tmp_path: Path) -> Non
     with compose.for_engine(MOUNTS) as used:
         written = Path(used.file)
         assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+        # Where the next run removes it if this one is killed (dockercli.private_directory).
+        assert written.parent.name.startswith(f"compose-{os.getpid()}-")
+        assert written.parent.parent == config_parent()
         assert json.loads(written.read_text())["services"]["app"]["volumes"][0]["source"] == \
             "/home/runner/work/app/app/media"
         used.up()
