@@ -373,11 +373,13 @@ class Rollout:
         record = self.d.start_github_deployment(target)
         try:
             self._rollout(target, previous)
-        except DeploykitError as failure:
+        except (DeploykitError, Cancelled) as failure:
             # The deploy's own error stays the one reported, even if GitHub also fails.
             with suppress(GitHubError):
-                self.d.finish_github_deployment(record, target, success=False,
-                                                description=failure.message)
+                self.d.finish_github_deployment(
+                    record, target, success=False, description=failure.message
+                    if isinstance(failure, DeploykitError) else
+                    f"Cancelled ({failure.signal_name}) before anything was changed")
             raise
         self.d.finish_github_deployment(record, target, success=True,
                                         description=f"{target.label} is live")

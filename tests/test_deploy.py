@@ -493,6 +493,19 @@ def test_rolled_back_deploy_marks_the_github_deployment_failed(
         "Health check failed: app (shop-app-1) exited with code 3. Rolled back:")
 
 
+def test_a_cancel_during_the_login_closes_the_github_deployment(
+        world: World, run: Any, recorder: FakeRecorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cancelled_login(self: Any, registry: str, username: str, password: str) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(deploy_module.DockerCLI, "login", cancelled_login)
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", registry_password="pw")
+    assert (code, outputs["status"]) == (1, "failed")
+    [finish] = [call for call in recorder.calls if call[0] == "finish"]
+    assert (finish[2]["success"], finish[2]["description"]) == (
+        False, "Cancelled (SIGINT) before anything was changed")
+
+
 def test_rollback_without_history_asks_github(
         world: World, run: Any, recorder: FakeRecorder) -> None:
     world.running = {"app": D3, "worker": D3}
