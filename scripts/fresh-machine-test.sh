@@ -88,6 +88,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # a cancelled CI job still removes the machine
 
 in_machine() { docker exec -w /root/deploykit "$NAME" "$@"; }
 
