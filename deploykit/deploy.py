@@ -52,7 +52,18 @@ from deploykit.health import (
     running_services,
     workspace_mounts,
 )
-from deploykit.history import DEPLOY, ROLLBACK, History, HistoryEntry, now_iso, state_directory
+from deploykit.history import (
+    DEPLOY,
+    ROLLBACK,
+    History,
+    HistoryEntry,
+    engine_labels,
+    engine_stack,
+    labels_of_release,
+    next_release_labels,
+    now_iso,
+    state_directory,
+)
 from deploykit.lock import EngineLock, Timeouts, engine_lock, this_holder
 from deploykit.policy import DeployTarget, check_deploy_target
 from deploykit.reference import parse_reference
@@ -156,6 +167,7 @@ class Deployment:
         actions.mask_env(settings.compose_env)  # what can be a secret; a port stays readable
         self._compose: Compose | None = None
         self._project: ComposeProject | None = None
+        self.running_labels: dict[str, str] = {}  # the engine history of what runs now
 
     # step 2 (local only: `docker compose config` makes no connection)
     def project(self) -> tuple[Compose, ComposeProject]:
@@ -167,18 +179,28 @@ class Deployment:
 
     def previous_release_tag(self) -> str:
         _, project = self.project()
-        entry = self.history.previous_successful(self.settings.environment, project.name)
+        entry, source = self._previous_release(project)
         if entry is None and (found := self._previous_from_github()):
             return found
         if entry is None:
             raise DeployError(
                 f"No release before the current one of project {project.name!r} in "
-                f"{self.settings.environment} in the history {self.history.path}.",
+                f"{self.settings.environment} on the engine (container labels) or in the "
+                f"history {self.history.path}.",
                 hint="Pass the release to go back to: `image_tag: vX.Y.Z` (or a digest).",
                 title="Nothing to roll back to")
         self.actions.info(f"Rolling back to {entry.tag or entry.digest} ({entry.digest}), "
-                          f"deployed {entry.time}.")
+                          f"deployed {entry.time} (from {source}).")
         return f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
+
+    def _previous_release(self, project: ComposeProject) -> tuple[HistoryEntry | None, str]:
+        """The release below the current one: from the engine (the labels of the running
+        containers, which outlive any runner), else from the history file."""
+        stack = engine_stack(docker_client(self.env).api, project.name)
+        if len(stack) >= 2:
+            return stack[-2], "the labels of the running containers"
+        entry = self.history.previous_successful(self.settings.environment, project.name)
+        return entry, f"the history {self.history.path}"
 
     def _previous_from_github(self) -> str:
         """Without local history: the newest successful GitHub deployment before the
@@ -293,6 +315,7 @@ class Deployment:
         return (str(container.get("Id", "")) if container else ""), mounts
 
     def record(self, api: Any, project: ComposeProject) -> Previous:
+        self.running_labels = engine_labels(api, project.name).get(project.name, {})
         previous = self.rollback_target(Previous.of(
             running_services(api, project.name, self.image_name, project.image_services),
             self.image_name), project)
@@ -387,6 +410,8 @@ class Rollout:
     def _rollout(self, target: Target, previous: Previous) -> None:
         with self.logged_in():
             compose = self.compose.with_env(self.d.service_env, self.d._image_env(target))
+            compose = compose.with_labels(self.project.image_services, next_release_labels(
+                self.d.running_labels, self.entry(target, previous, _AS_VERIFIED[self.d.action])))
             with compose.for_engine(self.mounts) as engine_compose:
                 self.pull(engine_compose, target, previous)
                 # Outside the handler below: a deploy that lost its lock touches nothing.
@@ -496,7 +521,9 @@ class Rollout:
         """Bring the last verified release back (it is on the host: no pull). The health
         report is None when a signal cut its wait short."""
         back = Target(previous.tag, previous.digest)
-        compose = self.compose.with_env(self.d.service_env, self.d._image_env(back))
+        compose = self.compose.with_env(self.d.service_env, self.d._image_env(back)) \
+            .with_labels(self.project.image_services,
+                         labels_of_release(self.d.running_labels, previous.digest))
         with compose.for_engine(self.mounts) as engine_compose, \
                 self.actions.group(f"Restore {back.reference(self.d.image_name)}"):
             engine_compose.restore(self.project, timeout=self.timeouts.up)
@@ -597,19 +624,20 @@ class Rollout:
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
         """One line; a failure to write it is a warning: the status stays the truth."""
-        rolled_back_from = previous.digest if self.d.action == ROLLBACK else ""
         try:
-            self.d.history.append(HistoryEntry(
-                time=now_iso(), action=self.d.action, environment=self.settings.environment,
-                project=self.project.name, tag=target.tag or "", digest=target.digest,
-                previous_digest=previous.digest, status=status,
-                duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
-                actor=self.settings.github.actor,
-                image=f"{self.d.image_name}@{target.digest}",
-                rolled_back_from=rolled_back_from))
+            self.d.history.append(self.entry(target, previous, status))
         except DeploykitError as exc:
             self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
                                  "its history line is missing.", title=exc.title)
+
+    def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:
+        return HistoryEntry(
+            time=now_iso(), action=self.d.action, environment=self.settings.environment,
+            project=self.project.name, tag=target.tag or "", digest=target.digest,
+            previous_digest=previous.digest, status=status,
+            duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
+            actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
+            rolled_back_from=previous.digest if self.d.action == ROLLBACK else "")
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
         rows = [["status", status], ["environment", self.settings.environment],
@@ -625,5 +653,8 @@ class Rollout:
         return text
 
 
+# The status a release's labels carry: set at `up`, before the verdict (a release that
+# fails is replaced by the previous one, labels included).
+_AS_VERIFIED = {DEPLOY: DEPLOYED, ROLLBACK: ROLLED_BACK}
 _INSPECT_HINT = ("See the log group with the failing container's logs and health log; "
                  "`docker compose ps` and `docker logs <container>` on the host show more.")

@@ -12,13 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests
 
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.errors import DeploykitError, InputError
+from deploykit.health import docker_client
 from deploykit.settings import Settings
 
 HISTORY_FILE = "history.jsonl"
@@ -178,6 +183,92 @@ def release_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
     return stack
 
 
+# -- the engine store: labels on the containers of the release ---------------------
+# The history must survive the runner (the action container, a fresh CI machine): it is
+# kept where the deployment lives, on the containers deploykit starts. Every image
+# service's container carries the release it runs and the releases before it (bounded),
+# set through a compose override file at `up`; `mode: rollback` and `deploykit history`
+# read them back through the engine API. docs/deploy.md explains the choice.
+RELEASE_LABEL = "deploykit.release"
+HISTORY_LABEL = "deploykit.history"
+ENGINE_HISTORY_LIMIT = 20  # releases kept below the current one: 20 rollbacks deep
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+def _encode(entry: HistoryEntry) -> dict[str, object]:
+    return asdict(entry)
+
+
+def _decode(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def stack_from_labels(labels: Mapping[str, str]) -> list[HistoryEntry]:
+    """The release stack a container's labels carry, oldest first ([] without them)."""
+    release = parse_entry(_decode(labels.get(RELEASE_LABEL, "")))
+    if isinstance(release, str):
+        return []
+    earlier = _decode(labels.get(HISTORY_LABEL, "[]"))
+    parsed = [parse_entry(raw) for raw in earlier] if isinstance(earlier, list) else []
+    return [*(entry for entry in parsed if isinstance(entry, HistoryEntry)), release]
+
+
+def labels_for_stack(stack: list[HistoryEntry]) -> dict[str, str]:
+    """The labels of the release on top of ``stack`` (the ones below it, bounded)."""
+    earlier = stack[:-1][-ENGINE_HISTORY_LIMIT:]
+    return {RELEASE_LABEL: _compact(_encode(stack[-1])),
+            HISTORY_LABEL: _compact([_encode(entry) for entry in earlier])}
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def next_release_labels(running: Mapping[str, str], entry: HistoryEntry) -> dict[str, str]:
+    """The labels for the containers of ``entry`` (a deploy or a rollback about to run),
+    given those of the containers running now. The same release keeps its labels, so
+    compose sees no change and recreates nothing."""
+    stack = stack_from_labels(running)
+    if stack and stack[-1].digest == entry.digest:
+        return {key: running[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in running}
+    return labels_for_stack(release_stack([*stack, entry]))
+
+
+def labels_of_release(running: Mapping[str, str], digest: str) -> dict[str, str]:
+    """The labels to bring ``digest`` back with (a restore): the running containers' when
+    they are of it, else theirs cut down to it ({} when they do not know it)."""
+    stack = stack_from_labels(running)
+    if stack and stack[-1].digest == digest:
+        return {key: running[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in running}
+    while stack and stack[-1].digest != digest:
+        stack.pop()
+    return labels_for_stack(stack) if stack else {}
+
+
+def engine_labels(api: Any, project: str = "") -> dict[str, dict[str, str]]:
+    """project -> the deploykit labels of its newest container that has them (a running
+    one first). ``api`` is the Docker SDK's low-level client."""
+    wanted = [RELEASE_LABEL] + ([f"{PROJECT_LABEL}={project}"] if project else [])
+    containers = api.containers(all=True, filters={"label": wanted})
+    newest: dict[str, tuple[tuple[bool, int], dict[str, str]]] = {}
+    for container in containers:
+        labels = {str(k): str(v) for k, v in (container.get("Labels") or {}).items()}
+        name = labels.get(PROJECT_LABEL, "")
+        rank = (container.get("State") == "running", int(container.get("Created") or 0))
+        if name and (name not in newest or rank > newest[name][0]):
+            newest[name] = (rank, {key: labels[key] for key in (RELEASE_LABEL, HISTORY_LABEL)
+                                   if key in labels})
+    return {name: labels for name, (_, labels) in newest.items()}
+
+
+def engine_stack(api: Any, project: str) -> list[HistoryEntry]:
+    """The release stack of ``project`` as its containers carry it, oldest first."""
+    return stack_from_labels(engine_labels(api, project).get(project, {}))
+
+
 # -- `deploykit history` --------------------------------------------------------
 COLUMNS = ("time", "environment", "project", "action", "tag", "digest", "previous",
            "status", "seconds", "run")
@@ -204,18 +295,23 @@ def text_table(headers: Iterable[str], rows: list[list[str]]) -> str:
 
 
 def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit history``: the table (or ``--json`` list) of past deploys."""
+    """Handler of ``deploykit history``: the table (or ``--json`` list) of past deploys,
+    from the history file and from the engine (the labels of the running containers)."""
     history = History(state_directory(settings.state_dir),
                       warn=lambda text: actions.warning(text, title="Deploy history"))
-    entries = [entry for entry in history.select(settings.environment, settings.project_name)
-               if _of_image(entry, settings.image_name if settings.image_repo else "")]
+    image = settings.image_name if settings.image_repo else ""
+    entries = merge(history.select(settings.environment, settings.project_name),
+                    read_engine(getattr(args, "env", None) or {}, settings.project_name,
+                                actions.info))
+    entries = [entry for entry in entries if _of_image(entry, image)
+               and (not settings.environment or entry.environment == settings.environment)]
     limit = int(getattr(args, "limit", 0) or 0)
     shown = entries[-limit:] if limit else entries
     if getattr(args, "json", False):
         actions.print_json([asdict(entry) for entry in shown])
         return
     if not entries:
-        actions.info(f"No deploy recorded in {history.path}.")
+        actions.info(f"No deploy recorded in {history.path} or on the engine.")
         return
     rows = [_row(entry) for entry in shown]
     actions.untrusted("", text_table(COLUMNS, rows))  # a file's values: never a command
@@ -224,6 +320,30 @@ def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None
     if actions.in_actions:
         actions.add_summary("### Deploy history\n\n" + markdown_table(
             list(COLUMNS), [[markdown_text(cell) for cell in row] for row in rows]))
+
+
+def read_engine(env: Mapping[str, str], project: str,
+                say: Callable[[str], None]) -> list[HistoryEntry]:
+    """The releases the engine's containers carry (every project's, or ``project``'s);
+    an engine that does not answer leaves the history file alone, with one line."""
+    try:
+        labels = engine_labels(docker_client(env).api, project)
+    except (DeploykitError, docker.errors.DockerException, requests.RequestException) as exc:
+        host = env.get("DOCKER_HOST") or "the default socket"
+        say(f"The Docker engine ({host}) did not answer ({type(exc).__name__}): the history "
+            "file only.")
+        return []
+    return [entry for name in sorted(labels) for entry in stack_from_labels(labels[name])]
+
+
+def merge(from_file: list[HistoryEntry], from_engine: list[HistoryEntry]) -> list[HistoryEntry]:
+    """Every file entry, plus the engine's releases the file does not know, by time."""
+    def key(entry: HistoryEntry) -> tuple[str, str, str, str, str]:
+        return entry.project, entry.environment, entry.action, entry.digest, entry.tag
+
+    known = {key(entry) for entry in from_file}
+    extra = [entry for entry in from_engine if key(entry) not in known]
+    return sorted([*from_file, *extra], key=lambda entry: entry.time)
 
 
 def _of_image(entry: HistoryEntry, image_name: str) -> bool:

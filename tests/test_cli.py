@@ -13,6 +13,7 @@ from deploykit.cli import build_parser, main
 from deploykit.settings import INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # history tests read the file
 
 
 def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -142,9 +143,10 @@ def test_history_values_never_drive_the_runner(tmp_path: Path,
     summary = tmp_path / "summary.md"
     env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary),
            "GITHUB_REPOSITORY": "o/a", "GITHUB_OUTPUT": str(tmp_path / "out"),
-           "INPUT_STATE_DIR": str(tmp_path)}
+           "INPUT_STATE_DIR": str(tmp_path), **NO_ENGINE}
     assert main(["history"], env=env) == 0
-    lines = capsys.readouterr().out.splitlines()
+    engine_line, *lines = capsys.readouterr().out.splitlines()
+    assert engine_line.startswith("The Docker engine (unix:///nonexistent/docker.sock) did not")
     token = lines[0].removeprefix("::stop-commands::")
     assert lines[0].startswith("::stop-commands::deploykit-")
     assert lines[-1] == f"::{token}::"
@@ -167,8 +169,11 @@ def test_a_flag_prefix_is_no_flag(argv: list[str]) -> None:
 
 def test_history_needs_no_image_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's `deploykit history` on a terminal, where GITHUB_REPOSITORY is unset."""
-    assert main(["history", "--state-dir", str(tmp_path)], env={}) == 0
-    assert capsys.readouterr().err == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
+    assert main(["history", "--state-dir", str(tmp_path)], env=NO_ENGINE) == 0
+    assert capsys.readouterr().err == (
+        "The Docker engine (unix:///nonexistent/docker.sock) did not answer (DockerError): the "
+        f"history file only.\nNo deploy recorded in {tmp_path / 'history.jsonl'} or on the "
+        "engine.\n")
 
 
 def _history_line(environment: str, tag: str, image: str = "", **extra: object) -> str:
@@ -187,7 +192,7 @@ def test_history_json_prints_the_entries(tmp_path: Path,
         + _history_line("staging", "v2", "127.0.0.1:5000/other/app@sha256:" + "2" * 64)
         + _history_line("production", "v3", "127.0.0.1:5000/org/app@sha256:" + "3" * 64))
     assert main(["history", "--state-dir", str(tmp_path), "--json", "--environment", "staging",
-                 "--registry", "127.0.0.1:5000", "--image-repo", "org/app"], env={}) == 0
+                 "--registry", "127.0.0.1:5000", "--image-repo", "org/app"], env=NO_ENGINE) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) == [{
         "action": "deploy", "actor": "", "digest": "sha256:" + "1" * 64,
@@ -195,7 +200,8 @@ def test_history_json_prints_the_entries(tmp_path: Path,
         "image": "127.0.0.1:5000/org/app@sha256:" + "1" * 64, "previous_digest": "",
         "project": "shop", "rolled_back_from": "", "run_url": "", "status": "deployed",
         "tag": "v1", "time": "2026-01-01T00:00:00Z"}]
-    assert captured.err == ""
+    assert captured.err == ("The Docker engine (unix:///nonexistent/docker.sock) did not answer "
+                            "(DockerError): the history file only.\n")
 
 
 def test_history_limit_shows_the_last_entries(tmp_path: Path,
@@ -203,12 +209,12 @@ def test_history_limit_shows_the_last_entries(tmp_path: Path,
     (tmp_path / "history.jsonl").write_text("".join(_history_line("staging", f"v{n}")
                                                     for n in (1, 2, 3)))
     assert main(["history", "--state-dir", str(tmp_path), "--limit", "2", "--json"],
-                env={}) == 0
+                env=NO_ENGINE) == 0
     assert [entry["tag"] for entry in json.loads(capsys.readouterr().out)] == ["v2", "v3"]
-    assert main(["history", "--state-dir", str(tmp_path), "--limit", "1"], env={}) == 0
+    assert main(["history", "--state-dir", str(tmp_path), "--limit", "1"], env=NO_ENGINE) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines()[1:] == [
+    assert captured.err.splitlines()[2:] == [
         "2026-01-03T00:00:00Z  staging      shop     deploy  v3   sha256:333333333333  "
         "          deployed  2.5",
         "The last 1 of 3 entries; `--limit 0` shows all."]

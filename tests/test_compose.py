@@ -458,3 +458,33 @@ def test_restore_brings_back_the_image_services_only(tmp_path: Path) -> None:
     compose.restore(replace(django_project(tmp_path), one_shot_services=()))
     assert commands(docker) == [["up", "-d", "--no-build", "--no-deps", "app", "worker"],
                                 ["up", "-d", "--no-build", "--remove-orphans"]]
+
+
+class OverrideReadingDocker(FakeDocker):
+    """Also keeps the content of the override file passed with a second ``-f``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.overrides: list[Any] = []
+
+    def run(self, args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
+        files = [args[i + 1] for i, arg in enumerate(args) if arg == "-f"]
+        self.overrides.append(json.loads(Path(files[1]).read_text()) if len(files) > 1
+                              else None)
+        return super().run(args, **options)
+
+
+def test_labels_go_through_an_override_file_removed_afterwards(tmp_path: Path) -> None:
+    docker = OverrideReadingDocker()
+    base = compose_with(docker, tmp_path, "shop")  # type: ignore[arg-type]
+    labelled = base.with_labels(("app", "worker"), {"deploykit.release": '{"tag":"v$1"}'})
+    labelled.up()
+    base.up()
+    labelled.with_labels(("app",), {}).up()
+    label = {"labels": {"deploykit.release": '{"tag":"v$$1"}'}}  # `$` survives interpolation
+    assert docker.overrides == [{"services": {"app": label, "worker": label}}, None, None]
+    argv = docker.calls[0][0]
+    assert argv[argv.index("-f") + 2] == "-f"
+    override = Path(argv[argv.index("-f") + 3])
+    assert override.name == "compose.deploykit-labels.json"
+    assert not override.parent.exists()

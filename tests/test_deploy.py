@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -46,6 +47,7 @@ class World:
     timeouts: list[tuple[str, float | None]] = field(default_factory=list)
     give_up_at: list[float | None] = field(default_factory=list)
     lock_lost: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # deploykit's, on the containers
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -58,6 +60,7 @@ class FakeCompose:
     world: World
     name: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
     def load(self) -> ComposeProject:
         self.world.calls.append("compose config (raw)")
@@ -70,6 +73,9 @@ class FakeCompose:
 
     def with_env(self, service_env: dict[str, str], image_env: dict[str, str]) -> FakeCompose:
         return replace(self, env={**service_env, **image_env})
+
+    def with_labels(self, services: Any, labels: dict[str, str]) -> FakeCompose:
+        return replace(self, labels=dict(labels))
 
     @contextmanager
     def for_engine(self, mounts: dict[str, str]) -> Iterator[FakeCompose]:
@@ -89,6 +95,7 @@ class FakeCompose:
         self.world.timeouts.append(("up", timeout))
         digest = self.env["IMAGE_TAG"].partition("@")[2]
         self.world.running = {"app": digest, "worker": digest}
+        self.world.labels = dict(self.labels)
         self.world.at("up")
         if give_up_at is not None:
             self.world.give_up_at.append(give_up_at())
@@ -132,8 +139,14 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
             world.calls.append(f"resolve {reference}")
             return TAGS.get(reference, reference)
 
+    class Api:
+        def containers(self, all: bool, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+            labels = {**world.labels, "com.docker.compose.project": "shop"}
+            return [{"Labels": labels, "State": "running", "Created": 1}] if world.labels \
+                else []
+
     class Client:
-        api = object()
+        api = Api()
 
     def client(env: Any) -> Client:
         world.calls.append("engine")
@@ -740,3 +753,48 @@ def test_a_bare_digest_is_a_valid_reference_with_a_meaningful_tag(world: World, 
     code, _, log = run("deploy", image_tag=D3, force_redeploy="true")
     assert f"up v3.0.0@{D3} --force-recreate" in world.calls
     assert f"Deploying {NAME}:v3.0.0@{D3} (the tag that named it in the history)." in log
+
+
+def _release(world: World) -> tuple[str, list[str]]:
+    """The tag in the containers' release label, and the tags of the releases below."""
+    release = json.loads(world.labels["deploykit.release"])
+    below = json.loads(world.labels["deploykit.history"])
+    return release["tag"], [entry["tag"] for entry in below]
+
+
+def test_rollback_reads_the_engine_when_no_history_file_survived(
+    world: World, run: Any, tmp_path: Path,
+) -> None:
+    """Issue 14: every run in a new action container, so a new empty state_dir each time."""
+    fresh = iter(str(tmp_path / f"fresh-{n}") for n in range(10))
+    for tag in ("v1.0.0", "v2.0.0", "v3.0.0"):
+        assert run("deploy", image_tag=tag, state_dir=next(fresh))[0] == 0
+    assert _release(world) == ("v3.0.0", ["v1.0.0", "v2.0.0"])
+    code, outputs, log = run("rollback", state_dir=next(fresh))
+    assert (code, outputs["status"], outputs["digest"]) == (0, "rolled_back", D2)
+    assert f"Rolling back to v2.0.0 ({D2}), deployed " in log
+    assert "(from the labels of the running containers)." in log
+    assert _release(world) == ("v2.0.0", ["v1.0.0"])
+    code, outputs, _ = run("rollback", state_dir=next(fresh))
+    assert (code, outputs["digest"]) == (0, D1)
+    assert _release(world) == ("v1.0.0", [])
+    code, outputs, log = run("rollback", state_dir=next(fresh))
+    assert code == 1
+    assert "No release before the current one of project 'shop' in staging on the engine" in log
+
+
+def test_a_redeploy_of_the_same_release_keeps_its_labels(world: World, run: Any) -> None:
+    """Labels that changed would make compose recreate containers that did not change."""
+    assert run("deploy", image_tag="v1.0.0")[0] == 0
+    first = dict(world.labels)
+    assert run("deploy", image_tag="v1.0.0")[0] == 0
+    assert world.labels == first
+
+
+def test_a_failed_deploy_restores_the_previous_labels(world: World, run: Any) -> None:
+    assert run("deploy", image_tag="v1.0.0")[0] == 0
+    first = dict(world.labels)
+    world.health = [False, True]
+    code, outputs, _ = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back")
+    assert world.labels == first

@@ -2,22 +2,36 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from deploykit.errors import DeploykitError, InputError
 from deploykit.history import (
+    ENGINE_HISTORY_LIMIT,
+    HISTORY_LABEL,
+    RELEASE_LABEL,
     History,
     HistoryEntry,
+    engine_labels,
+    engine_stack,
+    labels_for_stack,
+    labels_of_release,
+    merge,
+    next_release_labels,
     release_stack,
     show,
+    stack_from_labels,
     state_directory,
     text_table,
 )
 from deploykit.settings import load_settings
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # these tests read the file
+NO_ENGINE_LINE = ("The Docker engine (unix:///nonexistent/docker.sock) did not answer "
+                  "(DockerError): the history file only.\n")
 
 
 def entry(digest: str, *, action: str = "deploy", status: str = "deployed", tag: str = "",
@@ -109,7 +123,7 @@ def test_show_prints_the_table_and_summary(tmp_path: Path, make_actions) -> None
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
                               "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace())
+    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
     printed = actions.out.getvalue()
     assert "v1.0.0" in printed and "sha256:111111111111" in printed
     assert "v1.1.0" not in printed
@@ -122,8 +136,9 @@ def test_show_with_no_history_says_so(tmp_path: Path, make_actions) -> None:  # 
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "GITHUB_REPOSITORY": "o/a"},
                              {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace())
-    assert actions.out.getvalue() == f"No deploy recorded in {tmp_path / 'history.jsonl'}.\n"
+    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
+    assert actions.out.getvalue() == (
+        f"{NO_ENGINE_LINE}No deploy recorded in {tmp_path / 'history.jsonl'} or on the engine.\n")
     assert actions.summary_parts == []
 
 
@@ -167,7 +182,7 @@ def test_history_command_warns_about_bad_lines_and_shows_the_rest(tmp_path: Path
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
                               "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace())
+    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
     printed = actions.out.getvalue()
     assert printed.startswith(
         f"::warning title=Deploy history::Skipped 2 unreadable line(s) of the deploy history "
@@ -187,3 +202,83 @@ def test_check_writable_fails_before_anything_with_the_input_named(tmp_path: Pat
     assert "DEPLOYKIT_STATE_DIR" in caught.value.hint
     History(tmp_path / "ok").check_writable()
     assert (tmp_path / "ok" / "history.jsonl").read_text() == ""
+
+
+# -- the engine store: labels on the containers ------------------------------------------
+def test_labels_carry_the_release_and_the_ones_below_it() -> None:
+    stack = [entry(D1, tag="v1"), entry(D2, tag="v2")]
+    labels = labels_for_stack(stack)
+    assert json.loads(labels[RELEASE_LABEL]) == asdict(entry(D2, tag="v2"))
+    assert json.loads(labels[HISTORY_LABEL]) == [asdict(entry(D1, tag="v1"))]
+    assert stack_from_labels(labels) == stack
+
+
+def test_the_label_history_is_bounded() -> None:
+    stack = [entry(f"sha256:{n:064x}", tag=f"v{n}") for n in range(ENGINE_HISTORY_LIMIT + 5)]
+    assert stack_from_labels(labels_for_stack(stack)) == stack[-ENGINE_HISTORY_LIMIT - 1:]
+
+
+def test_a_deploy_pushes_and_a_rollback_pops() -> None:
+    running = labels_for_stack([entry(D1, tag="v1"), entry(D2, tag="v2")])
+    deployed = next_release_labels(running, entry(D3, tag="v3"))
+    assert [e.tag for e in stack_from_labels(deployed)] == ["v1", "v2", "v3"]
+    back = next_release_labels(deployed, entry(D2, action="rollback", status="rolled_back",
+                                               tag="v2", rolled_back_from=D3))
+    assert back == running  # the release as it ran before: the same labels
+    assert next_release_labels(running, entry(D2, tag="again")) == running  # same release
+
+
+def test_a_restore_brings_back_the_labels_of_the_release_it_restores() -> None:
+    running = labels_for_stack([entry(D1, tag="v1"), entry(D2, tag="v2")])
+    assert labels_of_release(running, D2) == running
+    assert stack_from_labels(labels_of_release(running, D1)) == [entry(D1, tag="v1")]
+    assert labels_of_release(running, D3) == {}
+    assert labels_of_release({}, D1) == {}
+
+
+@pytest.mark.parametrize("labels", [
+    {}, {RELEASE_LABEL: "not json"}, {RELEASE_LABEL: "[]"}, {RELEASE_LABEL: '{"tag": 1}'}])
+def test_unreadable_labels_are_no_history(labels: dict[str, str]) -> None:
+    assert stack_from_labels(labels) == []
+
+
+def test_bad_entries_below_the_release_are_skipped() -> None:
+    labels = {**labels_for_stack([entry(D1), entry(D2)]),
+              HISTORY_LABEL: json.dumps([{"time": 1}, asdict(entry(D1))])}
+    assert stack_from_labels(labels) == [entry(D1), entry(D2)]
+
+
+class FakeApi:
+    def __init__(self, containers: list[dict[str, object]]) -> None:
+        self.listed = containers
+        self.filters: list[object] = []
+
+    def containers(self, all: bool, filters: dict[str, list[str]]) -> list[dict[str, object]]:
+        self.filters.append((all, filters))
+        project = [f for f in filters["label"] if f.startswith("com.docker.compose.project=")]
+        return [c for c in self.listed if not project or project[0].partition("=")[2]
+                == c["Labels"]["com.docker.compose.project"]]  # type: ignore[index]
+
+
+def container(project: str, stack: list[HistoryEntry], *, state: str = "running",
+              created: int = 1) -> dict[str, object]:
+    return {"Labels": {"com.docker.compose.project": project, **labels_for_stack(stack)},
+            "State": state, "Created": created}
+
+
+def test_engine_labels_prefer_a_running_container_then_the_newest() -> None:
+    api = FakeApi([container("shop", [entry(D1)], state="exited", created=9),
+                   container("shop", [entry(D2)], created=5),
+                   container("shop", [entry(D3)], created=2),
+                   container("blog", [entry(D1, project="blog")])])
+    assert engine_stack(api, "shop") == [entry(D2)]
+    assert api.filters[-1] == (True, {"label": [RELEASE_LABEL,
+                                                "com.docker.compose.project=shop"]})
+    assert sorted(engine_labels(api)) == ["blog", "shop"]
+    assert engine_stack(api, "none") == []
+
+
+def test_merge_adds_the_engine_releases_the_file_does_not_know() -> None:
+    in_file = HistoryEntry(**{**asdict(entry(D1, tag="v1")), "time": "2026-01-02T00:00:00Z"})
+    on_engine = [entry(D1, tag="v1"), entry(D2, tag="v2")]
+    assert merge([in_file], on_engine) == [entry(D2, tag="v2"), in_file]

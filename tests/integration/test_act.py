@@ -202,3 +202,42 @@ def test_deploy_mode_serves_the_bind_mounted_file_and_a_later_step_sees_deployed
     assert media["Type"] == "bind"
     assert media["Source"].endswith("/examples/demo/media")
     assert not media["Source"].startswith(str(project))
+
+
+def test_rollback_from_a_fresh_runner_reads_the_history_on_the_engine(
+    act: str, job_image: str, open_registry: Registry, base_image: str,
+    pushed_repositories: list[str], compose_project: str, tmp_path: Path,
+) -> None:
+    """Issue 14: the reusable workflow passes no state_dir and every run is a new action
+    container, so the history file never survives; deploy v1, deploy v2, then rollback."""
+    repository = open_registry.repo("act-history")
+    pushed_repositories.append(repository)
+    digests = {}
+    for version in ("v1", "v2"):
+        metadata = tmp_path / f"metadata-{version}.json"
+        docker_push("buildx", "build", "--platform", "linux/amd64", "--provenance=false",
+                    "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg",
+                    f"APP_VERSION={version}", "--tag",
+                    f"{open_registry.host}/{repository}:{version}", "--push",
+                    "--metadata-file", str(metadata), str(ROOT / "examples" / "demo"))
+        digests[version] = json.loads(metadata.read_text())["containerimage.digest"]
+    action_image = build_action_image(copy_project(tmp_path / "image"), job_image)
+    port = str(free_port())
+    runs = []
+    try:
+        for number, (mode, tag) in enumerate((("deploy", "v1"), ("deploy", "v2"),
+                                              ("rollback", ""))):
+            project = make_repo(tmp_path / f"repo-{number}", "history.yml", base=job_image,
+                                branch="deploy", action_image=action_image)
+            runs.append(run_act(act, project, job_image, {
+                "DK_MODE": mode, "DK_REGISTRY": open_registry.host,
+                "DK_IMAGE_REPO": repository, "DK_IMAGE_TAG": tag,
+                "DK_PROJECT": compose_project, "DK_PORT": port}))
+    finally:
+        docker("rmi", "--force", action_image, check=False)
+
+    seen = [later_step(output) for output in runs]
+    assert [(s["status"], s["digest"], s["version"]) for s in seen] == [
+        ("deployed", digests["v1"], "v1"), ("deployed", digests["v2"], "v2"),
+        ("rolled_back", digests["v1"], "v1")]
+    assert "(from the labels of the running containers)." in runs[2]
