@@ -60,9 +60,9 @@ def test_a_port_is_shown_and_a_url_password_never(project: Project,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code, outputs, log = deploy(project, capsys, image_tag="v1", smoke_url=project.url,
                                 compose_env=compose_env(project, 0))
-    assert code == 0, log
     masks = [line for line in log.splitlines() if line.startswith("::add-mask::")]
     assert masks == ["::add-mask::postgres://u:pw@db/x", "::add-mask::pw"]
+    assert code == 0, log
     assert f"http://127.0.0.1:{project.port}/" in log  # the smoke URL, port included
 
     # The one-shot service prints every value and fails: its logs are printed.
