@@ -91,7 +91,9 @@ COMMANDS: dict[str, Command] = {
         "--registry-username me 127.0.0.1:5001/org/app:v1",
         inputs=("registry", "registry_username", "registry_password")),
     "history": Command(
-        DEPLOY, "deploykit.history:show", "Show the deploy history of this host.",
+        DEPLOY, "deploykit.history:show",
+        "Show past deploys and rollbacks: the history file and the releases the engine's "
+        "containers carry (labels).",
         "  deploykit history\n  deploykit history --environment production --project-name shop\n"
         "  deploykit history --image-repo org/app --limit 5 --json",
         inputs=("registry", "image_repo", "environment", "project_name", "state_dir")),
