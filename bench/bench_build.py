@@ -215,6 +215,15 @@ class Builds:
     bare_phases: list[dict[str, float]] = field(default_factory=list)
 
 
+def remove_local_images(run_id: str) -> None:
+    """The bare side's ``--push`` also stores the image in the engine: remove those."""
+    listed = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                 check=False).stdout.split()
+    mine = [name for name in listed if name.startswith(f"{OPEN}/bench-build/{run_id}-")]
+    if mine:
+        run(["docker", "image", "rm", *mine], check=False)
+
+
 def measure_p4(workdir: Path, run_id: str, runs: int, loops: int, log: Path,
                out: Builds) -> None:
     for index in range(runs):
@@ -613,7 +622,10 @@ def main(argv: list[str]) -> int:
         measure_p6(args.runs, workdir, plans)
         print(f"P6: command {Stats(plans.command).show()}", flush=True)
         measure_p4(workdir, run_id, args.p4_runs, args.loops, log, builds)
-        deployed = measure_p4_prime(workdir, run_id, args.runs, args.loops, log, builds)
+        try:
+            deployed = measure_p4_prime(workdir, run_id, args.runs, args.loops, log, builds)
+        finally:
+            remove_local_images(run_id)
         if action is not None:
             measure_p7(args.runs, workdir, deployed.repo, action)
     print(f"logs: {log}")
