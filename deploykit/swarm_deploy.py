@@ -1,0 +1,316 @@
+"""mode=deploy and mode=rollback with ``orchestrator: swarm`` (docs/swarm.md).
+
+The front half is the compose path's (:class:`deploykit.deploy.Deployment`): gate,
+resolve to a digest, validate the file, history, GitHub records. Then, on a Swarm
+manager: check the manager, ``docker stack config``, the Swarm-wide lock, record what
+runs, ``docker stack deploy``, watch the rollout (:class:`deploykit.swarm.RolloutWatch`),
+smoke test, record the result. A deploy Swarm rolled back ends ``rolled_back`` and
+exits 1; a paused or failing update, or one past ``health_timeout``, is replaced by the
+last verified release (``rollback_on_failure``) the same way, by ``docker stack deploy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import suppress
+from typing import Any, NoReturn
+
+from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.cancel import Cancelled
+from deploykit.compose import ComposeProject
+from deploykit.deploy import DEPLOYED, FAILED, PLANNED, ROLLED_BACK, Deployment, Previous, Target
+from deploykit.errors import ComposeError, DeployError, DeploykitError, GitHubError, LockError
+from deploykit.health import RunningService, docker_client, own_container, own_container_candidates
+from deploykit.history import DEPLOY, ROLLBACK, HistoryEntry, now_iso
+from deploykit.lock import this_holder
+from deploykit.policy import DeployTarget, check_deploy_target
+from deploykit.settings import Settings
+from deploykit.smoke import smoke_test
+from deploykit.swarm import (
+    FAILING,
+    PAUSED_OUT,
+    RolloutWatch,
+    Service,
+    Stack,
+    SwarmLock,
+    Verdict,
+    check_manager,
+    container_health,
+    service_table,
+    stack_services,
+    swarm_lock,
+)
+from deploykit.swarm import (
+    ROLLED_BACK as SWARM_ROLLED_BACK,
+)
+
+FAILED_TASKS_SHOWN = 3
+
+
+def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+    target = check_deploy_target(environment=settings.environment,
+                                 image_tag=settings.image_tag,
+                                 production_environments=settings.production_environments)
+    SwarmDeployment(settings, actions, DEPLOY, env=getattr(args, "env", None)).run(target)
+
+
+def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+    deployment = SwarmDeployment(settings, actions, ROLLBACK, env=getattr(args, "env", None))
+    image_tag = settings.image_tag or deployment.previous_release_tag()
+    target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
+                                 production_environments=settings.production_environments)
+    deployment.run(target)
+
+
+class SwarmDeployment(Deployment):
+    """One Swarm run; shares the compose path's gate, resolve, history and records."""
+
+    def _run(self, gate: DeployTarget) -> None:
+        target = self.resolve(gate)
+        _, project = self.project()
+        if project.one_shot_services:
+            raise ComposeError(
+                f"One-shot service(s) {', '.join(project.one_shot_services)} in "
+                f"{project.file}: with orchestrator swarm, deploykit does not run one-shot "
+                "services (Swarm restarts a task that exits).",
+                hint="Run the migration as its own step, or use `orchestrator: compose`.")
+        stack = self.stack(project, target)
+        stack.config()  # step 2 for Swarm: the file as the manager will read it
+        client = docker_client(self.env)
+        check_manager(client.api, self.env.get("DOCKER_HOST", ""))
+        if self.settings.dry_run:
+            self.swarm_plan(client.api, project, target)
+            return
+        self.history.check_writable()
+        container = own_container(client.api, own_container_candidates(
+            hostname=os.environ.get("HOSTNAME", "")))
+        holder = this_holder(project.name, run_url=self.settings.github.run_url,
+                             actor=self.settings.github.actor,
+                             container=str(container.get("Id", "")) if container else "",
+                             ttl=self.timeouts.ttl)
+        with swarm_lock(client, holder, timeout=self.settings.lock_timeout,
+                        actions=self.actions) as lock:
+            previous = self.swarm_record(client.api, project)
+            SwarmRollout(self, client.api, project, lock).run(target, previous)
+
+    def stack(self, project: ComposeProject, target: Target) -> Stack:
+        return Stack(self.docker, project.directory, project.file, project.name,
+                     {**self.service_env, **self._image_env(target)})
+
+    def running(self, api: Any, project: ComposeProject) -> tuple[dict[str, Service],
+                                                                   Previous]:
+        services = stack_services(api, project.name)
+        running = [RunningService(name, "", services[name].image, services[name].digest)
+                   for name in project.image_services if name in services]
+        return services, Previous.of(running, self.image_name)
+
+    def swarm_record(self, api: Any, project: ComposeProject) -> Previous:
+        _, running = self.running(api, project)
+        previous = self.rollback_target(running, project)
+        if previous.digest:
+            self.actions.set_output("previous_image", f"{self.image_name}@{previous.digest}")
+            self.actions.info(f"Running now: {self.image_name}@{running.digest}.")
+        else:
+            self.actions.set_output("previous_image", "")
+            self.actions.info(f"Nothing of stack {project.name!r} runs yet.")
+        return previous
+
+    def swarm_plan(self, api: Any, project: ComposeProject, target: Target) -> None:
+        services, _ = self.running(api, project)
+        rows = []
+        for name in project.image_services:
+            service = services.get(name)
+            change = ("create" if service is None else
+                      "unchanged" if service.digest == target.digest else "rolling update")
+            rows.append([name, service.digest if service else "-", target.digest,
+                         str(service.replicas if service and service.replicas is not None
+                             else "-"), service.order if service else "-", change])
+        table = markdown_table(["service", "current digest", "target digest", "replicas",
+                                "update order", "change"], rows)
+        self.actions.info(f"Plan: `docker stack deploy --with-registry-auth --prune` of stack "
+                          f"{project.name} with {target.reference(self.image_name)}."
+                          + (f"\n{table}" if self.actions.in_actions else ""))
+        self._outputs(target)
+        self.actions.set_output("status", PLANNED)
+        self.actions.add_summary(f"### Plan: {self.action} {markdown_text(project.name)} to "
+                                 f"{markdown_text(self.settings.environment)} (Swarm)\n\n"
+                                 f"{table}")
+
+
+class SwarmRollout:
+    """Under the lock: stack deploy, watch, smoke, and the way back."""
+
+    def __init__(self, deployment: SwarmDeployment, api: Any, project: ComposeProject,
+                 lock: SwarmLock) -> None:
+        self.d, self.api, self.project, self.lock = deployment, api, project, lock
+        self.settings, self.actions = deployment.settings, deployment.actions
+        self.services: dict[str, Service] = {}
+
+    def run(self, target: Target, previous: Previous) -> None:
+        self.d._outputs(target)
+        record = self.d.start_github_deployment(target)
+        try:
+            self.roll_out(target, previous)
+        except DeploykitError as failure:
+            with suppress(GitHubError):
+                self.d.finish_github_deployment(record, target, success=False,
+                                                description=failure.message)
+            raise
+        self.d.finish_github_deployment(record, target, success=True,
+                                        description=f"{target.label} is live")
+
+    def deploy_stack(self, target: Target, title: str) -> Verdict:
+        """``docker stack deploy`` of ``target``, then the watch of its rollout."""
+        before = {name: s.update_started for name, s in
+                  stack_services(self.api, self.project.name).items()}
+        with self.d.docker.logged_in(self.settings.registry, self.settings.registry_username,
+                                     self.settings.registry_password), \
+                self.actions.group(title):
+            self.d.stack(self.project, target).deploy(timeout=self.d.timeouts.up)
+        with self.actions.group(f"Rollout of {target.reference(self.d.image_name)}"):
+            watch = RolloutWatch(self.api, self.project.name, self.project.image_services,
+                                 target.digest, before=before,
+                                 timeout=self.settings.health_timeout,
+                                 progress=self.actions.info)
+            try:
+                with self.d.cancel.interruptible():
+                    verdict = watch.wait()
+            finally:
+                self.services = watch.services
+            self.actions.info(service_table(self.services, self.project.image_services))
+        return verdict
+
+    def roll_out(self, target: Target, previous: Previous) -> None:
+        try:
+            verdict = self.deploy_stack(
+                target, f"docker stack deploy {target.reference(self.d.image_name)}")
+        except Cancelled as cancelled:
+            self.fail(target, previous, FAILED, f"Cancelled ({cancelled.signal_name}) while "
+                      "Swarm rolled the update out: Swarm goes on with it (or rolls it back "
+                      "by its update_config); deploykit did not verify it.")
+        if verdict.outcome == SWARM_ROLLED_BACK:
+            back = self.verified_back(previous)
+            self.fail(target, previous, ROLLED_BACK if back else FAILED,
+                      f"Swarm rolled the update of {', '.join(verdict.services)} back"
+                      f"{self.update_message(verdict)}.\n{self.what_failed(verdict)}\n"
+                      + (back or "The previous release is not verified running."))
+        if verdict.outcome != DEPLOYED:
+            self.recover(target, previous, self.why(verdict))
+        try:
+            if self.settings.smoke_url:
+                with self.actions.group("Smoke test"):
+                    smoke_test(self.settings.smoke_url, status=self.settings.smoke_status,
+                               contains=self.settings.smoke_contains,
+                               timeout=self.settings.smoke_timeout, actions=self.actions)
+        except DeploykitError as failure:
+            self.recover(target, previous, failure.message)
+        self.actions.info(f"Every replica of {', '.join(self.project.image_services)} runs "
+                          f"{target.digest}.")
+        status = ROLLED_BACK if self.d.action == ROLLBACK else DEPLOYED
+        self.actions.set_output("status", status)
+        self.record_history(target, previous, status)
+        self.actions.add_summary(self.summary(target, previous, status))
+        self.actions.notice(f"Stack {self.project.name} in {self.settings.environment} runs "
+                            f"{target.reference(self.d.image_name)}.", title=status)
+
+    def why(self, verdict: Verdict) -> str:
+        names = ", ".join(verdict.services)
+        if verdict.outcome == PAUSED_OUT:
+            return (f"Swarm paused the update of {names}{self.update_message(verdict)}.\n"
+                    f"{self.what_failed(verdict)}").strip()
+        if verdict.outcome == FAILING:
+            return f"Tasks of {names} keep failing.\n{self.what_failed(verdict)}".strip()
+        return (f"The rollout of {names} did not finish within health_timeout "
+                f"({self.settings.health_timeout} s).\n{self.what_failed(verdict)}").strip()
+
+    def update_message(self, verdict: Verdict) -> str:
+        messages = {self.services[n].update_message for n in verdict.services
+                    if n in self.services and self.services[n].update_message}
+        return f" ({'; '.join(sorted(messages))})" if messages else ""
+
+    def what_failed(self, verdict: Verdict) -> str:
+        """Service, task, node, exit code and last log lines of the newest failures."""
+        if not verdict.failures:
+            return ""
+        newest = sorted(verdict.failures, key=lambda f: f[1].timestamp)[-FAILED_TASKS_SHOWN:]
+        stack = self.d.stack(self.project, Target(None, ""))
+        parts = []
+        for service, task in newest:
+            lines = stack.task_logs(task.id)
+            shown = "".join(f"\n    {line}" for line in lines)
+            health = container_health(self.api, task.container_id)
+            parts.append(f"Service {service}, {task.describe(health)}"
+                         + (f"; last log lines:{shown}" if shown else ""))
+        return "\n".join(parts)
+
+    def verified_back(self, previous: Previous) -> str:
+        """'<image> runs again on every replica' when Swarm's rollback is verified."""
+        services = stack_services(self.api, self.project.name)
+        self.services = services
+        ok = previous.digest and all(
+            name in services and services[name].digest == previous.digest
+            and len(services[name].running) == services[name].expected
+            and all(t.digest == previous.digest for t in services[name].running)
+            for name in self.project.image_services)
+        return f"{self.d.image_name}@{previous.digest} runs again on every replica." \
+            if ok else ""
+
+    def recover(self, target: Target, previous: Previous, what: str) -> None:
+        """deploykit's own way back: the last verified release, deployed the same way."""
+        if not self.settings.rollback_on_failure or not previous.digest:
+            why = ("rollback_on_failure is false" if previous.digest
+                   else "there was no previous deployment")
+            self.fail(target, previous, FAILED, f"{what}\nNot rolled back ({why}).")
+        back = Target(previous.tag, previous.digest)
+        try:
+            self.lock.verify()
+        except LockError as lost:
+            self.fail(target, previous, FAILED, f"{what}\n{lost.message} Not rolled back: "
+                      "this deploy restores nothing under another deploy's lock.")
+        self.actions.warning(f"{what.splitlines()[0]} Rolling back to "
+                             f"{back.reference(self.d.image_name)}.",
+                             title="Deploy failed, rolling back")
+        reference = back.reference(self.d.image_name)
+        verdict = self.deploy_stack(back, f"docker stack deploy {reference} (rollback)")
+        ok = verdict.outcome == DEPLOYED
+        status = ROLLED_BACK if ok and self.d.action == DEPLOY else FAILED
+        now = (f"{self.d.image_name}@{back.digest} runs again on every replica."
+               if ok else f"The rollback did not converge either: {self.why(verdict)}")
+        self.fail(target, previous, status, f"{what}\nRolled back: {now}")
+
+    def fail(self, target: Target, previous: Previous, status: str, message: str) -> NoReturn:
+        self.actions.set_output("status", status)
+        self.record_history(target, previous, status)
+        self.actions.add_summary(self.summary(target, previous, status))
+        title = "Deploy failed and was rolled back" if status == ROLLED_BACK else ""
+        raise DeployError(message, status=status, title=title,
+                          hint="`docker service ps --no-trunc <service>` and `docker service "
+                          "logs <task>` on the manager show more.")
+
+    def record_history(self, target: Target, previous: Previous, status: str) -> None:
+        try:
+            self.d.history.append(HistoryEntry(
+                time=now_iso(), action=self.d.action, environment=self.settings.environment,
+                project=self.project.name, tag=target.tag or "", digest=target.digest,
+                previous_digest=previous.digest, status=status,
+                duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
+                actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
+                rolled_back_from=previous.digest if self.d.action == ROLLBACK else ""))
+        except DeploykitError as exc:
+            self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
+                                 "its history line is missing.", title=exc.title)
+
+    def summary(self, target: Target, previous: Previous, status: str) -> str:
+        rows = [["status", status], ["environment", self.settings.environment],
+                ["stack", self.project.name], ["orchestrator", "swarm"],
+                ["image", target.reference(self.d.image_name)],
+                ["previous image", f"{self.d.image_name}@{previous.digest}"
+                 if previous.digest else "-"],
+                ["duration", f"{self.d.elapsed():.1f} s"]]
+        return (f"### {self.d.action.capitalize()}: {status}\n\n"
+                + markdown_table(["", "value"], rows) + "\n\n#### Services\n\n"
+                + service_table(self.services, self.project.image_services))
+
+
+__all__ = ["SwarmDeployment", "deploy", "rollback"]

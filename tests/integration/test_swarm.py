@@ -1,0 +1,296 @@
+"""orchestrator: swarm against a real single-node Swarm (issue 15's acceptance).
+
+The engine becomes a Swarm manager for this module (`docker swarm init --advertise-addr
+127.0.0.1`) and leaves it afterwards, unless it already was one. No IPVS here: the app
+is reached by name (`endpoint_mode: dnsrr`) from a client container on the stack's
+attachable overlay network, never through a published port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploykit.cli import main
+from deploykit.history import History
+from tests.conftest import parse_github_output
+from tests.integration.conftest import TestRegistry, docker_push, remove_local_images
+
+HEALTHY = ('HEALTHCHECK --interval=1s --timeout=2s --retries=2 '
+           'CMD wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1')
+FAILING = ('HEALTHCHECK --interval=1s --timeout=2s --retries=2 '
+           'CMD wget -q -O /dev/null http://127.0.0.1:8080/missing || exit 1')
+# Keeps serving for 2 s after SIGTERM, as an app behind a load balancer drains.
+DRAINING = ('CMD ["sh", "-c", "httpd -p 8080 -h /www; trap \'sleep 2; exit 0\' TERM; '
+            'while :; do sleep 1 & wait $!; done"]')
+EXIT_AT_START = 'CMD ["sh", "-c", "echo cannot open the database; exit 3"]'
+VARIANTS = {"v1": (HEALTHY, DRAINING), "v2": (HEALTHY, DRAINING), "v3": (FAILING, DRAINING),
+            "v4": (HEALTHY, EXIT_AT_START)}
+
+STACK_FILE = """\
+services:
+  app:
+    image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}
+    networks: [net]
+    stop_grace_period: 5s
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      update_config:
+        parallelism: 1
+        order: start-first
+        monitor: 3s
+        failure_action: ${FAILURE_ACTION}
+      rollback_config: {parallelism: 1, order: start-first, monitor: 3s}
+      restart_policy: {condition: any, delay: 1s}
+networks:
+  net:
+    driver: overlay
+    attachable: true
+    name: ${NETWORK}
+"""
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
+                          timeout=timeout).stdout
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_engine: None) -> Iterator[None]:
+    """This engine as a single-node Swarm manager for the module."""
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    if state == "active":
+        yield
+        return
+    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield
+    finally:
+        docker("swarm", "leave", "--force", check=False)
+
+
+@pytest.fixture(scope="module")
+def images(open_registry: TestRegistry, base_image: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    repo = open_registry.repo("swarm")
+    workdir = tmp_path_factory.mktemp("swarm-images")
+    digests = {}
+    for tag, (healthcheck, command) in VARIANTS.items():
+        context = workdir / tag
+        context.mkdir()
+        (context / "index.html").write_text(f"release {tag}\n")
+        (context / "Dockerfile").write_text("\n".join([
+            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
+        metadata = context / "metadata.json"
+        docker_push("buildx", "build", "--platform", "linux/amd64", "--push",
+                    "--provenance=false", "--metadata-file", str(metadata),
+                    "-t", f"{open_registry.host}/{repo}:{tag}", str(context))
+        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
+    yield repo, digests
+    remove_local_images(f"{open_registry.host}/{repo}")
+
+
+@dataclass
+class StackProject:
+    name: str
+    directory: Path
+    registry: str
+    repo: str
+    digests: dict[str, str]
+
+    @property
+    def network(self) -> str:
+        return f"{self.name}-net"
+
+    def env(self, failure_action: str = "rollback", **inputs: str) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("INPUT_", "GITHUB_"))}
+        env.update({
+            "GITHUB_WORKSPACE": str(self.directory), "GITHUB_REPOSITORY": "org/app",
+            "GITHUB_RUN_ID": uuid.uuid4().hex[:8], "GITHUB_ACTOR": "tester",
+            "INPUT_ORCHESTRATOR": "swarm", "INPUT_REGISTRY": self.registry,
+            "INPUT_IMAGE_REPO": self.repo, "INPUT_PROJECT_NAME": self.name,
+            "INPUT_ENVIRONMENT": "staging", "INPUT_STATE_DIR": str(self.directory / "state"),
+            "INPUT_HEALTH_TIMEOUT": "60", "INPUT_LOCK_TIMEOUT": "120",
+            "INPUT_COMPOSE_ENV": f"NETWORK={self.network}\nFAILURE_ACTION={failure_action}",
+        })
+        env.update({f"INPUT_{key.upper()}": value for key, value in inputs.items()})
+        return env
+
+    def tasks(self) -> dict[str, str]:
+        """task ID -> image of every task that should run now."""
+        ids = docker("service", "ps", "-q", "--filter", "desired-state=running",
+                     f"{self.name}_app").split()
+        if not ids:
+            return {}
+        found = json.loads(docker("inspect", *ids))
+        return {t["ID"]: t["Spec"]["ContainerSpec"]["Image"] for t in found}
+
+    def spec(self) -> str:
+        return docker("service", "inspect", "--format", "{{json .Spec}}", f"{self.name}_app")
+
+    def fetch(self, count: int = 1) -> list[str]:
+        """``count`` requests from a client container on the overlay network."""
+        script = (f"i=0; while [ $i -lt {count} ]; do i=$((i+1)); "
+                  f"timeout 3 wget -q -O - http://{self.name}_app:8080/ || echo FAILED; "
+                  "sleep 0.05; done")
+        out = docker("run", "--rm", "--network", self.network, BASE_CLIENT, "sh", "-c",
+                     script, timeout=300)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def history(self) -> History:
+        return History(self.directory / "state")
+
+
+BASE_CLIENT = "127.0.0.1:5000/testbed/busybox:latest"
+
+
+@pytest.fixture
+def make_stack(swarm: None, images: tuple[str, dict[str, str]], open_registry: TestRegistry,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], StackProject]]:
+    created: list[StackProject] = []
+
+    def factory() -> StackProject:
+        directory = tmp_path_factory.mktemp("stack")
+        (directory / "compose.yaml").write_text(STACK_FILE)
+        project = StackProject(f"dks-{uuid.uuid4().hex[:8]}", directory, open_registry.host,
+                               images[0], images[1])
+        created.append(project)
+        return project
+
+    yield factory
+    for project in created:
+        docker("stack", "rm", project.name, check=False)
+        docker("config", "rm", f"deploykit-lock-{project.name}", check=False)
+
+
+def run(project: StackProject, capsys: pytest.CaptureFixture[str], command: str = "deploy",
+        failure_action: str = "rollback", **inputs: str) -> tuple[int, dict[str, str], str]:
+    output = project.directory / f"output-{uuid.uuid4().hex[:6]}"
+    env = project.env(failure_action, **inputs)
+    env.update({"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output),
+                "GITHUB_STEP_SUMMARY": str(project.directory / "summary.md")})
+    capsys.readouterr()
+    code = main([command], env=env)
+    outputs = parse_github_output(output.read_text()) if output.exists() else {}
+    return code, outputs, capsys.readouterr().out
+
+
+def spawn(project: StackProject, tag: str) -> subprocess.Popen[str]:
+    env = project.env(image_tag=tag)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return subprocess.Popen([sys.executable, "-m", "deploykit", "deploy"], env=env,
+                            cwd=project.directory, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def digests_of(tasks: dict[str, str]) -> set[str]:
+    return {image.rpartition("@")[2] for image in tasks.values()}
+
+
+def test_swarm_story(make_stack: Callable[[], StackProject],
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    project = make_stack()
+    digests = project.digests
+    started = time.monotonic()
+
+    # v1: a new stack, two replicas of one digest.
+    code, outputs, log = run(project, capsys, image_tag="v1")
+    assert code == 0, log
+    assert outputs["status"] == "deployed"
+    assert outputs["digest"] == digests["v1"]
+    assert outputs["previous_image"] == ""
+    tasks = project.tasks()
+    assert len(tasks) == 2 and digests_of(tasks) == {digests["v1"]}
+    assert project.fetch() == ["release v1"]
+
+    # v2: start-first rolling update while a client loops; not one request fails.
+    client_name = f"{project.name}-client"
+    client = subprocess.Popen(
+        ["docker", "run", "--rm", "--name", client_name, "--network", project.network,
+         BASE_CLIENT, "sh", "-c", "end=$(($(date +%s)+90)); i=0; "
+         "while [ $(date +%s) -lt $end ] && [ $i -lt 900 ]; do i=$((i+1)); "
+         f"timeout 3 wget -q -O - http://{project.name}_app:8080/ || echo FAILED; "
+         "sleep 0.1; done"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2)
+    code, outputs, log = run(project, capsys, image_tag="v2")
+    docker("kill", client_name)  # bounded anyway: 90 s, 900 requests
+    served = client.communicate(timeout=30)[0].splitlines()
+    assert code == 0, log
+    assert outputs["status"] == "deployed"
+    assert outputs["previous_image"] == f"{project.registry}/{project.repo}@{digests['v1']}"
+    assert digests_of(project.tasks()) == {digests["v2"]}
+    assert "FAILED" not in served and "release v1" in served and "release v2" in served, served
+    assert "app: updating, " in log and "app: completed, 2/2 running" in log
+    summary = (project.directory / "summary.md").read_text()
+    assert f"| app | 2/2 | {digests['v2']} | completed | start-first |" in summary
+
+    # v3 fails its healthcheck: Swarm rolls back, deploykit says so and exits 1.
+    code, outputs, log = run(project, capsys, image_tag="v3")
+    assert code == 1, log
+    assert outputs["status"] == "rolled_back"
+    assert "Swarm rolled the update of app back" in log
+    assert "Service app, task " in log and " on node " in log
+    assert "unhealthy (last probe exit 1: wget: server returned error: HTTP/1.1 404" in log
+    assert (f"{project.registry}/{project.repo}@{digests['v2']} runs again on every "
+            "replica.") in log
+    assert digests_of(project.tasks()) == {digests["v2"]}
+    assert project.fetch() == ["release v2"]
+
+    # v4 exits at start under failure_action pause: deploykit restores v2 itself.
+    began = time.monotonic()
+    code, outputs, log = run(project, capsys, failure_action="pause", image_tag="v4",
+                             health_timeout="30")
+    assert code == 1, log
+    assert time.monotonic() - began < 2 * 30 + 30  # the rollout and the restore are bounded
+    assert outputs["status"] == "rolled_back"
+    assert "Swarm paused the update of app" in log or "Tasks of app keep failing" in log, log
+    assert "exit code 3" in log and "cannot open the database" in log
+    assert digests_of(project.tasks()) == {digests["v2"]}
+
+    # The production gate and bad input change nothing: same spec, same tasks.
+    spec, tasks = project.spec(), project.tasks()
+    code, outputs, log = run(project, capsys, environment="production", image_tag="latest")
+    assert code == 1 and "::error title=" in log
+    (project.directory / "broken.yaml").write_text(
+        STACK_FILE.replace("    networks: [net]\n", "    networks: [net]\n    build: .\n"))
+    code, outputs, log = run(project, capsys, image_tag="v1", compose_file="broken.yaml")
+    assert code == 1 and "has `build:`" in log
+    assert (project.spec(), project.tasks()) == (spec, tasks)
+
+    # mode rollback: the release before v2 (v3 and v4 never counted), deployed the same way.
+    code, outputs, log = run(project, capsys, "rollback")
+    assert code == 0, log
+    assert outputs["status"] == "rolled_back"
+    assert outputs["digest"] == digests["v1"]
+    assert digests_of(project.tasks()) == {digests["v1"]}
+    statuses = [(e.tag, e.status) for e in project.history().entries()]
+    assert statuses == [("v1", "deployed"), ("v2", "deployed"), ("v3", "rolled_back"),
+                        ("v4", "rolled_back"), ("v1", "rolled_back")]
+    print(f"swarm story: {time.monotonic() - started:.1f} s")
+
+
+def test_two_swarm_deploys_serialise(make_stack: Callable[[], StackProject]) -> None:
+    project = make_stack()
+    first, second = spawn(project, "v1"), spawn(project, "v2")
+    logs = [process.communicate(timeout=240)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    waited = [log for log in logs if f"Waiting for the lock deploykit-lock-{project.name}"
+              in log]
+    assert len(waited) == 1, logs
+    entries = project.history().entries()
+    assert sorted((e.tag, e.status) for e in entries) == [("v1", "deployed"),
+                                                         ("v2", "deployed")]
+    assert digests_of(project.tasks()) == {project.digests[entries[-1].tag]}
+    assert docker("config", "ls", "-q", "--filter",
+                  f"name=deploykit-lock-{project.name}").strip() == ""
