@@ -24,7 +24,8 @@ import requests
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.errors import DeploykitError, InputError
 from deploykit.health import docker_client
-from deploykit.settings import Settings
+from deploykit.reference import parse_reference
+from deploykit.settings import Settings, read_inputs
 
 HISTORY_FILE = "history.jsonl"
 DEPLOY, ROLLBACK = "deploy", "rollback"
@@ -299,11 +300,14 @@ def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None
     from the history file and from the engine (the labels of the running containers)."""
     history = History(state_directory(settings.state_dir),
                       warn=lambda text: actions.warning(text, title="Deploy history"))
-    image = settings.image_name if settings.image_repo else ""
+    env = getattr(args, "env", None) or {}
+    given = {**read_inputs(env), **{name: str(value) for name in ("registry", "image_repo")
+                                    if (value := getattr(args, name, None))}}
+    wanted = (given.get("image_repo") and settings.image_repo,
+              given.get("registry") and settings.registry)
     entries = merge(history.select(settings.environment, settings.project_name),
-                    read_engine(getattr(args, "env", None) or {}, settings.project_name,
-                                actions.info))
-    entries = [entry for entry in entries if _of_image(entry, image)
+                    read_engine(env, settings.project_name, actions.info))
+    entries = [entry for entry in entries if _of_image(entry, *wanted)
                and (not settings.environment or entry.environment == settings.environment)]
     limit = int(getattr(args, "limit", 0) or 0)
     shown = entries[-limit:] if limit else entries
@@ -346,8 +350,13 @@ def merge(from_file: list[HistoryEntry], from_engine: list[HistoryEntry]) -> lis
     return sorted([*from_file, *extra], key=lambda entry: entry.time)
 
 
-def _of_image(entry: HistoryEntry, image_name: str) -> bool:
-    """``--image-repo``: entries of that image (``registry/repo@...`` or ``:...``) only."""
-    if not image_name or not entry.image:  # an entry that names no image is kept
+def _of_image(entry: HistoryEntry, repository: str | None, registry: str | None) -> bool:
+    """``--image-repo`` (and ``--registry``), when given: entries of that image only.
+    Not the default from GITHUB_REPOSITORY: it often differs from the deployed image."""
+    if not repository or not entry.image:  # an entry that names no image is kept
         return True
-    return entry.image.startswith((f"{image_name}@", f"{image_name}:")) or entry.image == image_name
+    try:
+        image = parse_reference(entry.image)
+    except InputError:
+        return False
+    return image.repository == repository and (not registry or image.registry == registry)

@@ -95,6 +95,6 @@ say "4. What runs now"
 printf 'http://127.0.0.1:%s/ serves version ' "$port"
 curl -fsS "http://127.0.0.1:$port/version.txt"
 grep -h '^digest=\|^status=\|^previous_image=' "$work/build-v1.out" "$work/deploy-v2.out" || true
-env "${common[@]}" "${deploykit[@]}" history --environment staging
+env "${common[@]}" "${deploykit[@]}" history --environment staging --project-name "$project"
 echo
 echo "Stop the demo app with: docker compose -p $project down   (volumes are kept)"

@@ -261,3 +261,19 @@ def test_compose_env_that_does_not_parse_is_masked_whole() -> None:
     assert "::add-mask::not a pair s3cr3t" in result.stdout.splitlines()
     assert "::error title=Invalid input%3A compose_env::Input 'compose_env': line 2 is not " \
            "KEY=VALUE." in result.stdout
+
+
+def test_history_filters_by_image_only_when_asked(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """GITHUB_REPOSITORY (the default image_repo) often differs from the deployed image:
+    it filtered every entry out of scripts/demo.sh's history."""
+    (tmp_path / "history.jsonl").write_text(
+        _history_line("staging", "v1", "127.0.0.1:5000/org/app@sha256:" + "1" * 64)
+        + _history_line("staging", "v2", "ghcr.io/org/app@sha256:" + "2" * 64)
+        + _history_line("staging", "v3", "127.0.0.1:5000/other/app@sha256:" + "3" * 64))
+    env = {"GITHUB_REPOSITORY": "deploykit-org/demo", **NO_ENGINE}
+    cases = {(): ["v1", "v2", "v3"], ("--image-repo", "org/app"): ["v1", "v2"],
+             ("--image-repo", "org/app", "--registry", "ghcr.io"): ["v2"]}
+    for flags, tags in cases.items():
+        assert main(["history", "--state-dir", str(tmp_path), "--json", *flags], env=env) == 0
+        assert [entry["tag"] for entry in json.loads(capsys.readouterr().out)] == tags, flags
