@@ -186,7 +186,9 @@ def container_health(api: Any, container_id: str) -> str:
     health = state.get("Health") or {}
     if health.get("Status") != "unhealthy":
         return ""
-    probes = health.get("Log") or [{}]
+    probes = health.get("Log") or []
+    if not probes:
+        return ""  # it exited before its first probe: the exit code says why
     output = " ".join(str(probes[-1].get("Output") or "").split())[:200]
     return f"unhealthy (last probe exit {probes[-1].get('ExitCode')}: {output or 'no output'})"
 
@@ -313,10 +315,11 @@ def _converged(service: Service) -> bool:
             and all(t.image == service.image for t in desired))
 
 
-def progress_line(service: Service) -> str:
+def progress_line(service: Service, digest: str = "") -> str:
+    """``digest``: count only the failed tasks of that release (older ones stay listed)."""
     running = service.running
     digests = sorted({t.digest[7:19] for t in running if t.digest})
-    failed = len([t for t in service.tasks if t.failed])
+    failed = len([t for t in service.tasks if t.failed and t.digest == (digest or t.digest)])
     state = service.update_state or "no update"
     return (f"{service.name}: {state}, {len(running)}/{service.expected} running "
             f"({', '.join(digests) or '-'})" + (f", {failed} failed task(s)" if failed else ""))
@@ -346,7 +349,7 @@ class RolloutWatch:
             self.services = self.read(self.api, self.stack)
             for name in self.names:
                 if name in self.services:
-                    line = progress_line(self.services[name])
+                    line = progress_line(self.services[name], self.digest)
                     if shown.get(name) != line:
                         self.progress(line)
                         shown[name] = line

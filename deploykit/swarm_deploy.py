@@ -67,6 +67,8 @@ class SwarmDeployment(Deployment):
     """One Swarm run; shares the compose path's gate, resolve, history and records."""
 
     def _run(self, gate: DeployTarget) -> None:
+        client = docker_client(self.env)
+        check_manager(client.api, self.env.get("DOCKER_HOST", ""))  # before the registry
         target = self.resolve(gate)
         _, project = self.project()
         if project.one_shot_services:
@@ -77,8 +79,6 @@ class SwarmDeployment(Deployment):
                 hint="Run the migration as its own step, or use `orchestrator: compose`.")
         stack = self.stack(project, target)
         stack.config()  # step 2 for Swarm: the file as the manager will read it
-        client = docker_client(self.env)
-        check_manager(client.api, self.env.get("DOCKER_HOST", ""))
         if self.settings.dry_run:
             self.swarm_plan(client.api, project, target)
             return

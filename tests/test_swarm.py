@@ -148,6 +148,7 @@ def test_progress_line_and_table() -> None:
                   state="updating", started="t1")
     assert progress_line(svc) == ("app: updating, 2/2 running (aaaaaaaaaaaa, bbbbbbbbbbbb), "
                                   "1 failed task(s)")
+    assert progress_line(svc, OLD) == "app: updating, 2/2 running (aaaaaaaaaaaa, bbbbbbbbbbbb)"
     assert service_table({"app": svc}, ["app", "worker"]).splitlines() == [
         "| service | replicas running | digest | update state | order |",
         "| --- | --- | --- | --- | --- |",
@@ -273,10 +274,11 @@ def test_container_health_only_for_an_unhealthy_local_container() -> None:
     api.containers["c2"] = {"State": {"Health": {"Status": "unhealthy", "Log": [
         {"ExitCode": 1, "Output": "wget: server returned\n error: 404"}]}}}
     api.containers["c3"] = {"State": {"Health": {"Status": "healthy"}}}
+    api.containers["c4"] = {"State": {"Health": {"Status": "unhealthy", "Log": []}}}
     assert container_health(api, "c2") == ("unhealthy (last probe exit 1: wget: server "
                                            "returned error: 404)")
     assert container_health(api, "c3") == container_health(api, "elsewhere") == ""
-    assert container_health(api, "") == ""
+    assert container_health(api, "") == container_health(api, "c4") == ""
 
 
 @pytest.mark.parametrize(("swarm", "expected"), [

@@ -198,6 +198,24 @@ def digests_of(tasks: dict[str, str]) -> set[str]:
     return {image.rpartition("@")[2] for image in tasks.values()}
 
 
+def test_an_engine_that_is_no_manager_is_refused_before_anything(
+        docker_engine: None, open_registry: TestRegistry, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs before the module's Swarm exists (tests run in file order)."""
+    if docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() != "inactive":
+        pytest.skip("the engine is already in a Swarm")
+    (tmp_path / "compose.yaml").write_text(STACK_FILE)
+    project = StackProject(f"dks-{uuid.uuid4().hex[:8]}", tmp_path, open_registry.host,
+                           "testbed/busybox", {})
+    code, outputs, log = run(project, capsys, image_tag="staging-latest")
+    assert code == 1, log
+    assert outputs.get("status") == "failed", (outputs, log)
+    assert ("::error title=Invalid input%3A orchestrator::Input 'orchestrator': is swarm, but "
+            "the local engine is not in a Swarm (state inactive).") in log
+    assert docker("ps", "-aq", "--filter", f"name={project.name}").strip() == ""
+    assert not (tmp_path / "state").exists()
+
+
 def test_swarm_story(make_stack: Callable[[], StackProject],
                      capsys: pytest.CaptureFixture[str]) -> None:
     project = make_stack()
@@ -256,6 +274,8 @@ def test_swarm_story(make_stack: Callable[[], StackProject],
     assert outputs["status"] == "rolled_back"
     assert "Swarm paused the update of app" in log or "Tasks of app keep failing" in log, log
     assert "exit code 3" in log and "cannot open the database" in log
+    assert (f"Rolled back: {project.registry}/{project.repo}@{digests['v2']} runs again on "
+            "every replica.") in log
     assert digests_of(project.tasks()) == {digests["v2"]}
 
     # The production gate and bad input change nothing: same spec, same tasks.
