@@ -16,7 +16,9 @@ and node; its labels and stale rules are those of :mod:`deploykit.lock`.
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,6 +80,8 @@ class Stack:
     file: Path
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
+    # service -> labels on the service (deploykit's release history), by an override file
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def _run(self, *args: str, stream: bool = False, timeout: float | None = None) -> str:
         result = self.docker.run(["stack", *args], extra_env=self.env, cwd=str(self.directory),
@@ -96,8 +100,11 @@ class Stack:
 
     def deploy(self, *, timeout: float | None = None) -> None:
         """Send the specs; returns once the manager accepted them (``--detach``)."""
-        self._run("deploy", "--with-registry-auth", "--prune", "--detach=true",
-                  "--compose-file", str(self.file), self.name, stream=True, timeout=timeout)
+        with service_label_override(self.labels) as override:
+            extra = ["--compose-file", str(override)] if override else []
+            self._run("deploy", "--with-registry-auth", "--prune", "--detach=true",
+                      "--compose-file", str(self.file), *extra, self.name, stream=True,
+                      timeout=timeout)
 
     def task_logs(self, task_id: str, tail: int = LOG_TAIL) -> list[str]:
         """The last lines of one task, from whichever node ran it."""
@@ -108,6 +115,27 @@ class Stack:
             return []
         text = result.stdout + result.stderr
         return [line for line in text.splitlines() if line.strip()][-tail:]
+
+
+@contextmanager
+def service_label_override(labels: Mapping[str, Mapping[str, str]]) -> Iterator[Path | None]:
+    """A second compose file adding ``deploy.labels`` (service labels: changing them
+    replaces no task) for one ``docker stack deploy``; ``$`` doubled against
+    interpolation. Private directory, removed afterwards."""
+    if not labels:
+        yield None
+        return
+    document = {"services": {service: {"deploy": {"labels": {
+        key: value.replace("$", "$$") for key, value in pairs.items()}}}
+        for service, pairs in labels.items()}}
+    directory = Path(tempfile.mkdtemp(prefix="deploykit-stack-labels-"))
+    path = directory / "stack.deploykit-labels.json"
+    try:
+        path.write_text(json.dumps(document), encoding="utf-8")
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        directory.rmdir()
 
 
 # -- what runs: services and tasks through the SDK ----------------------------------
@@ -159,6 +187,7 @@ class Service:
     update_message: str
     order: str
     tasks: tuple[Task, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -231,7 +260,8 @@ def _service(raw: Mapping[str, Any], stack: str, tasks: Sequence[Task]) -> Servi
         update_started=str(update.get("StartedAt") or ""),
         update_message=str(update.get("Message") or ""),
         order=str((spec.get("UpdateConfig") or {}).get("Order") or "stop-first"),
-        tasks=tuple(sorted(tasks, key=lambda t: (t.slot, t.timestamp))))
+        tasks=tuple(sorted(tasks, key=lambda t: (t.slot, t.timestamp))),
+        labels={str(k): str(v) for k, v in (spec.get("Labels") or {}).items()})
 
 
 def stack_services(api: Any, stack: str) -> dict[str, Service]:

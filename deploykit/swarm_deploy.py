@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any, NoReturn
 
@@ -22,7 +23,17 @@ from deploykit.compose import ComposeProject
 from deploykit.deploy import DEPLOYED, FAILED, PLANNED, ROLLED_BACK, Deployment, Previous, Target
 from deploykit.errors import ComposeError, DeployError, DeploykitError, GitHubError, LockError
 from deploykit.health import RunningService, docker_client, own_container, own_container_candidates
-from deploykit.history import DEPLOY, ROLLBACK, HistoryEntry, now_iso
+from deploykit.history import (
+    DEPLOY,
+    HISTORY_LABEL,
+    RELEASE_LABEL,
+    ROLLBACK,
+    HistoryEntry,
+    labels_of_release,
+    next_release_labels,
+    now_iso,
+    stack_from_labels,
+)
 from deploykit.lock import this_holder
 from deploykit.policy import DeployTarget, check_deploy_target
 from deploykit.settings import Settings
@@ -46,6 +57,15 @@ from deploykit.swarm import (
 )
 
 FAILED_TASKS_SHOWN = 3
+
+
+def release_labels(services: Mapping[str, Service], project: ComposeProject) -> dict[str, str]:
+    """deploykit's release labels of the stack's first image service that has them."""
+    for name in project.image_services:
+        labels = services[name].labels if name in services else {}
+        if RELEASE_LABEL in labels:
+            return {key: labels[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in labels}
+    return {}
 
 
 def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
@@ -94,9 +114,21 @@ class SwarmDeployment(Deployment):
             previous = self.swarm_record(client.api, project)
             SwarmRollout(self, client.api, project, lock).run(target, previous)
 
-    def stack(self, project: ComposeProject, target: Target) -> Stack:
+    def stack(self, project: ComposeProject, target: Target,
+              labels: Mapping[str, str] | None = None) -> Stack:
         return Stack(self.docker, project.directory, project.file, project.name,
-                     {**self.service_env, **self._image_env(target)})
+                     {**self.service_env, **self._image_env(target)},
+                     {name: dict(labels) for name in project.image_services} if labels else {})
+
+    def _previous_release(self, project: ComposeProject) -> tuple[HistoryEntry | None, str]:
+        """The release below the current one: from the labels of the stack's services
+        (they live in the manager's store, whatever runner deploys), else the history."""
+        services, _ = self.running(docker_client(self.env).api, project)
+        stack = stack_from_labels(release_labels(services, project))
+        if len(stack) >= 2:
+            return stack[-2], "the labels of the stack's services"
+        entry = self.history.previous_successful(self.settings.environment, project.name)
+        return entry, f"the history {self.history.path}"
 
     def running(self, api: Any, project: ComposeProject) -> tuple[dict[str, Service],
                                                                    Previous]:
@@ -106,7 +138,8 @@ class SwarmDeployment(Deployment):
         return services, Previous.of(running, self.image_name)
 
     def swarm_record(self, api: Any, project: ComposeProject) -> Previous:
-        _, running = self.running(api, project)
+        services, running = self.running(api, project)
+        self.running_labels = release_labels(services, project)
         previous = self.rollback_target(running, project)
         if previous.digest:
             self.actions.set_output("previous_image", f"{self.image_name}@{previous.digest}")
@@ -160,14 +193,14 @@ class SwarmRollout:
         self.d.finish_github_deployment(record, target, success=True,
                                         description=f"{target.label} is live")
 
-    def deploy_stack(self, target: Target, title: str) -> Verdict:
+    def deploy_stack(self, target: Target, title: str, labels: Mapping[str, str]) -> Verdict:
         """``docker stack deploy`` of ``target``, then the watch of its rollout."""
         before = {name: s.update_started for name, s in
                   stack_services(self.api, self.project.name).items()}
         with self.d.docker.logged_in(self.settings.registry, self.settings.registry_username,
                                      self.settings.registry_password), \
                 self.actions.group(title):
-            self.d.stack(self.project, target).deploy(timeout=self.d.timeouts.up)
+            self.d.stack(self.project, target, labels).deploy(timeout=self.d.timeouts.up)
         with self.actions.group(f"Rollout of {target.reference(self.d.image_name)}"):
             watch = RolloutWatch(self.api, self.project.name, self.project.image_services,
                                  target.digest, before=before,
@@ -183,8 +216,11 @@ class SwarmRollout:
 
     def roll_out(self, target: Target, previous: Previous) -> None:
         try:
+            as_verified = DEPLOYED if self.d.action == DEPLOY else ROLLED_BACK
             verdict = self.deploy_stack(
-                target, f"docker stack deploy {target.reference(self.d.image_name)}")
+                target, f"docker stack deploy {target.reference(self.d.image_name)}",
+                next_release_labels(self.d.running_labels,
+                                    self.entry(target, previous, as_verified)))
         except Cancelled as cancelled:
             self.fail(target, previous, FAILED, f"Cancelled ({cancelled.signal_name}) while "
                       "Swarm rolled the update out: Swarm goes on with it (or rolls it back "
@@ -272,7 +308,8 @@ class SwarmRollout:
                              f"{back.reference(self.d.image_name)}.",
                              title="Deploy failed, rolling back")
         reference = back.reference(self.d.image_name)
-        verdict = self.deploy_stack(back, f"docker stack deploy {reference} (rollback)")
+        verdict = self.deploy_stack(back, f"docker stack deploy {reference} (rollback)",
+                                    labels_of_release(self.d.running_labels, back.digest))
         ok = verdict.outcome == DEPLOYED
         status = ROLLED_BACK if ok and self.d.action == DEPLOY else FAILED
         now = (f"{self.d.image_name}@{back.digest} runs again on every replica."
@@ -290,16 +327,19 @@ class SwarmRollout:
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
         try:
-            self.d.history.append(HistoryEntry(
-                time=now_iso(), action=self.d.action, environment=self.settings.environment,
-                project=self.project.name, tag=target.tag or "", digest=target.digest,
-                previous_digest=previous.digest, status=status,
-                duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
-                actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
-                rolled_back_from=previous.digest if self.d.action == ROLLBACK else ""))
+            self.d.history.append(self.entry(target, previous, status))
         except DeploykitError as exc:
             self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
                                  "its history line is missing.", title=exc.title)
+
+    def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:
+        return HistoryEntry(
+            time=now_iso(), action=self.d.action, environment=self.settings.environment,
+            project=self.project.name, tag=target.tag or "", digest=target.digest,
+            previous_digest=previous.digest, status=status,
+            duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
+            actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
+            rolled_back_from=previous.digest if self.d.action == ROLLBACK else "")
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
         rows = [["status", status], ["environment", self.settings.environment],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 from deploykit.cli import _orchestrated
+from deploykit.compose import ComposeProject
 from deploykit.errors import ComposeError, DockerError, InputError, LockError
 from deploykit.lock import Holder
 from deploykit.swarm import (
@@ -29,6 +31,7 @@ from deploykit.swarm import (
     service_table,
     stack_services,
 )
+from deploykit.swarm_deploy import release_labels
 from tests.conftest import CapturedActions, FakeClock
 
 OLD = "sha256:" + "a" * 64
@@ -322,6 +325,35 @@ def test_stack_deploy_passes_the_environment_not_argv(tmp_path: Path) -> None:
                             "s"], {"IMAGE_TAG": f"v2@{NEW}", "PORT": "8080"})]
     assert stack.task_logs("t1") == ["line 1", "line 2"]
     assert fake.calls[-1][0] == ["service", "logs", "--raw", "--no-trunc", "--tail", "5", "t1"]
+
+
+def test_stack_deploy_adds_the_release_labels_by_a_second_file(tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    class Reading(FakeDocker):
+        def run(self, args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
+            override = Path(args[args.index("s") - 1])
+            seen.append(json.loads(override.read_text()))
+            return super().run(args, **options)
+
+    fake = Reading()
+    Stack(fake, tmp_path, tmp_path / "compose.yaml", "s",  # type: ignore[arg-type]
+          labels={"app": {"deploykit.release": '{"tag":"$v2"}'}}).deploy()
+    assert fake.calls[0][0][5:8] == ["--compose-file", str(tmp_path / "compose.yaml"),
+                                     "--compose-file"]
+    assert seen == [{"services": {"app": {"deploy": {"labels": {
+        "deploykit.release": '{"tag":"$$v2"}'}}}}}]
+    assert not Path(fake.calls[0][0][8]).exists()  # removed afterwards
+
+
+def test_release_labels_come_from_the_first_image_service_that_has_them() -> None:
+    labelled = replace(service(task(1)), labels={"deploykit.release": "r", "other": "x",
+                                                 "deploykit.history": "h"})
+    project = ComposeProject(Path("."), Path("compose.yaml"), "s", ("app", "db", "worker"),
+                             ("app", "worker"))
+    assert release_labels({"worker": labelled, "app": service(task(1))}, project) == {
+        "deploykit.release": "r", "deploykit.history": "h"}
+    assert release_labels({}, project) == {}
 
 
 def test_stack_config_names_the_file_it_rejected(tmp_path: Path) -> None:

@@ -288,15 +288,21 @@ def test_swarm_story(make_stack: Callable[[], StackProject],
     assert code == 1 and "has `build:`" in log
     assert (project.spec(), project.tasks()) == (spec, tasks)
 
-    # mode rollback: the release before v2 (v3 and v4 never counted), deployed the same way.
+    statuses = [(e.tag, e.status) for e in project.history().entries()]
+    assert statuses == [("v1", "deployed"), ("v2", "deployed"), ("v3", "rolled_back"),
+                        ("v4", "rolled_back")]
+
+    # mode rollback from a fresh runner (no history file): the release before v2 (v3 and
+    # v4 never counted), from the labels on the stack's services, deployed the same way.
+    (project.directory / "state").rename(project.directory / "state-of-another-runner")
     code, outputs, log = run(project, capsys, "rollback")
     assert code == 0, log
+    assert (f"Rolling back to v1 ({digests['v1']}), deployed ") in log
+    assert "(from the labels of the stack's services)." in log
     assert outputs["status"] == "rolled_back"
     assert outputs["digest"] == digests["v1"]
     assert digests_of(project.tasks()) == {digests["v1"]}
-    statuses = [(e.tag, e.status) for e in project.history().entries()]
-    assert statuses == [("v1", "deployed"), ("v2", "deployed"), ("v3", "rolled_back"),
-                        ("v4", "rolled_back"), ("v1", "rolled_back")]
+    assert [(e.tag, e.status) for e in project.history().entries()] == [("v1", "rolled_back")]
     print(f"swarm story: {time.monotonic() - started:.1f} s")
 
 
