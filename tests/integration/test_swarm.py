@@ -153,6 +153,7 @@ class StackProject:
 
 
 BASE_CLIENT = "127.0.0.1:5000/testbed/busybox:latest"
+STACK_LABEL = "com.docker.stack.namespace"
 
 
 @pytest.fixture
@@ -172,6 +173,11 @@ def make_stack(swarm: None, images: tuple[str, dict[str, str]], open_registry: T
     for project in created:
         docker("stack", "rm", project.name, check=False)
         docker("config", "rm", f"deploykit-lock-{project.name}", check=False)
+    for project in created:  # `stack rm` returns at once: its containers go afterwards
+        deadline = time.monotonic() + 60
+        while docker("ps", "-aq", "--filter", f"label={STACK_LABEL}={project.name}").strip() \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def run(project: StackProject, capsys: pytest.CaptureFixture[str], command: str = "deploy",
@@ -214,6 +220,23 @@ def test_an_engine_that_is_no_manager_is_refused_before_anything(
             "the local engine is not in a Swarm (state inactive).") in log
     assert docker("ps", "-aq", "--filter", f"name={project.name}").strip() == ""
     assert not (tmp_path / "state").exists()
+
+
+def test_replicas_on_two_nodes_run_one_digest(docker_engine: None,
+                                              open_registry: TestRegistry) -> None:
+    """scripts/swarm-multinode.sh: a second engine (a privileged container running the
+    test bed's dockerd) joins as a worker; two replicas land on both nodes, one digest.
+    Runs before the module's Swarm exists (it makes and leaves its own)."""
+    if docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() != "inactive":
+        pytest.skip("the engine is already in a Swarm")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "swarm-multinode.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            timeout=300, check=False,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "status=deployed" in result.stderr
+    assert "] tasks on 2 node(s), state(s) running, digest(s): sha256:" in result.stderr
+    assert docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() == "inactive"
 
 
 def test_swarm_story(make_stack: Callable[[], StackProject],
