@@ -27,9 +27,10 @@ from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_c
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
 from deploykit.registry import OCI_INDEX, RegistryClient
 from deploykit.settings import Settings
+from deploykit.status import Status
 from deploykit.tags import RELEASE, is_test_tag, number_of_test_tag, parse_version
 
-BUILT, SKIPPED, VALIDATED = "built", "skipped", "validated"
+BUILT, SKIPPED, VALIDATED = Status.BUILT, Status.SKIPPED, Status.VALIDATED
 OCI = "org.opencontainers.image"
 CACHE_TAG = "buildcache"
 

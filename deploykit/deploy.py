@@ -70,8 +70,10 @@ from deploykit.reference import parse_reference
 from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
 from deploykit.smoke import smoke_test
+from deploykit.status import Status
 
-DEPLOYED, ROLLED_BACK, FAILED, PLANNED = "deployed", "rolled_back", "failed", "planned"
+DEPLOYED, ROLLED_BACK, FAILED, PLANNED = (Status.DEPLOYED, Status.ROLLED_BACK, Status.FAILED,
+                                         Status.PLANNED)
 # A cancelled `docker compose up` may run on this long after the signal, then it is
 # stopped: with the restore that follows, deploykit exits within GitHub's 7.5 s.
 UP_GRACE = 3.5

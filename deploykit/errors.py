@@ -7,6 +7,8 @@ to fix it. Only ``deploykit.cli.main`` turns them into ``::error`` and exit 1.
 
 from __future__ import annotations
 
+from deploykit.status import Status
+
 
 class DeploykitError(Exception):
     """Root of every error deploykit reports to a user."""
@@ -106,7 +108,7 @@ class DeployError(DeploykitError):
     title = "Deploy failed"
 
     def __init__(
-        self, message: str, *, hint: str = "", title: str = "", status: str = "failed"
+        self, message: str, *, hint: str = "", title: str = "", status: str = Status.FAILED
     ) -> None:
         super().__init__(message, hint=hint, title=title)
         self.status = status

@@ -26,10 +26,10 @@ from deploykit.errors import DeploykitError, InputError
 from deploykit.health import docker_client
 from deploykit.reference import parse_reference
 from deploykit.settings import Settings, read_inputs
+from deploykit.status import Status
 
 HISTORY_FILE = "history.jsonl"
 DEPLOY, ROLLBACK = "deploy", "rollback"
-SUCCESSFUL = frozenset({"deployed", "rolled_back"})
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class HistoryEntry:
     def release_changed(self) -> bool:
         """True when this entry changed the release that runs (not an auto-rollback)."""
         if self.action == ROLLBACK:
-            return self.status == "rolled_back"
-        return self.status == "deployed"
+            return self.status == Status.ROLLED_BACK
+        return self.status == Status.DEPLOYED
 
 
 def now_iso() -> str:

@@ -15,6 +15,7 @@ from deploykit.actions import Actions, markdown_table
 from deploykit.git import local_checkout
 from deploykit.registry import REVISION_LABEL, RegistryClient
 from deploykit.settings import Settings
+from deploykit.status import Status
 from deploykit.tags import TagPlan, plan_tags
 
 
@@ -138,4 +139,4 @@ def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace)
     actions.add_summary(plan_summary(plan))
     actions.set_output("tags", "\n".join(plan.tags))
     actions.set_output("version", plan.tag_plan.version)
-    actions.set_output("status", "planned")
+    actions.set_output("status", Status.PLANNED)
