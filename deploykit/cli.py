@@ -180,13 +180,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
-def _orchestrated(path: str, command: str, settings: Settings) -> str:
-    """deploy and rollback with `orchestrator: swarm` go to deploykit.swarm_deploy."""
-    if command in ("deploy", "rollback") and settings.orchestrator == "swarm":
-        return f"deploykit.swarm_deploy:{command}"
-    return path
-
-
 def _handler(path: str) -> Callable[..., None]:
     module_name, function_name = path.split(":")
     handler: Callable[..., None] = getattr(import_module(module_name), function_name)
@@ -238,8 +231,7 @@ def main(
             actions.mask(secret)
         actions.mask_env(settings.compose_env)
         args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
-        _handler(_orchestrated(COMMANDS[command].handler, command, settings))(
-            settings, actions, args)
+        _handler(COMMANDS[command].handler)(settings, actions, args)
         return 0
     except DeploykitError as exc:
         if isinstance(exc, DeployError) and "status" not in actions.outputs:

@@ -1,6 +1,14 @@
 """mode=deploy and mode=rollback: gate, resolve, lock, pull + up, health, smoke, verify.
 
-1. gate + resolve   2. validate compose   3. lock   4. record what runs now
+:meth:`Deployment._run` reads as the phases: the engine, resolve, validate, lock, record
+what runs, roll out (verify and record the result inside). The orchestrator-specific steps
+sit behind :class:`Orchestrator`: :class:`ComposeOrchestrator` here (pull, up, health,
+restore: :class:`Rollout`) and :class:`deploykit.swarm_deploy.SwarmOrchestrator`
+(``orchestrator: swarm``: stack deploy, the update watch, the rollback). The collaborators
+(registry, engine client, docker CLI, GitHub recorder, history) are built once by
+:class:`Deployment` and reached through it.
+
+Compose: 1. gate + resolve   2. validate compose   3. lock   4. record what runs now
 5. login, pull, up  6. health verdict     7. smoke  8. verify digests
 9. on failure after up: restore the last verified release   10. history   12. outputs
 
@@ -16,9 +24,9 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.cancel import CancelGuard, Cancelled
@@ -64,7 +72,7 @@ from deploykit.history import (
     now_iso,
     state_directory,
 )
-from deploykit.lock import EngineLock, Timeouts, engine_lock, this_holder
+from deploykit.lock import EngineLock, Holder, Timeouts, engine_lock, this_holder
 from deploykit.policy import DeployTarget, check_deploy_target
 from deploykit.reference import parse_reference
 from deploykit.registry import RegistryClient
@@ -132,6 +140,42 @@ def _tag_of(reference: str, image_name: str) -> str | None:
     return parsed.tag if parsed.name == image_name else None
 
 
+# -- the orchestrator-specific steps -------------------------------------------------
+@runtime_checkable
+class Orchestrator(Protocol):
+    """What differs between compose and Swarm; :class:`Deployment` runs the phases."""
+
+    def check_engine(self) -> None:
+        """Before the registry: can this engine take the deploy?"""
+
+    def validate(self, target: Target) -> None:
+        """The file, as the orchestrator will read it with ``target``'s image variables."""
+
+    def running(self) -> Previous:
+        """What runs now (its engine-side release labels go to the deployment)."""
+
+    def engine_history(self) -> tuple[list[HistoryEntry], str]:
+        """The release stack the engine keeps (oldest first), and where it was read."""
+
+    def plan(self, target: Target) -> None:
+        """A dry run: what would change, per service."""
+
+    def lock(self, holder_container: str) -> AbstractContextManager[EngineLock]:
+        """The project's lock, held while the body runs."""
+
+    def roll_out(self, target: Target, previous: Previous, lock: EngineLock) -> None:
+        """Roll out, verify, restore on failure and record the result (history, summary,
+        the status output); raises :class:`DeployError` with the status on failure."""
+
+
+def orchestrator_for(deployment: Deployment) -> Orchestrator:
+    if deployment.settings.orchestrator == "swarm":
+        from deploykit.swarm_deploy import SwarmOrchestrator  # noqa: PLC0415 (import cycle)
+
+        return SwarmOrchestrator(deployment)
+    return ComposeOrchestrator(deployment)
+
+
 # -- the handlers -----------------------------------------------------------------
 def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """Handler of ``deploykit deploy`` and mode=deploy."""
@@ -169,7 +213,18 @@ class Deployment:
         actions.mask_env(settings.compose_env)  # what can be a secret; a port stays readable
         self._compose: Compose | None = None
         self._project: ComposeProject | None = None
+        self._engine: Any = None
+        self._own_container: dict[str, Any] | None = None
+        self._own_container_known = False
         self.running_labels: dict[str, str] = {}  # the engine history of what runs now
+        self.orchestrator = orchestrator_for(self)
+
+    @property
+    def engine(self) -> Any:
+        """The Docker SDK client of the target engine, made once (on first use)."""
+        if self._engine is None:
+            self._engine = docker_client(self.env)
+        return self._engine
 
     # step 2 (local only: `docker compose config` makes no connection)
     def project(self) -> tuple[Compose, ComposeProject]:
@@ -196,11 +251,11 @@ class Deployment:
         return f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
 
     def _previous_release(self, project: ComposeProject) -> tuple[HistoryEntry | None, str]:
-        """The release below the current one: from the engine (the labels of the running
-        containers, which outlive any runner), else from the history file."""
-        stack = engine_stack(docker_client(self.env).api, project.name)
+        """The release below the current one: from the engine (release labels, which
+        outlive any runner), else from the history file."""
+        stack, source = self.orchestrator.engine_history()
         if len(stack) >= 2:
-            return stack[-2], "the labels of the running containers"
+            return stack[-2], source
         entry = self.history.previous_successful(self.settings.environment, project.name)
         return entry, f"the history {self.history.path}"
 
@@ -209,10 +264,7 @@ class Deployment:
         current one (from deploykit's payloads)."""
         if self.github is None:
             return ""
-        _, project = self.project()
-        client = docker_client(self.env)
-        running = Previous.of(running_services(client.api, project.name, self.image_name,
-                                               project.image_services), self.image_name)
+        running = self.orchestrator.running()
         found = self.github.previous_successful_deployment(
             self.settings.environment, exclude_digest=running.digest)
         if found is None:
@@ -260,24 +312,24 @@ class Deployment:
             raise
 
     def _run(self, gate: DeployTarget) -> None:
-        target = self.resolve(gate)  # step 1: the registry, after the gate
-        compose, project = self.project()  # step 2
-        compose.with_env(self.service_env, self._image_env(target)).config()
-        client = docker_client(self.env)
-        container_id, mounts = self._engine_context(client.api)
+        orchestrator = self.orchestrator
+        orchestrator.check_engine()
+        target = self.resolve(gate)  # the registry, after the gate
+        orchestrator.validate(target)
         if self.settings.dry_run:
-            self.plan(client.api, project, target)
+            orchestrator.plan(target)
             return
         self.history.check_writable()  # before anything changes, not after the release
-        holder = this_holder(
-            project.name, run_url=self.settings.github.run_url,
-            actor=self.settings.github.actor, container=container_id, ttl=self.timeouts.ttl)
-        with engine_lock(client, holder, timeout=self.settings.lock_timeout,
-                         actions=self.actions) as lock:  # step 3
-            previous = self.record(client.api, project)  # step 4
+        with orchestrator.lock(self.container_id) as lock:
+            previous = self.record()  # what runs now: the rollback target
             with self.cancel.shielded():
-                Rollout(self, client.api, compose, project=project, mounts=mounts,
-                        lock=lock).run(target, previous)
+                orchestrator.roll_out(target, previous, lock)
+
+    def holder(self, container: str) -> Holder:
+        _, project = self.project()
+        return this_holder(project.name, run_url=self.settings.github.run_url,
+                           actor=self.settings.github.actor, container=container,
+                           ttl=self.timeouts.ttl)
 
     def resolve(self, gate: DeployTarget) -> Target:
         registry = RegistryClient(self.settings.registry, self.settings.image_repo,
@@ -304,23 +356,23 @@ class Deployment:
         return image_environment(self.settings.registry, self.settings.image_repo,
                                  target.tag, target.digest)
 
-    def _engine_context(self, api: Any) -> tuple[str, dict[str, str]]:
-        """The ID of the container we run in (on this engine), and its bind mounts when
-        it mounts the workspace (the action container); empty on a plain host."""
-        workspace = self.settings.github.workspace
-        container = own_container(api, own_container_candidates(
-            hostname=os.environ.get("HOSTNAME", "")))
-        mounts = workspace_mounts(container, workspace)
-        if mounts:
-            self.actions.info(f"Running in a container: bind mounts under {workspace} are "
-                              f"deployed with their host paths.")
-        return (str(container.get("Id", "")) if container else ""), mounts
+    @property
+    def own_container(self) -> dict[str, Any] | None:
+        """The container we run in, on this engine (the action container), or None."""
+        if not self._own_container_known:
+            self._own_container = own_container(self.engine.api, own_container_candidates(
+                hostname=os.environ.get("HOSTNAME", "")))
+            self._own_container_known = True
+        return self._own_container
 
-    def record(self, api: Any, project: ComposeProject) -> Previous:
-        self.running_labels = engine_labels(api, project.name).get(project.name, {})
-        previous = self.rollback_target(Previous.of(
-            running_services(api, project.name, self.image_name, project.image_services),
-            self.image_name), project)
+    @property
+    def container_id(self) -> str:
+        container = self.own_container
+        return str(container.get("Id", "")) if container else ""
+
+    def record(self) -> Previous:
+        _, project = self.project()
+        previous = self.rollback_target(self.orchestrator.running(), project)
         if previous.digest:
             self.actions.set_output("previous_image", f"{self.image_name}@{previous.digest}")
             if not previous.unverified:
@@ -349,35 +401,84 @@ class Deployment:
             title="Unverified release running")
         return Previous(running.services, verified.digest, verified.tag or None)
 
-    def plan(self, api: Any, project: ComposeProject, target: Target) -> None:
-        previous = self.record(api, project)
-        running = {s.service: s for s in previous.services}
-        rows = []
-        for service in project.image_services:
-            current = running.get(service)
-            if current is None:
-                change = "create"
-            elif current.digest == target.digest and not self.settings.force_redeploy:
-                change = "unchanged"
-            else:
-                change = "recreate"
-            rows.append([service, current.digest if current else "-", target.digest, change])
-        table = markdown_table(["service", "current digest", "target digest", "change"], rows)
-        force = " --force-recreate" if self.settings.force_redeploy else ""
-        self.actions.info(f"Plan: pull {target.reference(self.image_name)}, then `docker compose "
-                          f"up -d --no-build --remove-orphans{force}`."
-                          + (f"\n{table}" if self.actions.in_actions else ""))
-        self._outputs(target)
-        self.actions.set_output("status", PLANNED)
-        self.actions.add_summary(f"### Plan: {self.action} {markdown_text(project.name)} to "
-                                 f"{markdown_text(self.settings.environment)}\n\n{table}")
-
     def _outputs(self, target: Target) -> None:
         self.actions.set_output("digest", target.digest)
         self.actions.set_output("image", f"{self.image_name}@{target.digest}")
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 1)
+
+
+class ComposeOrchestrator:
+    """``docker compose`` on one engine: pull, up, health, restore (:class:`Rollout`)."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.d = deployment
+        self.mounts: dict[str, str] = {}
+
+    def check_engine(self) -> None:
+        """Nothing to check before the registry: compose talks to any engine."""
+
+    def validate(self, target: Target) -> None:
+        compose, _ = self.d.project()  # local only: `docker compose config` connects nowhere
+        compose.with_env(self.d.service_env, self.d._image_env(target)).config()
+        self.mounts = self._mounts()
+
+    def _mounts(self) -> dict[str, str]:
+        """The action container's bind mounts of the workspace (empty on a plain host)."""
+        workspace = self.d.settings.github.workspace
+        mounts = workspace_mounts(self.d.own_container, workspace)
+        if mounts:
+            self.d.actions.info(f"Running in a container: bind mounts under {workspace} are "
+                                f"deployed with their host paths.")
+        return mounts
+
+    def running(self) -> Previous:
+        _, project = self.d.project()
+        api = self.d.engine.api
+        self.d.running_labels = engine_labels(api, project.name).get(project.name, {})
+        return Previous.of(running_services(api, project.name, self.d.image_name,
+                                            project.image_services), self.d.image_name)
+
+    def engine_history(self) -> tuple[list[HistoryEntry], str]:
+        _, project = self.d.project()
+        return (engine_stack(self.d.engine.api, project.name),
+                "the labels of the running containers")
+
+    @contextmanager
+    def lock(self, holder_container: str) -> Iterator[EngineLock]:
+        with engine_lock(self.d.engine, self.d.holder(holder_container),
+                         timeout=self.d.settings.lock_timeout, actions=self.d.actions) as lock:
+            yield lock
+
+    def roll_out(self, target: Target, previous: Previous, lock: EngineLock) -> None:
+        compose, project = self.d.project()
+        Rollout(self.d, self.d.engine.api, compose, project=project, mounts=self.mounts,
+                lock=lock).run(target, previous)
+
+    def plan(self, target: Target) -> None:
+        _, project = self.d.project()
+        previous = self.d.record()
+        running = {s.service: s for s in previous.services}
+        rows = []
+        for service in project.image_services:
+            current = running.get(service)
+            if current is None:
+                change = "create"
+            elif current.digest == target.digest and not self.d.settings.force_redeploy:
+                change = "unchanged"
+            else:
+                change = "recreate"
+            rows.append([service, current.digest if current else "-", target.digest, change])
+        table = markdown_table(["service", "current digest", "target digest", "change"], rows)
+        force = " --force-recreate" if self.d.settings.force_redeploy else ""
+        self.d.actions.info(f"Plan: pull {target.reference(self.d.image_name)}, then "
+                            f"`docker compose up -d --no-build --remove-orphans{force}`."
+                            + (f"\n{table}" if self.d.actions.in_actions else ""))
+        self.d._outputs(target)
+        self.d.actions.set_output("status", PLANNED)
+        self.d.actions.add_summary(f"### Plan: {self.d.action} {markdown_text(project.name)} to "
+                                 f"{markdown_text(self.d.settings.environment)}\n\n{table}")
 
 
 class Rollout:

@@ -1,28 +1,28 @@
-"""mode=deploy and mode=rollback with ``orchestrator: swarm`` (docs/swarm.md).
+"""The Swarm steps of mode=deploy and mode=rollback (``orchestrator: swarm``, docs/swarm.md).
 
-The front half is the compose path's (:class:`deploykit.deploy.Deployment`): gate,
-resolve to a digest, validate the file, history, GitHub records. Then, on a Swarm
-manager: check the manager, ``docker stack config``, the Swarm-wide lock, record what
-runs, ``docker stack deploy``, watch the rollout (:class:`deploykit.swarm.RolloutWatch`),
-smoke test, record the result. A deploy Swarm rolled back ends ``rolled_back`` and
-exits 1; a paused or failing update, or one past ``health_timeout``, is replaced by the
-last verified release (``rollback_on_failure``) the same way, by ``docker stack deploy``.
+:class:`SwarmOrchestrator` is :class:`deploykit.deploy.Deployment`'s orchestrator when the
+input is ``swarm``: the phases (gate, resolve, validate, lock, record what runs, roll out)
+and the collaborators are the deployment's. Its steps: the manager check (before the
+registry), ``docker stack config``, the Swarm-wide lock, what the services run, then
+(:class:`SwarmRollout`) ``docker stack deploy``, the watch of the rollout
+(:class:`deploykit.swarm.RolloutWatch`), the smoke test, the result recorded. A deploy
+Swarm rolled back ends ``rolled_back`` and exits 1; a paused or failing update, or one past
+``health_timeout``, is replaced by the last verified release (``rollback_on_failure``) the
+same way, by ``docker stack deploy``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
-from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.actions import markdown_table, markdown_text
 from deploykit.cancel import Cancelled
 from deploykit.compose import ComposeProject
 from deploykit.deploy import DEPLOYED, FAILED, PLANNED, ROLLED_BACK, Deployment, Previous, Target
 from deploykit.errors import ComposeError, DeployError, DeploykitError, GitHubError, LockError
-from deploykit.health import RunningService, docker_client, own_container, own_container_candidates
+from deploykit.health import RunningService
 from deploykit.history import (
     DEPLOY,
     HISTORY_LABEL,
@@ -34,9 +34,7 @@ from deploykit.history import (
     now_iso,
     stack_from_labels,
 )
-from deploykit.lock import this_holder
-from deploykit.policy import DeployTarget, check_deploy_target
-from deploykit.settings import Settings
+from deploykit.lock import EngineLock
 from deploykit.smoke import smoke_test
 from deploykit.swarm import (
     FAILING,
@@ -68,89 +66,60 @@ def release_labels(services: Mapping[str, Service], project: ComposeProject) -> 
     return {}
 
 
-def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    target = check_deploy_target(environment=settings.environment,
-                                 image_tag=settings.image_tag,
-                                 production_environments=settings.production_environments)
-    SwarmDeployment(settings, actions, DEPLOY, env=getattr(args, "env", None)).run(target)
+class SwarmOrchestrator:
+    """The Swarm steps of a deploy behind :class:`deploykit.deploy.Orchestrator`."""
 
+    def __init__(self, deployment: Deployment) -> None:
+        self.d = deployment
+        self._manager_checked = False
 
-def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    deployment = SwarmDeployment(settings, actions, ROLLBACK, env=getattr(args, "env", None))
-    image_tag = settings.image_tag or deployment.previous_release_tag()
-    target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
-                                 production_environments=settings.production_environments)
-    deployment.run(target)
+    def check_engine(self) -> None:
+        """The engine must be a Swarm manager: said before the registry is asked."""
+        if not self._manager_checked:
+            check_manager(self.d.engine.api, self.d.env.get("DOCKER_HOST", ""))
+            self._manager_checked = True
 
-
-class SwarmDeployment(Deployment):
-    """One Swarm run; shares the compose path's gate, resolve, history and records."""
-
-    def _run(self, gate: DeployTarget) -> None:
-        client = docker_client(self.env)
-        check_manager(client.api, self.env.get("DOCKER_HOST", ""))  # before the registry
-        target = self.resolve(gate)
-        _, project = self.project()
+    def validate(self, target: Target) -> None:
+        _, project = self.d.project()
         if project.one_shot_services:
             raise ComposeError(
                 f"One-shot service(s) {', '.join(project.one_shot_services)} in "
                 f"{project.file}: with orchestrator swarm, deploykit does not run one-shot "
                 "services (Swarm restarts a task that exits).",
                 hint="Run the migration as its own step, or use `orchestrator: compose`.")
-        stack = self.stack(project, target)
-        stack.config()  # step 2 for Swarm: the file as the manager will read it
-        if self.settings.dry_run:
-            self.swarm_plan(client.api, project, target)
-            return
-        self.history.check_writable()
-        container = own_container(client.api, own_container_candidates(
-            hostname=os.environ.get("HOSTNAME", "")))
-        holder = this_holder(project.name, run_url=self.settings.github.run_url,
-                             actor=self.settings.github.actor,
-                             container=str(container.get("Id", "")) if container else "",
-                             ttl=self.timeouts.ttl)
-        with swarm_lock(client, holder, timeout=self.settings.lock_timeout,
-                        actions=self.actions) as lock:
-            previous = self.swarm_record(client.api, project)
-            SwarmRollout(self, client.api, project, lock).run(target, previous)
+        self.stack(target).config()  # the file as the manager will read it
 
-    def stack(self, project: ComposeProject, target: Target,
-              labels: Mapping[str, str] | None = None) -> Stack:
-        return Stack(self.docker, project.directory, project.file, project.name,
-                     {**self.service_env, **self._image_env(target)},
+    def stack(self, target: Target, labels: Mapping[str, str] | None = None) -> Stack:
+        _, project = self.d.project()
+        return Stack(self.d.docker, project.directory, project.file, project.name,
+                     {**self.d.service_env, **self.d._image_env(target)},
                      {name: dict(labels) for name in project.image_services} if labels else {})
 
-    def _previous_release(self, project: ComposeProject) -> tuple[HistoryEntry | None, str]:
-        """The release below the current one: from the labels of the stack's services
-        (they live in the manager's store, whatever runner deploys), else the history."""
-        services, _ = self.running(docker_client(self.env).api, project)
-        stack = stack_from_labels(release_labels(services, project))
-        if len(stack) >= 2:
-            return stack[-2], "the labels of the stack's services"
-        entry = self.history.previous_successful(self.settings.environment, project.name)
-        return entry, f"the history {self.history.path}"
+    def services(self) -> dict[str, Service]:
+        self.check_engine()
+        _, project = self.d.project()
+        return stack_services(self.d.engine.api, project.name)
 
-    def running(self, api: Any, project: ComposeProject) -> tuple[dict[str, Service],
-                                                                   Previous]:
-        services = stack_services(api, project.name)
-        running = [RunningService(name, "", services[name].image, services[name].digest)
-                   for name in project.image_services if name in services]
-        return services, Previous.of(running, self.image_name)
+    def running(self) -> Previous:
+        _, project = self.d.project()
+        services = self.services()
+        self.d.running_labels = release_labels(services, project)
+        return Previous.of([RunningService(name, "", services[name].image,
+                                           services[name].digest)
+                            for name in project.image_services if name in services],
+                           self.d.image_name)
 
-    def swarm_record(self, api: Any, project: ComposeProject) -> Previous:
-        services, running = self.running(api, project)
-        self.running_labels = release_labels(services, project)
-        previous = self.rollback_target(running, project)
-        if previous.digest:
-            self.actions.set_output("previous_image", f"{self.image_name}@{previous.digest}")
-            self.actions.info(f"Running now: {self.image_name}@{running.digest}.")
-        else:
-            self.actions.set_output("previous_image", "")
-            self.actions.info(f"Nothing of stack {project.name!r} runs yet.")
-        return previous
+    def engine_history(self) -> tuple[list[HistoryEntry], str]:
+        """The labels of the stack's services: in the manager's store, whatever runner
+        deploys."""
+        _, project = self.d.project()
+        return (stack_from_labels(release_labels(self.services(), project)),
+                "the labels of the stack's services")
 
-    def swarm_plan(self, api: Any, project: ComposeProject, target: Target) -> None:
-        services, _ = self.running(api, project)
+    def plan(self, target: Target) -> None:
+        _, project = self.d.project()
+        self.d.record()
+        services = self.services()
         rows = []
         for name in project.image_services:
             service = services.get(name)
@@ -161,23 +130,35 @@ class SwarmDeployment(Deployment):
                              else "-"), service.order if service else "-", change])
         table = markdown_table(["service", "current digest", "target digest", "replicas",
                                 "update order", "change"], rows)
-        self.actions.info(f"Plan: `docker stack deploy --with-registry-auth --prune` of stack "
-                          f"{project.name} with {target.reference(self.image_name)}."
-                          + (f"\n{table}" if self.actions.in_actions else ""))
-        self._outputs(target)
-        self.actions.set_output("status", PLANNED)
-        self.actions.add_summary(f"### Plan: {self.action} {markdown_text(project.name)} to "
-                                 f"{markdown_text(self.settings.environment)} (Swarm)\n\n"
-                                 f"{table}")
+        actions = self.d.actions
+        actions.info(f"Plan: `docker stack deploy --with-registry-auth --prune` of stack "
+                     f"{project.name} with {target.reference(self.d.image_name)}."
+                     + (f"\n{table}" if actions.in_actions else ""))
+        self.d._outputs(target)
+        actions.set_output("status", PLANNED)
+        actions.add_summary(f"### Plan: {self.d.action} {markdown_text(project.name)} to "
+                            f"{markdown_text(self.d.settings.environment)} (Swarm)\n\n"
+                            f"{table}")
+
+    @contextmanager
+    def lock(self, holder_container: str) -> Iterator[SwarmLock]:
+        with swarm_lock(self.d.engine, self.d.holder(holder_container),
+                        timeout=self.d.settings.lock_timeout, actions=self.d.actions) as lock:
+            yield lock
+
+    def roll_out(self, target: Target, previous: Previous, lock: EngineLock) -> None:
+        _, project = self.d.project()
+        SwarmRollout(self, self.d.engine.api, project, lock).run(target, previous)
 
 
 class SwarmRollout:
     """Under the lock: stack deploy, watch, smoke, and the way back."""
 
-    def __init__(self, deployment: SwarmDeployment, api: Any, project: ComposeProject,
-                 lock: SwarmLock) -> None:
-        self.d, self.api, self.project, self.lock = deployment, api, project, lock
-        self.settings, self.actions = deployment.settings, deployment.actions
+    def __init__(self, orchestrator: SwarmOrchestrator, api: Any, project: ComposeProject,
+                 lock: EngineLock) -> None:
+        self.orchestrator, self.d = orchestrator, orchestrator.d
+        self.api, self.project, self.lock = api, project, lock
+        self.settings, self.actions = self.d.settings, self.d.actions
         self.services: dict[str, Service] = {}
 
     def run(self, target: Target, previous: Previous) -> None:
@@ -200,7 +181,7 @@ class SwarmRollout:
         with self.d.docker.logged_in(self.settings.registry, self.settings.registry_username,
                                      self.settings.registry_password), \
                 self.actions.group(title):
-            self.d.stack(self.project, target, labels).deploy(timeout=self.d.timeouts.up)
+            self.orchestrator.stack(target, labels).deploy(timeout=self.d.timeouts.up)
         with self.actions.group(f"Rollout of {target.reference(self.d.image_name)}"):
             watch = RolloutWatch(self.api, self.project.name, self.project.image_services,
                                  target.digest, before=before,
@@ -270,7 +251,7 @@ class SwarmRollout:
         if not verdict.failures:
             return ""
         newest = sorted(verdict.failures, key=lambda f: f[1].timestamp)[-FAILED_TASKS_SHOWN:]
-        stack = self.d.stack(self.project, Target(None, ""))
+        stack = self.orchestrator.stack(Target(None, ""))
         parts = []
         for service, task in newest:
             lines = stack.task_logs(task.id)
@@ -353,4 +334,4 @@ class SwarmRollout:
                 + service_table(self.services, self.project.image_services))
 
 
-__all__ = ["SwarmDeployment", "deploy", "rollback"]
+__all__ = ["SwarmOrchestrator", "SwarmRollout", "release_labels"]

@@ -14,10 +14,11 @@ import docker.errors
 import pytest
 import requests
 
-from deploykit.cli import _orchestrated
 from deploykit.compose import ComposeProject
+from deploykit.deploy import Deployment, Orchestrator
 from deploykit.errors import ComposeError, DockerError, InputError, LockError
 from deploykit.lock import Holder
+from deploykit.settings import load_settings
 from deploykit.swarm import (
     RolloutWatch,
     Service,
@@ -408,19 +409,15 @@ def test_a_stale_lock_is_removed_by_its_id(make_actions: Callable[..., CapturedA
     assert "its container gone is no longer running" in actions.out.getvalue()
 
 
-# -- the CLI route -------------------------------------------------------------------
-@pytest.mark.parametrize(("command", "orchestrator", "expected"), [
-    ("deploy", "swarm", "deploykit.swarm_deploy:deploy"),
-    ("rollback", "swarm", "deploykit.swarm_deploy:rollback"),
-    ("deploy", "compose", "deploykit.deploy:deploy"),
-    ("build", "swarm", "deploykit.build:run")])
-def test_deploy_and_rollback_go_to_swarm(command: str, orchestrator: str,
-                                         expected: str) -> None:
-    class Chosen:
-        pass
-
-    settings: Any = Chosen()
-    settings.orchestrator = orchestrator
-    path = {"deploy": "deploykit.deploy:deploy", "build": "deploykit.build:run"}.get(
-        command, "deploykit.deploy:rollback")
-    assert _orchestrated(path, command, settings) == expected
+# -- the seam ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("orchestrator", "expected"), [
+    ("swarm", "SwarmOrchestrator"), ("compose", "ComposeOrchestrator")])
+def test_the_deployment_picks_its_orchestrator(
+        orchestrator: str, expected: str, make_actions: Callable[..., CapturedActions],
+        tmp_path: Path) -> None:
+    settings = replace(load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
+                                      "INPUT_STATE_DIR": str(tmp_path),
+                                      "INPUT_ORCHESTRATOR": orchestrator}))
+    deployment = Deployment(settings, make_actions(), "deploy", env={})
+    assert type(deployment.orchestrator).__name__ == expected
+    assert isinstance(deployment.orchestrator, Orchestrator)
