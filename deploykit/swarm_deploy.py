@@ -55,6 +55,7 @@ from deploykit.swarm import (
 )
 
 FAILED_TASKS_SHOWN = 3
+CANCELLED = "cancelled"  # a Verdict outcome of deploykit's own: the watch was cancelled
 
 
 def release_labels(services: Mapping[str, Service], project: ComposeProject) -> dict[str, str]:
@@ -190,22 +191,27 @@ class SwarmRollout:
             try:
                 with self.d.cancel.interruptible():
                     verdict = watch.wait()
+            except Cancelled:  # the update is the manager's: it goes on without the watch
+                self.d.cancel.acknowledge()
+                verdict = Verdict(CANCELLED, tuple(self.project.image_services))
             finally:
                 self.services = watch.services
             self.actions.info(service_table(self.services, self.project.image_services))
         return verdict
 
+    def cancelled(self, during: str) -> str:
+        return (f"Cancelled ({self.d.cancel.signal_name}) during {during}: Swarm goes on with "
+                "the update (or rolls it back by its update_config); deploykit did not "
+                "verify it.")
+
     def roll_out(self, target: Target, previous: Previous) -> None:
-        try:
-            as_verified = DEPLOYED if self.d.action == DEPLOY else ROLLED_BACK
-            verdict = self.deploy_stack(
-                target, f"docker stack deploy {target.reference(self.d.image_name)}",
-                next_release_labels(self.d.running_labels,
-                                    self.entry(target, previous, as_verified)))
-        except Cancelled as cancelled:
-            self.fail(target, previous, FAILED, f"Cancelled ({cancelled.signal_name}) while "
-                      "Swarm rolled the update out: Swarm goes on with it (or rolls it back "
-                      "by its update_config); deploykit did not verify it.")
+        as_verified = DEPLOYED if self.d.action == DEPLOY else ROLLED_BACK
+        verdict = self.deploy_stack(
+            target, f"docker stack deploy {target.reference(self.d.image_name)}",
+            next_release_labels(self.d.running_labels,
+                                self.entry(target, previous, as_verified)))
+        if verdict.outcome == CANCELLED:
+            self.fail(target, previous, FAILED, self.cancelled("the rollout"))
         if verdict.outcome == SWARM_ROLLED_BACK:
             back = self.verified_back(previous)
             self.fail(target, previous, ROLLED_BACK if back else FAILED,
@@ -216,12 +222,22 @@ class SwarmRollout:
             self.recover(target, previous, self.why(verdict))
         try:
             if self.settings.smoke_url:
-                with self.actions.group("Smoke test"):
+                with self.d.cancel.interruptible(), self.actions.group("Smoke test"):
                     smoke_test(self.settings.smoke_url, status=self.settings.smoke_status,
                                contains=self.settings.smoke_contains,
                                timeout=self.settings.smoke_timeout, actions=self.actions)
+        except Cancelled as cancelled:
+            self.d.cancel.acknowledge()
+            self.fail(target, previous, FAILED, f"Cancelled ({cancelled.signal_name}) during "
+                      f"the smoke test: {target.reference(self.d.image_name)} runs on every "
+                      "replica but was not smoke-tested; nothing was rolled back.")
         except DeploykitError as failure:
             self.recover(target, previous, failure.message)
+        if self.d.cancel.requested:
+            self.d.cancel.acknowledge()
+            self.actions.info(f"{self.d.cancel.signal_name} came after "
+                              f"{target.reference(self.d.image_name)} was verified: the "
+                              "deploy is complete, there is nothing to undo.")
         self.actions.info(f"Every replica of {', '.join(self.project.image_services)} runs "
                           f"{target.digest}.")
         status = ROLLED_BACK if self.d.action == ROLLBACK else DEPLOYED
@@ -291,6 +307,9 @@ class SwarmRollout:
         reference = back.reference(self.d.image_name)
         verdict = self.deploy_stack(back, f"docker stack deploy {reference} (rollback)",
                                     labels_of_release(self.d.running_labels, back.digest))
+        if verdict.outcome == CANCELLED:
+            self.fail(target, previous, FAILED,
+                      f"{what}\n{self.cancelled(f'the rollback to {reference}')}")
         ok = verdict.outcome == DEPLOYED
         status = ROLLED_BACK if ok and self.d.action == DEPLOY else FAILED
         now = (f"{self.d.image_name}@{back.digest} runs again on every replica."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -341,5 +342,25 @@ def test_two_swarm_deploys_serialise(make_stack: Callable[[], StackProject]) -> 
     assert sorted((e.tag, e.status) for e in entries) == [("v1", "deployed"),
                                                          ("v2", "deployed")]
     assert digests_of(project.tasks()) == {project.digests[entries[-1].tag]}
+    assert docker("config", "ls", "-q", "--filter",
+                  f"name=deploykit-lock-{project.name}").strip() == ""
+
+    # A cancel during the watch: exit 1 at once, status failed, the lock released.
+    other = "v1" if entries[-1].tag == "v2" else "v2"
+    victim = spawn(project, other)
+    assert victim.stdout is not None
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if line.startswith("Watching app of stack"):
+            break
+    began = time.monotonic()
+    victim.send_signal(signal.SIGINT)
+    rest = victim.communicate(timeout=30)[0]
+    assert victim.returncode == 1, "".join(seen) + rest
+    assert time.monotonic() - began < 7.5
+    assert "Cancelled (SIGINT) during the rollout: Swarm goes on with the update" in rest
+    assert "\nstatus=failed\n" in rest
+    assert project.history().entries()[-1].status == "failed"
     assert docker("config", "ls", "-q", "--filter",
                   f"name=deploykit-lock-{project.name}").strip() == ""
