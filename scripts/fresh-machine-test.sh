@@ -20,7 +20,8 @@ usage() {
   cat <<'EOF'
 Usage: scripts/fresh-machine-test.sh [--with-tests] [--ref REF] [--keep] [-h]
 
-  --with-tests   also run `bash scripts/test.sh` inside (the whole suite: ~+N min, see docs/testbed.md)
+  --with-tests   also run `bash scripts/test.sh` inside (the whole suite again: about
+                 15 min more; see docs/testbed.md)
   --ref REF      the commit to test (default HEAD); the clone holds that commit only as committed
   --keep         leave the container running at the end (to look inside); removed otherwise
 
