@@ -302,7 +302,7 @@ def test_swarm_story(make_stack: Callable[[], StackProject],
             "every replica.") in log
     assert digests_of(project.tasks()) == {digests["v2"]}
 
-    # The production gate and bad input change nothing: same spec, same tasks.
+    # The production gate, bad input and a dry run change nothing: same spec, same tasks.
     spec, tasks = project.spec(), project.tasks()
     code, outputs, log = run(project, capsys, environment="production", image_tag="latest")
     assert code == 1 and "::error title=" in log
@@ -310,6 +310,11 @@ def test_swarm_story(make_stack: Callable[[], StackProject],
         STACK_FILE.replace("    networks: [net]\n", "    networks: [net]\n    build: .\n"))
     code, outputs, log = run(project, capsys, image_tag="v1", compose_file="broken.yaml")
     assert code == 1 and "has `build:`" in log
+    code, outputs, log = run(project, capsys, image_tag="v1", dry_run="true")
+    assert code == 0, log
+    assert outputs["status"] == "planned"
+    assert (f"| app | {digests['v2']} | {digests['v1']} | 2 | start-first | rolling update |"
+            in (project.directory / "summary.md").read_text())
     assert (project.spec(), project.tasks()) == (spec, tasks)
 
     statuses = [(e.tag, e.status) for e in project.history().entries()]
