@@ -84,8 +84,13 @@ cleanup() {
     docker volume rm "$NAME-docker" "$NAME-containerd" >/dev/null 2>&1
     docker rmi "$IMAGE" >/dev/null 2>&1
   fi
-  if [[ -z "${FRESH_MACHINE_LOG_DIR:-}" && "$rc" == 0 ]]; then rm -rf "$WORK"; else log "logs: $LOGS"; fi
-  rm -rf "$WORK/rootfs.tar" "$WORK/deploykit"
+  # the logs stay when they were asked for, or when the test failed
+  if [[ -n "${FRESH_MACHINE_LOG_DIR:-}" || "$rc" != 0 ]]; then log "logs: $LOGS"; fi
+  if [[ -n "${FRESH_MACHINE_LOG_DIR:-}" || "$rc" == 0 ]]; then
+    rm -rf "$WORK"
+  else
+    rm -rf "$WORK/rootfs.tar" "$WORK/deploykit"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
