@@ -1,9 +1,11 @@
 """orchestrator: swarm against a real single-node Swarm (issue 15's acceptance).
 
-The engine becomes a Swarm manager for this module (`docker swarm init --advertise-addr
-127.0.0.1`) and leaves it afterwards, unless it already was one. No IPVS here: the app
-is reached by name (`endpoint_mode: dnsrr`) from a client container on the stack's
-attachable overlay network, never through a published port.
+The Swarm is a throwaway engine (scripts/swarm-engine.sh: a privileged container running the
+test bed's dockerd), made a single-node manager for this module: the shared engine's Swarm
+state is never touched (`docker swarm leave` breaks name resolution between the running
+containers of every compose project on that engine). No IPVS here: the app is reached by
+name (`endpoint_mode: dnsrr`) from a client container on the stack's attachable overlay
+network, never through a published port.
 """
 
 from __future__ import annotations
@@ -61,23 +63,38 @@ networks:
 """
 
 
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SWARM: dict[str, str] = {}  # DOCKER_HOST of the module's Swarm engine, once it runs
+
+
 def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    """The shared engine."""
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
                           timeout=timeout).stdout
 
 
+def swarm_docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    """The module's Swarm manager."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
+                          timeout=timeout, env={**os.environ, **SWARM}).stdout
+
+
 @pytest.fixture(scope="module")
-def swarm(docker_engine: None) -> Iterator[None]:
-    """This engine as a single-node Swarm manager for the module."""
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
-    if state == "active":
-        yield
-        return
-    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+def swarm(docker_engine: None, open_registry: TestRegistry) -> Iterator[None]:
+    """A throwaway engine as a single-node Swarm manager for the module."""
+    name = f"dk-swarm-tests-{uuid.uuid4().hex[:8]}"
     try:
+        up = subprocess.run(["bash", str(SCRIPTS / "swarm-engine.sh"), "up", name],
+                            capture_output=True, text=True, timeout=180, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+        key, _, value = up.stdout.strip().partition("=")
+        SWARM[key] = value
+        swarm_docker("swarm", "init", "--advertise-addr", "127.0.0.1")
         yield
     finally:
-        docker("swarm", "leave", "--force", check=False)
+        SWARM.clear()
+        subprocess.run(["bash", str(SCRIPTS / "swarm-engine.sh"), "down", name],
+                       capture_output=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +136,7 @@ class StackProject:
         env.update({
             "GITHUB_WORKSPACE": str(self.directory), "GITHUB_REPOSITORY": "org/app",
             "GITHUB_RUN_ID": uuid.uuid4().hex[:8], "GITHUB_ACTOR": "tester",
-            "INPUT_ORCHESTRATOR": "swarm", "INPUT_REGISTRY": self.registry,
+            "INPUT_ORCHESTRATOR": "swarm", **SWARM, "INPUT_REGISTRY": self.registry,
             "INPUT_IMAGE_REPO": self.repo, "INPUT_PROJECT_NAME": self.name,
             "INPUT_ENVIRONMENT": "staging", "INPUT_STATE_DIR": str(self.directory / "state"),
             "INPUT_HEALTH_TIMEOUT": "60", "INPUT_LOCK_TIMEOUT": "120",
@@ -130,22 +147,22 @@ class StackProject:
 
     def tasks(self) -> dict[str, str]:
         """task ID -> image of every task that should run now."""
-        ids = docker("service", "ps", "-q", "--filter", "desired-state=running",
+        ids = swarm_docker("service", "ps", "-q", "--filter", "desired-state=running",
                      f"{self.name}_app").split()
         if not ids:
             return {}
-        found = json.loads(docker("inspect", *ids))
+        found = json.loads(swarm_docker("inspect", *ids))
         return {t["ID"]: t["Spec"]["ContainerSpec"]["Image"] for t in found}
 
     def spec(self) -> str:
-        return docker("service", "inspect", "--format", "{{json .Spec}}", f"{self.name}_app")
+        return swarm_docker("service", "inspect", "--format", "{{json .Spec}}", f"{self.name}_app")
 
     def fetch(self, count: int = 1) -> list[str]:
         """``count`` requests from a client container on the overlay network."""
         script = (f"i=0; while [ $i -lt {count} ]; do i=$((i+1)); "
                   f"timeout 3 wget -q -O - http://{self.name}_app:8080/ || echo FAILED; "
                   "sleep 0.05; done")
-        out = docker("run", "--rm", "--network", self.network, BASE_CLIENT, "sh", "-c",
+        out = swarm_docker("run", "--rm", "--network", self.network, BASE_CLIENT, "sh", "-c",
                      script, timeout=300)
         return [line for line in out.splitlines() if line.strip()]
 
@@ -172,11 +189,11 @@ def make_stack(swarm: None, images: tuple[str, dict[str, str]], open_registry: T
 
     yield factory
     for project in created:
-        docker("stack", "rm", project.name, check=False)
-        docker("config", "rm", f"deploykit-lock-{project.name}", check=False)
+        swarm_docker("stack", "rm", project.name, check=False)
+        swarm_docker("config", "rm", f"deploykit-lock-{project.name}", check=False)
     for project in created:  # `stack rm` returns at once: its containers go afterwards
         deadline = time.monotonic() + 60
-        while docker("ps", "-aq", "--filter", f"label={STACK_LABEL}={project.name}").strip() \
+        while swarm_docker("ps", "-aq", "--filter", f"label={STACK_LABEL}={project.name}").strip() \
                 and time.monotonic() < deadline:
             time.sleep(0.5)
 
@@ -225,19 +242,16 @@ def test_an_engine_that_is_no_manager_is_refused_before_anything(
 
 def test_replicas_on_two_nodes_run_one_digest(docker_engine: None,
                                               open_registry: TestRegistry) -> None:
-    """scripts/swarm-multinode.sh: a second engine (a privileged container running the
-    test bed's dockerd) joins as a worker; two replicas land on both nodes, one digest.
-    Runs before the module's Swarm exists (it makes and leaves its own)."""
-    if docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() != "inactive":
-        pytest.skip("the engine is already in a Swarm")
-    script = Path(__file__).resolve().parents[2] / "scripts" / "swarm-multinode.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
-                            timeout=300, check=False,
+    """scripts/swarm-multinode.sh: two throwaway engines, a manager and a worker; two
+    replicas land on both nodes and run one digest. The shared engine stays as it was."""
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    result = subprocess.run(["bash", str(SCRIPTS / "swarm-multinode.sh")], capture_output=True,
+                            text=True, timeout=300, check=False,
                             env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "status=deployed" in result.stderr
     assert "] tasks on 2 node(s), state(s) running, digest(s): sha256:" in result.stderr
-    assert docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() == "inactive"
+    assert docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip() == state
 
 
 def test_swarm_story(make_stack: Callable[[], StackProject],
@@ -259,14 +273,14 @@ def test_swarm_story(make_stack: Callable[[], StackProject],
     # v2: start-first rolling update while a client loops; not one request fails.
     client_name = f"{project.name}-client"
     client = subprocess.Popen(
-        ["docker", "run", "--rm", "--name", client_name, "--network", project.network,
-         BASE_CLIENT, "sh", "-c", "end=$(($(date +%s)+90)); i=0; "
+        ["docker", "-H", SWARM["DOCKER_HOST"], "run", "--rm", "--name", client_name,
+         "--network", project.network, BASE_CLIENT, "sh", "-c", "end=$(($(date +%s)+90)); i=0; "
          "while [ $(date +%s) -lt $end ] && [ $i -lt 900 ]; do i=$((i+1)); "
          f"timeout 3 wget -q -O - http://{project.name}_app:8080/ || echo FAILED; "
          "sleep 0.1; done"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(2)
     code, outputs, log = run(project, capsys, image_tag="v2")
-    docker("kill", client_name)  # bounded anyway: 90 s, 900 requests
+    swarm_docker("kill", client_name)  # bounded anyway: 90 s, 900 requests
     served = client.communicate(timeout=30)[0].splitlines()
     assert code == 0, log
     assert outputs["status"] == "deployed"
@@ -347,7 +361,7 @@ def test_two_swarm_deploys_serialise(make_stack: Callable[[], StackProject]) -> 
     assert sorted((e.tag, e.status) for e in entries) == [("v1", "deployed"),
                                                          ("v2", "deployed")]
     assert digests_of(project.tasks()) == {project.digests[entries[-1].tag]}
-    assert docker("config", "ls", "-q", "--filter",
+    assert swarm_docker("config", "ls", "-q", "--filter",
                   f"name=deploykit-lock-{project.name}").strip() == ""
 
     # A cancel during the watch: exit 1 at once, status failed, the lock released.
@@ -367,5 +381,5 @@ def test_two_swarm_deploys_serialise(make_stack: Callable[[], StackProject]) -> 
     assert "Cancelled (SIGINT) during the rollout: Swarm goes on with the update" in rest
     assert "\nstatus=failed\n" in rest
     assert project.history().entries()[-1].status == "failed"
-    assert docker("config", "ls", "-q", "--filter",
+    assert swarm_docker("config", "ls", "-q", "--filter",
                   f"name=deploykit-lock-{project.name}").strip() == ""
