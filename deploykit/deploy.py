@@ -405,6 +405,25 @@ class Deployment:
         self.actions.set_output("digest", target.digest)
         self.actions.set_output("image", f"{self.image_name}@{target.digest}")
 
+    def record_history(self, project: str, target: Target, previous: Previous,
+                       status: str) -> None:
+        """One line; a failure to write it is a warning: the status stays the truth."""
+        try:
+            self.history.append(self.history_entry(project, target, previous, status))
+        except DeploykitError as exc:
+            self.actions.warning(f"{exc.message} The {self.action} is still `{status}`; only "
+                                 "its history line is missing.", title=exc.title)
+
+    def history_entry(self, project: str, target: Target, previous: Previous,
+                      status: str) -> HistoryEntry:
+        return HistoryEntry(
+            time=now_iso(), action=self.action, environment=self.settings.environment,
+            project=project, tag=target.tag or "", digest=target.digest,
+            previous_digest=previous.digest, status=status,
+            duration_seconds=self.elapsed(), run_url=self.settings.github.run_url,
+            actor=self.settings.github.actor, image=f"{self.image_name}@{target.digest}",
+            rolled_back_from=previous.digest if self.action == ROLLBACK else "")
+
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 1)
 
@@ -726,21 +745,10 @@ class Rollout:
                             f"{target.reference(self.d.image_name)}.", title=status)
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
-        """One line; a failure to write it is a warning: the status stays the truth."""
-        try:
-            self.d.history.append(self.entry(target, previous, status))
-        except DeploykitError as exc:
-            self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
-                                 "its history line is missing.", title=exc.title)
+        self.d.record_history(self.project.name, target, previous, status)
 
     def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:
-        return HistoryEntry(
-            time=now_iso(), action=self.d.action, environment=self.settings.environment,
-            project=self.project.name, tag=target.tag or "", digest=target.digest,
-            previous_digest=previous.digest, status=status,
-            duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
-            actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
-            rolled_back_from=previous.digest if self.d.action == ROLLBACK else "")
+        return self.d.history_entry(self.project.name, target, previous, status)
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
         rows = [["status", status], ["environment", self.settings.environment],

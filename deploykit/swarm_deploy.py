@@ -31,7 +31,6 @@ from deploykit.history import (
     HistoryEntry,
     labels_of_release,
     next_release_labels,
-    now_iso,
     stack_from_labels,
 )
 from deploykit.lock import EngineLock
@@ -326,20 +325,10 @@ class SwarmRollout:
                           "logs <task>` on the manager show more.")
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
-        try:
-            self.d.history.append(self.entry(target, previous, status))
-        except DeploykitError as exc:
-            self.actions.warning(f"{exc.message} The {self.d.action} is still `{status}`; only "
-                                 "its history line is missing.", title=exc.title)
+        self.d.record_history(self.project.name, target, previous, status)
 
     def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:
-        return HistoryEntry(
-            time=now_iso(), action=self.d.action, environment=self.settings.environment,
-            project=self.project.name, tag=target.tag or "", digest=target.digest,
-            previous_digest=previous.digest, status=status,
-            duration_seconds=self.d.elapsed(), run_url=self.settings.github.run_url,
-            actor=self.settings.github.actor, image=f"{self.d.image_name}@{target.digest}",
-            rolled_back_from=previous.digest if self.d.action == ROLLBACK else "")
+        return self.d.history_entry(self.project.name, target, previous, status)
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
         rows = [["status", status], ["environment", self.settings.environment],
