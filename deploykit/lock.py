@@ -3,6 +3,10 @@
 The lock is a network named ``deploykit-lock-<project>``: the engine creates a
 network name atomically (a second create answers 409 Conflict), so every client
 of that engine, on any machine, sees the same lock. Its labels name the holder.
+It is a *config-only* network: a name and labels in the engine's store, with no
+bridge, no iptables rules and nothing to attach to, so creating and removing it
+takes milliseconds (a bridge network took 0.06-0.09 s to create and 0.19-0.23 s
+to remove on the test bed).
 
 Labels cannot change after creation, so the lock carries no heartbeat; a lock
 left by a killed deploy (SIGKILL included) is recognised as stale by rules
@@ -261,14 +265,13 @@ class EngineLock:
 
     def _try_create(self) -> bool:
         try:
-            network = self.client.networks.create(
-                self.name, driver="bridge", internal=True,
-                labels={**self.holder.labels(), LABEL_PREFIX.rstrip("."): "true"})
+            self.network_id = create_config_only_network(
+                self.client.api, self.name,
+                {**self.holder.labels(), LABEL_PREFIX.rstrip("."): "true"})
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 return False
             raise DockerError(f"Cannot create the lock {self.name}: {exc.explanation}") from exc
-        self.network_id = str(network.id)
         return True
 
     def _current(self) -> tuple[str, Holder] | None:
@@ -297,6 +300,14 @@ class EngineLock:
         return bool(state.get("Running"))
 
 
+def create_config_only_network(api: Any, name: str, labels: Mapping[str, str]) -> str:
+    """``POST /networks/create`` with ``ConfigOnly`` (the SDK's ``create_network`` has no
+    such parameter); returns the network's ID, raises APIError (409: the name is taken)."""
+    data = {"Name": name, "ConfigOnly": True, "Labels": dict(labels)}
+    created = api._result(api._post_json(api._url("/networks/create"), data=data), json=True)
+    return str(created["Id"])
+
+
 @contextmanager
 def engine_lock(client: Any, holder: Holder, *, timeout: float,
                 actions: Actions) -> Iterator[EngineLock]:
@@ -309,5 +320,5 @@ def engine_lock(client: Any, holder: Holder, *, timeout: float,
         lock.release()
 
 
-__all__ = ["EngineLock", "Holder", "Timeouts", "engine_lock", "lock_name", "lock_ttl",
-           "stale_reason", "this_holder"]
+__all__ = ["EngineLock", "Holder", "Timeouts", "create_config_only_network", "engine_lock",
+           "lock_name", "lock_ttl", "stale_reason", "this_holder"]

@@ -44,11 +44,11 @@ class FakeNetworks:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
 
-    def create(self, name: str, **kwargs: Any) -> FakeNetwork:
+    def create(self, name: str, labels: dict[str, str]) -> FakeNetwork:
         self.engine.creates += 1
         if name in self.engine.networks:
             raise api_error(409)
-        network = FakeNetwork(f"id{self.engine.creates}", dict(kwargs["labels"]))
+        network = FakeNetwork(f"id{self.engine.creates}", dict(labels))
         self.engine.networks[name] = network
         return network
 
@@ -59,8 +59,23 @@ class FakeNetworks:
 
 
 class FakeAPI:
+    """The SDK's raw calls the lock makes (``POST /networks/create`` included)."""
+
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
+        self.posted: list[dict[str, Any]] = []
+
+    def _url(self, path: str) -> str:
+        return f"http+docker://localhost/v1.45{path}"
+
+    def _post_json(self, url: str, data: dict[str, Any]) -> FakeNetwork:
+        assert url == "http+docker://localhost/v1.45/networks/create"
+        self.posted.append(data)
+        return self.engine.networks_api.create(data["Name"], labels=data["Labels"])
+
+    def _result(self, response: FakeNetwork, json: bool) -> dict[str, Any]:
+        assert json
+        return {"Id": response.id, "Warning": ""}
 
     def remove_network(self, network_id: str) -> None:
         for name, network in list(self.engine.networks.items()):
@@ -130,6 +145,8 @@ def test_free_lock_is_acquired_and_released(make_actions) -> None:  # type: igno
     labels = engine.networks["deploykit-lock-shop"].attrs["Labels"]
     assert labels["io.deploykit.lock.token"] == "t-me"
     assert labels["io.deploykit.lock"] == "true"
+    assert [(p["Name"], p["ConfigOnly"]) for p in engine.api.posted] == [
+        ("deploykit-lock-shop", True)]  # a name in the engine's store: no bridge to set up
     lock.verify()
     lock.release()
     assert engine.networks == {}
@@ -203,12 +220,12 @@ def test_verify_detects_a_takeover(make_actions) -> None:  # type: ignore[no-unt
 
 def test_engine_errors_other_than_conflict_are_docker_errors(make_actions) -> None:  # type: ignore[no-untyped-def]
     class Broken(FakeNetworks):
-        def create(self, name: str, **kwargs: Any) -> FakeNetwork:
+        def create(self, name: str, labels: dict[str, str]) -> FakeNetwork:
             raise api_error(500)
 
     engine = FakeEngine()
+    engine.networks_api = Broken(engine)
     client = FakeClient(engine)
-    client.networks = Broken(engine)
     lock = EngineLock(client, holder(), timeout=1, actions=make_actions())
     with pytest.raises(DockerError, match="Cannot create the lock deploykit-lock-shop: "
                        "explanation 500"):
