@@ -16,7 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import docker.errors
+from deploykit.docker_sdk import docker
 
 PROJECT_LABEL = "com.docker.compose.project"
 # What can change a verdict. `die` covers stop and kill; `create`/`destroy` change the set

@@ -20,10 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-from docker.client import DockerClient
-
 from deploykit.actions import Actions, markdown_table
+from deploykit.docker_sdk import docker, enable_ssh
 from deploykit.errors import DockerError
 from deploykit.events import ContainerEvent, EventSource, open_project_events
 
@@ -51,9 +49,11 @@ FAILED, WAITING = "failed", "waiting"
 def docker_client(env: Mapping[str, str]) -> Any:
     """An SDK client for the engine the docker CLI would talk to."""
     host = env.get("DOCKER_HOST", "")
+    if host.startswith("ssh://"):
+        enable_ssh()
     try:
-        return DockerClient.from_env(environment=dict(env),
-                                     use_ssh_client=host.startswith("ssh://"))
+        return docker.DockerClient.from_env(environment=dict(env),
+                                            use_ssh_client=host.startswith("ssh://"))
     except docker.errors.DockerException as exc:
         raise DockerError(f"Cannot reach the Docker engine ({host or 'default socket'}): {exc}",
                           hint="Start the engine, or point DOCKER_HOST at it (e.g. "

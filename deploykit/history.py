@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import requests
 
 from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
 from deploykit.health import docker_client
 from deploykit.reference import parse_reference

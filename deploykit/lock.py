@@ -40,9 +40,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
 from deploykit.actions import Actions
+from deploykit.docker_sdk import docker
 from deploykit.errors import DockerError, LockError
 
 LOCK_PREFIX = "deploykit-lock-"

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
 from deploykit.actions import Actions, markdown_table
+from deploykit.docker_sdk import docker
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import ComposeError, DockerError, InputError, LockError
 from deploykit.lock import LABEL_PREFIX, EngineLock, Holder

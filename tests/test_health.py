@@ -508,7 +508,7 @@ def test_docker_client_honours_docker_host(monkeypatch: pytest.MonkeyPatch) -> N
             seen.append((environment.get("DOCKER_HOST", ""), use_ssh_client))
             return "client"
 
-    monkeypatch.setattr(health, "DockerClient", Recorder)
+    monkeypatch.setattr(health.docker, "DockerClient", Recorder)
     assert health.docker_client({"DOCKER_HOST": "ssh://deploy@prod-1"}) == "client"
     assert health.docker_client({"DOCKER_HOST": "tcp://10.0.0.5:2376"}) == "client"
     assert health.docker_client({}) == "client"
@@ -521,7 +521,7 @@ def test_unreachable_engine_is_a_docker_error(monkeypatch: pytest.MonkeyPatch) -
         def from_env(**kwargs: object) -> None:
             raise docker.errors.DockerException("Error while fetching server API version")
 
-    monkeypatch.setattr(health, "DockerClient", Failing)
+    monkeypatch.setattr(health.docker, "DockerClient", Failing)
     with pytest.raises(DockerError, match=r"Cannot reach the Docker engine \(unix:///x.sock\)") \
             as info:
         health.docker_client({"DOCKER_HOST": "unix:///x.sock"})

@@ -20,7 +20,8 @@ print(" ".join(name for name in {HEAVY} if name in sys.modules))
 @pytest.mark.parametrize(("modules", "loaded"), [
     (["deploykit.cli"], ""),
     (["deploykit.build", "deploykit.plan", "deploykit.registry"], ""),  # build, tags, resolve
-    (["deploykit.deploy"], "docker paramiko"),  # the SDK (health, lock) pulls paramiko
+    (["deploykit.deploy"], "docker"),  # the SDK, without paramiko (deploykit.docker_sdk)
+    (["deploykit.swarm_deploy", "deploykit.history", "deploykit.lock"], "docker"),
 ])
 def test_a_command_imports_only_the_heavy_libraries_it_uses(
         modules: list[str], loaded: str) -> None:
@@ -28,3 +29,27 @@ def test_a_command_imports_only_the_heavy_libraries_it_uses(
                             capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.strip() == loaded
+
+
+SSH_CLIENT = """
+import sys
+from deploykit.errors import DockerError
+from deploykit.health import docker_client
+before = "paramiko" in sys.modules
+try:
+    docker_client({"DOCKER_HOST": "ssh://nobody@127.0.0.1:1", "PATH": "/nonexistent"})
+except DockerError as exc:
+    print(before, "paramiko" in sys.modules, exc.message)
+"""
+
+
+def test_an_ssh_engine_still_gets_the_sdks_ssh_transport() -> None:
+    """paramiko is hidden while the SDK is imported; a client for ``ssh://`` loads it."""
+    result = subprocess.run([sys.executable, "-c", SSH_CLIENT], check=True,
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    before, after, message = result.stdout.strip().split(" ", 2)
+    assert (before, after) == ("False", "True")
+    assert message.startswith("Cannot reach the Docker engine (ssh://nobody@127.0.0.1:1): "
+                              "Error while fetching server API version")
+    assert "paramiko" not in message  # not "Install paramiko package to enable ssh://"
