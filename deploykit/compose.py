@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,15 +22,17 @@ import tenacity
 
 from deploykit.dockercli import DockerCLI, private_directory
 from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
-from deploykit.settings import IMAGE_VARIABLES, Settings
+from deploykit.settings import Settings
 
 DEFAULT_FILES = ("compose.yaml", "docker-compose.yml")
 EXPECTED_IMAGE_LINE = "image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
-# A variable with an optional default (`${IMAGE_TAG:-staging-latest}`) still counts.
-_VARIABLE = r"\$\{{{name}(?:[:]?[-?+][^}}]*)?\}}"
-_IMAGE_RE = re.compile("^" + _VARIABLE.format(name="IMAGE_REGISTRY") + "/"
-                       + _VARIABLE.format(name="IMAGE_REPO") + ":"
-                       + _VARIABLE.format(name="IMAGE_TAG") + "$")
+# What the image variables are set to in the one `docker compose config` that validates a
+# project: a service runs the deployed image exactly when its interpolated image is
+# MARKER_IMAGE (`${IMAGE_TAG:-staging-latest}` counts: the variable is set). `.invalid`
+# names nothing that exists, and the config run connects nowhere.
+MARKER_ENV = {"IMAGE_REGISTRY": "image-registry.deploykit.invalid",
+              "IMAGE_REPO": "deploykit/image-repo", "IMAGE_TAG": "deploykit-image-tag"}
+MARKER_IMAGE = "{IMAGE_REGISTRY}/{IMAGE_REPO}:{IMAGE_TAG}".format(**MARKER_ENV)
 PULL_ATTEMPTS = 3
 ONE_SHOT_LABEL = "deploykit.one-shot"
 ONE_SHOT_CONDITION = "service_completed_successfully"
@@ -104,23 +105,25 @@ def locate_compose_file(settings: Settings) -> Path:
 
 
 # -- validation (pure, over `docker compose config` output) ----------------------
-def check_services(raw: Mapping[str, Any], file: Path) -> tuple[str, ...]:
-    """Names of the services that run the deployed image; raises on a misuse."""
-    services = raw.get("services") or {}
+def check_services(config: Mapping[str, Any], file: Path) -> tuple[str, ...]:
+    """Names of the services that run the deployed image; raises on a misuse.
+
+    ``config`` is ``docker compose config`` interpolated with :data:`MARKER_ENV`."""
+    services = config.get("services") or {}
     users = []
     for name, service in sorted(services.items()):
         image = str((service or {}).get("image") or "")
-        if _IMAGE_RE.match(image):
+        if image == MARKER_IMAGE:
             if "build" in (service or {}):
                 raise ComposeError(
                     f"Service {name!r} in {file} runs the deployed image but has `build:`; "
                     "a deploy never builds.",
                     hint=f"Remove `build:` from {name!r} and keep `{EXPECTED_IMAGE_LINE}`.")
             users.append(name)
-        elif any(variable in image for variable in IMAGE_VARIABLES):
+        elif any(value in image for value in MARKER_ENV.values()):
             raise ComposeError(
-                f"Service {name!r} in {file} has `image: {image}`, which uses the image "
-                "variables only in part: deploykit could not pin it to the deployed digest.",
+                f"Service {name!r} in {file} uses the image variables only in part in its "
+                "`image:`: deploykit could not pin it to the deployed digest.",
                 hint=f"Write exactly `{EXPECTED_IMAGE_LINE}`.")
     if not users:
         raise ComposeError(
@@ -248,10 +251,9 @@ class Compose:
                               hint=exc.hint) from exc
         return result.stdout
 
-    def config(self, *, interpolate: bool = True) -> dict[str, Any]:
-        flags = [] if interpolate else ["--no-interpolate"]
+    def config(self) -> dict[str, Any]:
         try:
-            output = self._run("config", "--format", "json", *flags)
+            output = self._run("config", "--format", "json")
         except DockerError as exc:
             detail = exc.message.partition("\n")[2] or exc.message
             raise ComposeError(f"`docker compose config` rejected {self.file}:\n{detail}",
@@ -264,18 +266,20 @@ class Compose:
                                hint="Use Docker Compose v2.20 or later.") from exc
         return parsed
 
-    def load(self) -> ComposeProject:
-        """Validate the raw file (no interpolation) and learn the project's name."""
-        raw = self.config(interpolate=False)
-        users = check_services(raw, self.file)
-        one_shots = one_shot_services(raw)
-        name = self.name or str(raw.get("name") or "")
+    def load(self, service_env: Mapping[str, str]) -> ComposeProject:
+        """The deploy's one ``docker compose config``: with ``service_env`` and the image
+        variables set to :data:`MARKER_ENV`, it checks the file and its interpolation,
+        finds the services that run the deployed image and learns the project's name."""
+        config = self.with_env(service_env, MARKER_ENV).config()
+        users = check_services(config, self.file)
+        one_shots = one_shot_services(config)
+        name = self.name or str(config.get("name") or "")
         if not name:
             raise ComposeError(f"Compose found no project name for {self.file}.",
                                hint="Set `project_name`.")
         image_services = tuple(s for s in users if s not in one_shots) or users
         return ComposeProject(self.directory, self.file, name,
-                              tuple(sorted(raw.get("services") or {})), image_services,
+                              tuple(sorted(config.get("services") or {})), image_services,
                               one_shots)
 
     def pull(self, *, timeout: float | None = None) -> None:

@@ -230,7 +230,7 @@ class Deployment:
     def project(self) -> tuple[Compose, ComposeProject]:
         if self._compose is None or self._project is None:
             compose = compose_for(self.settings, self.docker)
-            project = compose.load()
+            project = compose.load(self.service_env)
             self._compose, self._project = replace(compose, name=project.name), project
         return self._compose, self._project
 
@@ -439,8 +439,7 @@ class ComposeOrchestrator:
         """Nothing to check before the registry: compose talks to any engine."""
 
     def validate(self, target: Target) -> None:
-        compose, _ = self.d.project()  # local only: `docker compose config` connects nowhere
-        compose.with_env(self.d.service_env, self.d._image_env(target)).config()
+        self.d.project()  # local only: `docker compose config` connects nowhere
         self.mounts = self._mounts()
 
     def _mounts(self) -> dict[str, str]:

@@ -15,6 +15,8 @@ import pytest
 from deploykit.actions import Actions
 from deploykit.compose import (
     EXPECTED_IMAGE_LINE,
+    MARKER_ENV,
+    MARKER_IMAGE,
     Compose,
     ComposeProject,
     check_services,
@@ -29,7 +31,7 @@ from deploykit.dockercli import config_parent
 from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
 from deploykit.settings import load_settings
 
-IMAGE = "${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}"
+IMAGE = MARKER_IMAGE  # what `docker compose config` prints for the expected image line
 DIGEST = "sha256:" + "a" * 64
 
 
@@ -122,12 +124,10 @@ def test_missing_compose_file_errors(tmp_path: Path) -> None:
 
 
 # -- validation -----------------------------------------------------------------
-def test_services_using_the_three_variables_are_found() -> None:
-    raw = {"services": {"app": {"image": IMAGE}, "worker": {"image": IMAGE},
-                        "db": {"image": "postgres:16"},
-                        "web": {"image": "${IMAGE_REGISTRY:-ghcr.io}/${IMAGE_REPO}:"
-                                "${IMAGE_TAG:-staging-latest}"}}}
-    assert check_services(raw, Path("c.yaml")) == ("app", "web", "worker")
+def test_services_whose_image_is_the_marker_are_found() -> None:
+    config = {"services": {"app": {"image": IMAGE}, "worker": {"image": IMAGE},
+                           "db": {"image": "postgres:16"}}}
+    assert check_services(config, Path("c.yaml")) == ("app", "worker")
 
 
 def test_build_next_to_the_deployed_image_is_refused() -> None:
@@ -151,28 +151,34 @@ def test_no_service_with_the_variables_shows_the_expected_line() -> None:
     assert "image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}" in info.value.hint
 
 
-def test_partial_use_of_the_variables_is_refused() -> None:
-    raw = {"services": {"app": {"image": "ghcr.io/${IMAGE_REPO}:${IMAGE_TAG}"}}}
+@pytest.mark.parametrize("image", [
+    "ghcr.io/deploykit/image-repo:deploykit-image-tag",  # ghcr.io/${IMAGE_REPO}:${IMAGE_TAG}
+    "image-registry.deploykit.invalid/org/app:v1",  # ${IMAGE_REGISTRY}/org/app:v1
+    "ghcr.io/org/app:deploykit-image-tag",  # ghcr.io/org/app:${IMAGE_TAG}
+])
+def test_partial_use_of_the_variables_is_refused(image: str) -> None:
+    config = {"services": {"app": {"image": image}}}
     with pytest.raises(ComposeError, match="uses the image variables only in part"):
-        check_services(raw, Path("c.yaml"))
+        check_services(config, Path("c.yaml"))
 
 
-def test_load_reads_the_raw_config_and_the_project_name(tmp_path: Path) -> None:
-    raw = {"name": "shop", "services": {"app": {"image": IMAGE}, "db": {"image": "pg"}}}
-    docker = FakeDocker(json.dumps(raw))
-    project = compose_with(docker, tmp_path).load()
+def test_load_is_one_config_with_the_image_variables_set_to_markers(tmp_path: Path) -> None:
+    config = {"name": "shop", "services": {"app": {"image": IMAGE}, "db": {"image": "pg"}}}
+    docker = FakeDocker(json.dumps(config))
+    project = compose_with(docker, tmp_path).load({"PORT": "8080", "IMAGE_TAG": "mine"})
     assert (project.name, project.services, project.image_services) == \
         ("shop", ("app", "db"), ("app",))
-    argv = docker.calls[0][0]
+    [(argv, env, _)] = docker.calls
     assert argv == ["compose", "--ansi", "never", "--progress", "plain",
                     "--project-directory", str(tmp_path), "-f", str(tmp_path / "compose.yaml"),
-                    "config", "--format", "json", "--no-interpolate"]
+                    "config", "--format", "json"]
+    assert env == {"PORT": "8080", **MARKER_ENV}  # the markers win over the service env
 
 
 def test_config_failure_is_a_compose_error(tmp_path: Path) -> None:
     docker = FakeDocker(DockerError("`docker compose` failed:\nyaml: line 3: bad"))
     with pytest.raises(ComposeError) as info:
-        compose_with(docker, tmp_path).load()
+        compose_with(docker, tmp_path).load({})
     assert info.value.message == (f"`docker compose config` rejected {tmp_path}/compose.yaml:\n"
                                   "yaml: line 3: bad")
 
@@ -334,7 +340,7 @@ def test_one_shot_services_from_depends_on_conditions_and_labels() -> None:
 
 
 def test_load_keeps_one_shot_services_out_of_the_image_services(tmp_path: Path) -> None:
-    project = compose_with(FakeDocker(json.dumps(DJANGO)), tmp_path).load()
+    project = compose_with(FakeDocker(json.dumps(DJANGO)), tmp_path).load({})
     assert project.services == ("app", "db", "migrate", "redis", "worker")
     assert project.image_services == ("app", "worker")
     assert project.one_shot_services == ("migrate",)
@@ -345,7 +351,7 @@ def test_a_project_of_one_shot_image_services_only_still_has_image_services(
         tmp_path: Path) -> None:
     raw = {"name": "jobs", "services": {
         "task": {"image": IMAGE, "labels": {"deploykit.one-shot": "true"}}}}
-    project = compose_with(FakeDocker(json.dumps(raw)), tmp_path).load()
+    project = compose_with(FakeDocker(json.dumps(raw)), tmp_path).load({})
     assert (project.image_services, project.one_shot_services) == (("task",), ("task",))
 
 

@@ -62,8 +62,8 @@ class FakeCompose:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
-    def load(self) -> ComposeProject:
-        self.world.calls.append("compose config (raw)")
+    def load(self, service_env: dict[str, str]) -> ComposeProject:
+        self.world.calls.append("compose config")
         return ComposeProject(Path("."), Path("compose.yaml"), "shop", ("app", "db", "worker"),
                               ("app", "worker"))
 
@@ -216,8 +216,8 @@ def test_deploy_happy_path(world: World, run: Any, tmp_path: Path) -> None:
                              compose_env="DATABASE_URL=postgres://u:pw@db/x")
     assert code == 0
     assert world.calls == [
-        "registry 127.0.0.1:5000/org/app", "resolve v2.0.0", "compose config (raw)",
-        f"compose config v2.0.0@{D2}", "engine", "lock shop", f"pull v2.0.0@{D2}",
+        "registry 127.0.0.1:5000/org/app", "resolve v2.0.0", "compose config",
+        "engine", "lock shop", f"pull v2.0.0@{D2}",
         "verify lock", f"up v2.0.0@{D2}", "health shop", "smoke http://x/", "unlock"]
     assert {k: outputs[k] for k in ("digest", "image", "previous_image", "status")} == {
         "digest": D2, "image": f"{NAME}@{D2}", "previous_image": f"{NAME}@{D1}",
