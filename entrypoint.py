@@ -8,8 +8,8 @@ mode and every input come from ``INPUT_*``. With arguments (``docker run <image>
 
 import sys
 
-from deploykit.cli import main, run_action
+from deploykit.cli import exit_process, main, run_action
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    sys.exit(main(arguments) if arguments else run_action())
+    exit_process(main(arguments) if arguments else run_action())

@@ -1,5 +1,3 @@
-import sys
+from deploykit.cli import run
 
-from deploykit.cli import main
-
-sys.exit(main())
+run()

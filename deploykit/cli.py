@@ -7,8 +7,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import import_module
+from typing import NoReturn
 
 from deploykit import __version__
 from deploykit.actions import Actions
@@ -261,4 +263,19 @@ def run_action() -> int:
     return main([], from_action=True)
 
 
-__all__ = ["Settings", "build_parser", "main", "run_action"]
+def exit_process(code: int) -> NoReturn:
+    """End the process once :func:`main` returned: outputs, summary and history are
+    written, children and the lock are gone. The interpreter's own teardown (freeing the
+    SDK's and requests' modules) would add 0.05-0.15 s to every command on the test bed."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # a closed pipe changes nothing now
+            stream.flush()
+    os._exit(code)
+
+
+def run() -> NoReturn:
+    """The ``deploykit`` console script and ``python -m deploykit``."""
+    exit_process(main())
+
+
+__all__ = ["Settings", "build_parser", "exit_process", "main", "run", "run_action"]

@@ -84,6 +84,20 @@ def test_python_dash_m_works() -> None:
     assert result.stdout.startswith("deploykit ")
 
 
+@pytest.mark.parametrize("command", [["-m", "deploykit"], [str(ROOT / "entrypoint.py")]])
+def test_the_process_ends_with_mains_code_and_flushed_output(command: list[str]) -> None:
+    """exit_process skips the interpreter's teardown: the code and every line still
+    arrive (stdout is a pipe here, so it is block-buffered until the flush)."""
+    result = subprocess.run([sys.executable, *command, "deploy", "--image-repo", "org/app",
+                             "--environment", "production", "--image-tag", "latest"],
+                            capture_output=True, text=True, check=False, cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith("duration_seconds=")
+    assert result.stderr.startswith("error: Refused by policy: Refusing to deploy `latest` "
+                                    "to production environment production")
+
+
 def test_action_yml_and_readme_tables_are_generated_from_settings() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts/gen_action.py"), "--check"],
                             capture_output=True, text=True, check=False)
