@@ -19,18 +19,18 @@ finish (bounded); after it, an unverified release is replaced by the last verifi
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.cancel import CancelGuard, Cancelled
-from deploykit.compose import Compose, ComposeProject, compose_for, image_environment
+from deploykit.compose import Compose, ComposeProject, image_environment
+from deploykit.deploy_command import ProjectLoad, start_project_load
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
     DeployError,
@@ -73,7 +73,7 @@ from deploykit.history import (
     state_directory,
 )
 from deploykit.lock import EngineLock, Holder, Timeouts, engine_lock, this_holder
-from deploykit.policy import DeployTarget, check_deploy_target
+from deploykit.policy import DeployTarget
 from deploykit.reference import parse_reference
 from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
@@ -177,31 +177,18 @@ def orchestrator_for(deployment: Deployment) -> Orchestrator:
 
 
 # -- the handlers -----------------------------------------------------------------
-def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit deploy`` and mode=deploy."""
-    target = check_deploy_target(environment=settings.environment,
-                                 image_tag=settings.image_tag,
-                                 production_environments=settings.production_environments)
-    Deployment(settings, actions, DEPLOY, env=getattr(args, "env", None)).run(target)
-
-
-def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit rollback``: the previous successful release, or `image_tag`."""
-    deployment = Deployment(settings, actions, ROLLBACK, env=getattr(args, "env", None))
-    image_tag = settings.image_tag or deployment.previous_release_tag()
-    target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
-                                 production_environments=settings.production_environments)
-    deployment.run(target)
-
-
 # -- one run ------------------------------------------------------------------------
 class Deployment:
     def __init__(self, settings: Settings, actions: Actions, action: str,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, *, docker: DockerCLI | None = None,
+                 project: ProjectLoad | None = None) -> None:
+        """``docker`` and ``project`` (a compose config already running: see
+        :mod:`deploykit.deploy_command`) are made here when not given."""
         self.settings, self.actions, self.action = settings, actions, action
         self.started = time.monotonic()
         self.env = dict(os.environ if env is None else env)
-        self.docker = DockerCLI(actions, self.env)
+        self.docker = docker or DockerCLI(actions, self.env)
+        self._project_load = project
         self.github = GitHubRecorder.from_settings(settings, actions)
         self.image_name = settings.image_name
         self.history = History(state_directory(settings.state_dir), warn=lambda text:
@@ -229,9 +216,8 @@ class Deployment:
     # step 2 (local only: `docker compose config` makes no connection)
     def project(self) -> tuple[Compose, ComposeProject]:
         if self._compose is None or self._project is None:
-            compose = compose_for(self.settings, self.docker)
-            project = compose.load(self.service_env)
-            self._compose, self._project = replace(compose, name=project.name), project
+            loading = self._project_load or start_project_load(self.settings, self.docker)
+            self._compose, self._project = loading.result()
         return self._compose, self._project
 
     def previous_release_tag(self) -> str:

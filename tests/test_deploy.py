@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import deploykit.deploy as deploy_module
+import deploykit.deploy_command as deploy_command
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
@@ -185,8 +186,21 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
     monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
     monkeypatch.setattr(deploy_module, "smoke_test", smoke)
-    monkeypatch.setattr(deploy_module, "compose_for", lambda settings, docker: FakeCompose(world))
+    monkeypatch.setattr(deploy_command, "compose_for", lambda settings, docker: FakeCompose(world))
+    for module in (deploy_command, deploy_module):  # the config where its result is taken
+        monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
     return world
+
+
+class LoadWhenAsked:
+    """In place of the background config: it runs when the deploy takes its result, so
+    the calls the tests assert keep one order (the thread has its own test)."""
+
+    def __init__(self, settings: Any, docker: Any) -> None:
+        self.settings, self.docker = settings, docker
+
+    def result(self) -> Any:
+        return deploy_command.load_project(self.settings, self.docker)
 
 
 @pytest.fixture
