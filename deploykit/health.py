@@ -162,9 +162,16 @@ def image_digests(api: Any, image_id: str, image_name: str) -> list[str]:
     return digests
 
 
-def running_digest(api: Any, container: Mapping[str, Any], image_name: str) -> str:
+def running_digest(api: Any, container: Mapping[str, Any], image_name: str,
+                   known_by_image: dict[str, list[str]] | None = None) -> str:
+    """The digest ``container`` runs; ``known_by_image`` keeps each image's digests for
+    the next container of the same image (an app and its worker: one inspect)."""
     reference = str((container.get("Config") or {}).get("Image") or "")
-    known = image_digests(api, str(container.get("Image") or ""), image_name)
+    image_id = str(container.get("Image") or "")
+    cache = {} if known_by_image is None else known_by_image
+    if image_id not in cache:
+        cache[image_id] = image_digests(api, image_id, image_name)
+    known = cache[image_id]
     pinned = reference.partition("@")[2]
     ours = reference.startswith((image_name + ":", image_name + "@"))
     if pinned and (pinned in known or (ours and not known)):
@@ -176,9 +183,10 @@ def running_services(api: Any, project: str, image_name: str,
                      services: Iterable[str]) -> list[RunningService]:
     """The image of each container of ``services`` (the rollback target)."""
     wanted = set(services)
+    known_by_image: dict[str, list[str]] = {}
     return [RunningService(_service(c), str(c["Id"]),
                            str((c.get("Config") or {}).get("Image") or ""),
-                           running_digest(api, c, image_name))
+                           running_digest(api, c, image_name, known_by_image))
             for c in project_containers(api, project) if _service(c) in wanted]
 
 

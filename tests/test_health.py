@@ -69,6 +69,7 @@ class FakeAPI:
         self.images = images or {}
         self.filters: list[Any] = []
         self.logs_asked: list[tuple[str, int]] = []
+        self.images_inspected: list[str] = []
 
     def containers(self, *, all: bool, filters: dict[str, str]) -> list[dict[str, str]]:
         assert all is True
@@ -84,6 +85,7 @@ class FakeAPI:
         raise not_found()
 
     def inspect_image(self, image_id: str) -> dict[str, Any]:
+        self.images_inspected.append(image_id)
         if image_id not in self.images:
             raise not_found()
         return self.images[image_id]
@@ -440,6 +442,7 @@ def test_running_services_prefer_the_pinned_reference() -> None:
     services = running_services(api, "shop", NAME, ["app", "worker"])
     assert [(s.service, s.container_id, s.digest) for s in services] == \
         [("app", "a", D1), ("worker", "w", D1)]
+    assert api.images_inspected == ["img1"]  # app and worker share it: one inspect
 
 
 def test_running_digest_from_repo_digests_when_the_reference_is_a_tag() -> None:
