@@ -19,7 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploykit.actions import Actions, markdown_table
-from deploykit.buildx import BuildRequest, BuildResult, run_build, select_builder
+from deploykit.buildx import (
+    BuilderProbe,
+    BuildRequest,
+    BuildResult,
+    run_build,
+    select_builder,
+)
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.github import GitHubRecorder, summary_links
@@ -70,20 +76,24 @@ def execute(
 ) -> Outcome:
     """Plan, guard, build, push and verify; then outputs and the summary."""
     started = time.monotonic()
-    with actions.group(f"Tag plan for {settings.image_name}"):
-        plan = make_plan(settings, client)
-        actions.info(format_plan(plan))
-    existing = write_once_guard(plan, settings.github.sha, settings.skip_build_if_image_present)
-    try:
-        if existing is None:
-            outcome = build(settings, plan, client, docker)
-        elif existing.revision == settings.github.sha:
-            outcome = complete(settings, plan, existing, client, actions)
-        else:
-            outcome = skip(plan, existing, settings.github.sha, client, actions)
-    except PartlyPublishedError as exc:
-        actions.add_summary(partial_summary(plan, exc))
-        raise
+    # One throwaway DOCKER_CONFIG for the whole run, so that the builder probe, the
+    # login and the build all see the same builders and contexts.
+    with docker.temporary_config(), builder_probe(settings, docker) as probe:
+        with actions.group(f"Tag plan for {settings.image_name}"):
+            plan = make_plan(settings, client)
+            actions.info(format_plan(plan))
+        existing = write_once_guard(plan, settings.github.sha,
+                                    settings.skip_build_if_image_present)
+        try:
+            if existing is None:
+                outcome = build(settings, plan, client, docker, probe)
+            elif existing.revision == settings.github.sha:
+                outcome = complete(settings, plan, existing, client, actions)
+            else:
+                outcome = skip(plan, existing, settings.github.sha, client, actions)
+        except PartlyPublishedError as exc:
+            actions.add_summary(partial_summary(plan, exc))
+            raise
     outcome = replace(outcome, labels=image_labels(settings, plan, outcome, client, actions))
     report(actions, settings, plan, outcome, time.monotonic() - started)
     return outcome
@@ -180,28 +190,41 @@ def release_version(plan: BuildPlan) -> str:
 
 
 # -- build, push, publish, verify -------------------------------------------------------
+def builder_probe(settings: Settings, docker: DockerCLI) -> BuilderProbe:
+    """The builder's read-only questions, asked while the plan is read (see BuilderProbe).
+
+    ``docker info`` is asked too when the build may need the image store: several
+    platforms, or a cache it would export.
+    """
+    return BuilderProbe(docker, store=len(settings.platforms) > 1 or settings.cache != "none")
+
+
 def build(
-    settings: Settings, plan: BuildPlan, client: RegistryClient, docker: DockerCLI
+    settings: Settings, plan: BuildPlan, client: RegistryClient, docker: DockerCLI,
+    probe: BuilderProbe | None = None,
 ) -> Outcome:
+    """Build (and push); inside the run's temporary DOCKER_CONFIG (see execute)."""
     push = plan.tag_plan.push
     context, dockerfile = build_paths(settings)
     actions = docker.actions
     with tempfile.TemporaryDirectory(prefix="deploykit-oci-") as layout:
-        with docker.logged_in(settings.registry, settings.registry_username,
-                              settings.registry_password):
-            builder = select_builder(docker, settings.platforms,
-                                     exports_cache=push and settings.cache != "none")
-            request = BuildRequest(
-                context=context, dockerfile=dockerfile, platforms=settings.platforms,
-                push=push, labels=oci_labels(settings, plan),
-                build_args=settings.build_args, secrets=settings.build_secrets,
-                target=settings.target, provenance=settings.provenance, sbom=settings.sbom,
-                cache=settings.cache, cache_ref=f"{plan.image}:{CACHE_TAG}",
-                cache_exists=cache_exists(settings, plan, client, actions),
-                oci_layout=layout, builder=builder)
-            verb = "Build and push" if push else "Validation build (no push) of"
-            with actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
-                result = run_build(docker, request)
+        if settings.registry_password:
+            actions.mask(settings.registry_password)
+            docker.login(settings.registry, settings.registry_username,
+                         settings.registry_password)
+        builder = select_builder(docker, settings.platforms, probe=probe,
+                                 exports_cache=push and settings.cache != "none")
+        request = BuildRequest(
+            context=context, dockerfile=dockerfile, platforms=settings.platforms,
+            push=push, labels=oci_labels(settings, plan),
+            build_args=settings.build_args, secrets=settings.build_secrets,
+            target=settings.target, provenance=settings.provenance, sbom=settings.sbom,
+            cache=settings.cache, cache_ref=f"{plan.image}:{CACHE_TAG}",
+            cache_exists=cache_exists(settings, plan, client, actions),
+            oci_layout=layout, builder=builder)
+        verb = "Build and push" if push else "Validation build (no push) of"
+        with actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
+            result = run_build(docker, request)
         cache = cache_text(result)
         if not push:
             return Outcome(VALIDATED, cache=cache, note=plan.tag_plan.reason)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import platform as host_platform
 import re
+import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import tenacity
 
@@ -159,18 +163,80 @@ def check_emulation(
             hint=QEMU_HINT, title="QEMU missing for multi-arch build")
 
 
+INSPECT_ARGV = ("buildx", "inspect")
+STORE_ARGV = ("info", "--format", "{{json .DriverStatus}}")
+
+
+class BuilderProbe:
+    """The read-only questions of :func:`select_builder` asked in the background.
+
+    ``docker buildx inspect`` (and ``docker info`` for the image store, when the build
+    may need it) start when the ``with`` block is entered, each in a thread, while the
+    tag plan reads the registry: a docker CLI start-up costs 0.05-0.25 s, and nothing in
+    them depends on the plan. They change nothing on the host, so a run that then skips
+    or refuses the build has only asked. Leaving the block gives up on a question still
+    running (its child is stopped, as a cancelled command is) and waits for the threads:
+    no child outlives the run. An answer's error (docker missing, a failed inspect) is
+    raised where :func:`select_builder` reads it, so only a build reports it.
+    """
+
+    def __init__(self, docker: DockerCLI, *, store: bool) -> None:
+        self._docker = docker
+        self._questions = (INSPECT_ARGV, STORE_ARGV) if store else (INSPECT_ARGV,)
+        self._answers: dict[tuple[str, ...], subprocess.CompletedProcess[str] | Exception] = {}
+        self._threads: dict[tuple[str, ...], threading.Thread] = {}
+        self._given_up: float | None = None
+
+    def __enter__(self) -> BuilderProbe:
+        for argv in self._questions:
+            thread = threading.Thread(target=self._ask, args=(argv,), daemon=True,
+                                      name=f"deploykit-{argv[0]}-{argv[1]}")
+            self._threads[argv] = thread
+            thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._given_up = time.monotonic()
+        for thread in self._threads.values():
+            thread.join()
+
+    def _ask(self, argv: tuple[str, ...]) -> None:
+        try:
+            self._answers[argv] = self._docker.run(
+                list(argv), check=argv == INSPECT_ARGV, give_up_at=lambda: self._given_up)
+        except Exception as exc:  # raised in the main thread, by answer()
+            self._answers[argv] = exc
+
+    def answer(self, argv: tuple[str, ...]) -> subprocess.CompletedProcess[str] | None:
+        """The answer to ``argv`` once it is there; None when it was not asked."""
+        thread = self._threads.get(argv)
+        if thread is None:
+            return None
+        thread.join()
+        answer = self._answers[argv]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
 def select_builder(
     docker: DockerCLI, platforms: Sequence[str], *, exports_cache: bool = False,
     machine: str | None = None, binfmt_dir: str | None = None,
+    probe: BuilderProbe | None = None,
 ) -> Builder:
-    """The current builder when it can do the build; else a docker-container one."""
-    current = parse_inspect(docker.run(["buildx", "inspect"]).stdout)
+    """The current builder when it can do the build; else a docker-container one.
+
+    ``probe`` holds the answers of the read-only calls when they were asked ahead.
+    """
+    inspected = probe.answer(INSPECT_ARGV) if probe else None
+    current = parse_inspect((inspected or docker.run(list(INSPECT_ARGV))).stdout)
     check_emulation(current, platforms, machine=machine, binfmt_dir=binfmt_dir)
     if missing := missing_platforms(current, platforms):
         return _container_builder(docker, platforms, current,
                                   f"it lists no {', '.join(missing)}")
     needs_store = len(platforms) > 1 or exports_cache
-    if current.driver == "docker" and needs_store and not _containerd_store(docker):
+    if current.driver == "docker" and needs_store and not _containerd_store(docker, probe):
         wants = "multi-platform builds" if len(platforms) > 1 else "cache export"
         return _container_builder(docker, platforms, current, "the docker driver without "
                                   f"the containerd image store cannot do {wants}")
@@ -179,8 +245,9 @@ def select_builder(
     return current
 
 
-def _containerd_store(docker: DockerCLI) -> bool:
-    result = docker.run(["info", "--format", "{{json .DriverStatus}}"], check=False)
+def _containerd_store(docker: DockerCLI, probe: BuilderProbe | None = None) -> bool:
+    result = (probe.answer(STORE_ARGV) if probe else None) or \
+        docker.run(list(STORE_ARGV), check=False)
     return "io.containerd.snapshotter" in result.stdout
 
 

@@ -6,6 +6,8 @@ import argparse
 import itertools
 import json
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,14 @@ from typing import Any
 import pytest
 
 from deploykit import build
-from deploykit.errors import BuildError, InputError, ManifestUnknownError, WriteOnceTagError
+from deploykit.errors import (
+    BuildError,
+    DockerError,
+    InputError,
+    ManifestUnknownError,
+    RegistryUnreachableError,
+    WriteOnceTagError,
+)
 from deploykit.settings import Settings, load_settings
 from tests.conftest import CapturedActions, parse_github_output
 
@@ -125,26 +134,37 @@ class FakeDocker:
 
     def __init__(self, actions: CapturedActions, registry: FakeRegistry,
                  push: Callable[[list[str]], None] | None = None,
-                 build_code: int = 0, build_output: str = BUILD_OUTPUT) -> None:
+                 build_code: int = 0, build_output: str = BUILD_OUTPUT,
+                 inspect: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.actions = actions
+        self.inspect = inspect or (lambda kwargs: INSPECT)
         self.env: dict[str, str] = {}
         self.registry = registry
         self.calls: list[list[str]] = []
+        self.call_configs: list[str] = []  # DOCKER_CONFIG of each call
+        self.configs = 0
         self.logins: list[tuple[str, str, str]] = []
         self.push = push or self.push_all
         self.build_code = build_code
         self.build_output = build_output
 
     @contextmanager
-    def logged_in(self, registry: str, username: str, password: str) -> Iterator[None]:
+    def temporary_config(self) -> Iterator[str]:
+        self.configs += 1
+        self.env["DOCKER_CONFIG"] = f"/tmp/config-{self.configs}"
+        yield self.env["DOCKER_CONFIG"]
+        del self.env["DOCKER_CONFIG"]
+
+    def login(self, registry: str, username: str, password: str) -> None:
+        assert "DOCKER_CONFIG" in self.env, "a login outside the temporary config"
         self.logins.append((registry, username, password))
-        yield
 
     def run(self, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         argv = list(args)
         self.calls.append(argv)
+        self.call_configs.append(self.env.get("DOCKER_CONFIG", "(the user's)"))
         if argv[:2] == ["buildx", "inspect"]:
-            return subprocess.CompletedProcess(argv, 0, INSPECT, "")
+            return subprocess.CompletedProcess(argv, 0, self.inspect(kwargs), "")
         if argv[:1] == ["info"]:
             return subprocess.CompletedProcess(argv, 0, "io.containerd.snapshotter.v1", "")
         assert argv[:2] == ["buildx", "build"], argv
@@ -162,6 +182,13 @@ class FakeDocker:
             blobs = layout / "blobs" / "sha256"
             blobs.mkdir(parents=True)
             (blobs / digest.removeprefix("sha256:")).write_bytes(INDEX_BODY)
+
+    def only_asked(self) -> bool:
+        """Nothing but the builder probe's read-only questions ran: no build, no login,
+        no builder created."""
+        return not self.logins and all(
+            argv in (["buildx", "inspect"], ["info", "--format", "{{json .DriverStatus}}"])
+            for argv in self.calls)
 
     @property
     def builds(self) -> list[list[str]]:
@@ -359,7 +386,7 @@ def test_same_revision_rerun_is_skipped_without_building(
     docker = FakeDocker(actions, registry)
     outcome = execute(settings_for(workspace), actions, registry, docker)
     assert outcome.status == "skipped"
-    assert docker.calls == [] and docker.logins == []
+    assert docker.only_asked() and docker.logins == []
     assert outputs(tmp_path)["digest"] == OLD
     assert outputs(tmp_path)["status"] == "skipped"
     assert outputs(tmp_path)["tags"] == "v1.2.3\nlatest"
@@ -386,7 +413,7 @@ def test_tag_from_another_revision_is_refused_naming_tag_digest_revision(
         f"Tag {IMAGE}:v1.2.3 is already published at {OLD} from revision {OTHER_SHA}; "
         f"this build is revision {SHA}. A build never moves a write-once tag.")
     assert "skip_build_if_image_present: true" in info.value.hint
-    assert docker.calls == []
+    assert docker.only_asked()
     assert registry.tag_digests == {"v1.2.3": OLD}
 
 
@@ -400,7 +427,7 @@ def test_skip_build_if_image_present_reuses_a_foreign_revision(
     settings = settings_for(workspace, skip_build_if_image_present="true")
     outcome = execute(settings, actions, registry, docker)
     assert (outcome.status, outcome.digest, outcome.tags) == ("skipped", OLD, ("v1.2.3",))
-    assert docker.calls == []
+    assert docker.only_asked()
     assert outcome.note == (f"Skipped: v1.2.3 already published (published from revision "
                             f"{OTHER_SHA}; skip_build_if_image_present is true).")
 
@@ -418,7 +445,7 @@ def test_staging_rerun_of_same_commit_skips_on_its_sha_tag(
                       registry, docker)
     assert (outcome.status, outcome.digest) == ("skipped", OLD)
     assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
-    assert docker.calls == []
+    assert docker.only_asked()
     assert [call for call in registry.calls if call[0] == "put"] == []
 
 
@@ -436,7 +463,7 @@ def test_rerun_after_a_partial_publish_completes_the_missing_tags(
     assert outcome.tags == ("staging-latest", "test-20240601-1", "sha-0123456")
     assert registry.tag_digests == dict.fromkeys(
         ("sha-0123456", "test-20240601-1", "staging-latest"), OLD)
-    assert docker.calls == []
+    assert docker.only_asked()
     assert outcome.note == (f"Completed: an earlier run of this revision pushed {OLD}; this "
                             "run published test-20240601-1, staging-latest. Nothing was built.")
     assert outputs(tmp_path)["status"] == "built"
@@ -496,6 +523,98 @@ def test_mutable_tags_never_trigger_the_guard(
     outcome = execute(settings_for(workspace), actions, registry, docker)
     assert (outcome.status, outcome.digest) == ("built", NEW)
     assert registry.tag_digests == {"latest": NEW, "v1.2.3": NEW}
+
+
+# -- the builder probe (asked while the plan is read) -------------------------------------
+def test_the_probe_login_and_build_share_one_temporary_docker_config(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    """The probe answers for the builder the build uses: same DOCKER_CONFIG (contexts)."""
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry)
+    execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry, docker)
+    assert docker.calls[-1][:2] == ["buildx", "build"]
+    assert sorted(map(tuple, docker.calls[:2])) == [
+        ("buildx", "inspect"), ("info", "--format", "{{json .DriverStatus}}")]
+    assert docker.call_configs == ["/tmp/config-1"] * 3
+    assert docker.configs == 1 and "DOCKER_CONFIG" not in docker.env  # removed at the end
+    assert docker.logins == [("127.0.0.1:5001", "deploykit", PASSWORD)]
+
+
+def test_a_refused_build_stops_a_probe_still_running_before_it_returns(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    """No child outlives the run: a probe still asking is given up and waited for."""
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, OTHER_SHA)
+    stopped = threading.Event()
+
+    def slow_inspect(kwargs: dict[str, Any]) -> str:
+        deadline = time.monotonic() + 10
+        while kwargs["give_up_at"]() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if kwargs["give_up_at"]() is not None:
+            stopped.set()
+            raise DockerError("`docker buildx inspect` was still running; it was stopped.")
+        return INSPECT
+
+    docker = FakeDocker(actions, registry, inspect=slow_inspect)
+    with pytest.raises(WriteOnceTagError):
+        execute(settings_for(workspace), actions, registry, docker)
+    assert stopped.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("deploykit-buildx")]
+    assert docker.only_asked()
+
+
+def test_a_probe_error_fails_a_build_with_its_own_message(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    def missing(kwargs: dict[str, Any]) -> str:
+        raise DockerError("`docker` was not found.", hint="Install the Docker CLI.")
+
+    actions = make_actions()
+    registry = FakeRegistry()
+    docker = FakeDocker(actions, registry, inspect=missing)
+    with pytest.raises(DockerError) as info:
+        execute(settings_for(workspace), actions, registry, docker)
+    assert info.value.message == "`docker` was not found."
+    assert docker.builds == [] and [c for c in registry.calls if c[0] == "put"] == []
+
+
+def test_a_probe_error_does_not_fail_a_run_that_builds_nothing(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    def missing(kwargs: dict[str, Any]) -> str:
+        raise DockerError("`docker` was not found.")
+
+    actions = make_actions()
+    registry = FakeRegistry()
+    registry.publish("v1.2.3", OLD, SHA)
+    registry.publish("latest", OLD, SHA)
+    outcome = execute(settings_for(workspace), actions, registry,
+                      FakeDocker(actions, registry, inspect=missing))
+    assert (outcome.status, outcome.digest) == ("skipped", OLD)
+
+
+def test_a_plan_error_is_reported_rather_than_a_probe_error(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    def missing(kwargs: dict[str, Any]) -> str:
+        raise DockerError("`docker` was not found.")
+
+    actions = make_actions()
+    registry = FakeRegistry()
+
+    def unreachable() -> list[str]:
+        raise RegistryUnreachableError("127.0.0.1:5001 did not answer.", hint="h")
+
+    registry.tags = unreachable  # type: ignore[method-assign]
+    with pytest.raises(RegistryUnreachableError) as info:
+        execute(settings_for(workspace), actions, registry,
+                FakeDocker(actions, registry, inspect=missing))
+    assert info.value.message == "127.0.0.1:5001 did not answer."
 
 
 # -- verification ----------------------------------------------------------------------

@@ -329,6 +329,41 @@ def test_classic_image_store_builds_one_platform_without_cache_export() -> None:
     assert [c[0] for c in docker.calls] == [["buildx", "inspect"]]
 
 
+def test_select_builder_uses_the_probe_s_answers_asked_ahead() -> None:
+    docker = FakeDocker([(["buildx", "inspect"], 0, INSPECT_DEFAULT),
+                         (["info"], 0, '[["driver-type","io.containerd.snapshotter.v1"]]')])
+    with buildx.BuilderProbe(docker, store=True) as probe:  # type: ignore[arg-type]
+        builder = buildx.select_builder(docker, ("linux/amd64", "linux/arm64"),  # type: ignore[arg-type]
+                                        machine="x86_64", probe=probe)
+    assert builder.name == "default"
+    assert sorted(tuple(c[0]) for c in docker.calls) == [  # each asked once, by the probe
+        ("buildx", "inspect"), ("info", "--format", "{{json .DriverStatus}}")]
+    assert all(kwargs["give_up_at"]() is not None for _, kwargs in docker.calls)  # left
+
+
+def test_select_builder_asks_the_store_itself_when_the_probe_did_not() -> None:
+    docker = FakeDocker([(["buildx", "inspect"], 0, INSPECT_DEFAULT),
+                         (["info"], 0, '[["Backing Filesystem","extfs"]]'),
+                         (["buildx", "inspect", "deploykit", "--bootstrap"], 0,
+                          INSPECT_CONTAINER)])
+    with buildx.BuilderProbe(docker, store=False) as probe:  # type: ignore[arg-type]
+        builder = buildx.select_builder(docker, ("linux/amd64",),  # type: ignore[arg-type]
+                                        exports_cache=True, machine="x86_64", probe=probe)
+    assert builder.name == "deploykit"
+    assert [c[0] for c in docker.calls] == [
+        ["buildx", "inspect"], ["info", "--format", "{{json .DriverStatus}}"],
+        ["buildx", "inspect", "deploykit", "--bootstrap"]]
+
+
+def test_a_failed_inspect_asked_ahead_is_raised_where_it_is_read() -> None:
+    docker = FakeDocker([(["buildx", "inspect"], 1, "ERROR: no builder")])
+    with buildx.BuilderProbe(docker, store=False) as probe:  # type: ignore[arg-type]
+        with pytest.raises(AssertionError, match="check=True call failed"):
+            buildx.select_builder(docker, ("linux/amd64",),  # type: ignore[arg-type]
+                                  machine="x86_64", probe=probe)
+    assert docker.calls[0][1]["check"] is True  # a failed inspect stays an error
+
+
 def test_failed_builder_creation_explains_the_buildkit_image() -> None:
     docker = FakeDocker([
         (["buildx", "inspect", "deploykit", "--bootstrap"], 1, "not found"),
