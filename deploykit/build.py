@@ -62,38 +62,45 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
         plan_command(settings, actions, args)
         return
     actions.mask(settings.registry_password)
-    client = RegistryClient(settings.registry, settings.image_repo,
-                            settings.registry_username, settings.registry_password,
-                            on_retry=actions.info)
     docker = DockerCLI(actions, getattr(args, "env", None))
-    outcome = execute(settings, actions, client, docker)
+    # The probe first: making the registry client loads requests (~0.1 s) meanwhile.
+    with docker.temporary_config(), builder_probe(settings, docker) as probe:
+        client = RegistryClient(settings.registry, settings.image_repo,
+                                settings.registry_username, settings.registry_password,
+                                on_retry=actions.info)
+        outcome = execute(settings, actions, client, docker, probe)
     if outcome.status == BUILT:
         publish_release(settings, actions, outcome)
 
 
 def execute(
-    settings: Settings, actions: Actions, client: RegistryClient, docker: DockerCLI
+    settings: Settings, actions: Actions, client: RegistryClient, docker: DockerCLI,
+    probe: BuilderProbe | None = None,
 ) -> Outcome:
-    """Plan, guard, build, push and verify; then outputs and the summary."""
+    """Plan, guard, build, push and verify; then outputs and the summary.
+
+    Runs in one throwaway DOCKER_CONFIG, so that the builder probe, the login and the
+    build all see the same builders and contexts; ``probe`` was started in it (else
+    one is started here).
+    """
+    if probe is None:
+        with docker.temporary_config(), builder_probe(settings, docker) as own:
+            return execute(settings, actions, client, docker, own)
     started = time.monotonic()
-    # One throwaway DOCKER_CONFIG for the whole run, so that the builder probe, the
-    # login and the build all see the same builders and contexts.
-    with docker.temporary_config(), builder_probe(settings, docker) as probe:
-        with actions.group(f"Tag plan for {settings.image_name}"):
-            plan = make_plan(settings, client)
-            actions.info(format_plan(plan))
-        existing = write_once_guard(plan, settings.github.sha,
-                                    settings.skip_build_if_image_present)
-        try:
-            if existing is None:
-                outcome = build(settings, plan, client, docker, probe)
-            elif existing.revision == settings.github.sha:
-                outcome = complete(settings, plan, existing, client, actions)
-            else:
-                outcome = skip(plan, existing, settings.github.sha, client, actions)
-        except PartlyPublishedError as exc:
-            actions.add_summary(partial_summary(plan, exc))
-            raise
+    with actions.group(f"Tag plan for {settings.image_name}"):
+        plan = make_plan(settings, client)
+        actions.info(format_plan(plan))
+    existing = write_once_guard(plan, settings.github.sha, settings.skip_build_if_image_present)
+    try:
+        if existing is None:
+            outcome = build(settings, plan, client, docker, probe)
+        elif existing.revision == settings.github.sha:
+            outcome = complete(settings, plan, existing, client, actions)
+        else:
+            outcome = skip(plan, existing, settings.github.sha, client, actions)
+    except PartlyPublishedError as exc:
+        actions.add_summary(partial_summary(plan, exc))
+        raise
     outcome = replace(outcome, labels=image_labels(settings, plan, outcome, client, actions))
     report(actions, settings, plan, outcome, time.monotonic() - started)
     return outcome

@@ -19,12 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-
-import tenacity
+from typing import TYPE_CHECKING
 
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeniedError, InputError
 from deploykit.registry import denied_error
+
+if TYPE_CHECKING:
+    import tenacity
 
 BUILDER_NAME = "deploykit"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
@@ -64,7 +66,8 @@ _DENIED_RE = re.compile(r"failed to push (\S+?): (denied: .*)$", re.MULTILINE)
 _TRANSIENT_PUSH_RE = re.compile(
     r"unexpected status from \w+ request to \S+: (5\d\d|429)\b[^\n]*", re.MULTILINE)
 PUSH_ATTEMPTS = 3
-PUSH_RETRY_WAIT = tenacity.wait_exponential(multiplier=2, max=20)
+# None: exponential, 2 s doubling up to 20 s (tenacity loads with the first build).
+PUSH_RETRY_WAIT: tenacity.wait.wait_base | None = None
 
 
 @dataclass(frozen=True)
@@ -359,9 +362,11 @@ def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
     extra_env = build_env(request, docker.env)
     for value in extra_env.values():
         docker.actions.mask(value)
+    import tenacity  # noqa: PLC0415  (see PUSH_RETRY_WAIT)
+
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(PUSH_ATTEMPTS),
-        wait=PUSH_RETRY_WAIT,
+        wait=PUSH_RETRY_WAIT or tenacity.wait_exponential(multiplier=2, max=20),
         retry=tenacity.retry_if_exception_type(TransientPushError),
         before_sleep=lambda state: docker.actions.warning(
             f"{_message_of(state)} Pushing again "

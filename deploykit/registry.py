@@ -27,11 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.auth import HTTPBasicAuth
-from requests.utils import parse_dict_header
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
-
 from deploykit.actions import Actions
 from deploykit.errors import (
     DeniedError,
@@ -52,6 +47,12 @@ from deploykit.settings import Settings
 
 if TYPE_CHECKING:
     import argparse
+
+    import requests
+    from tenacity import RetryCallState
+
+# requests and tenacity (about 0.1 s of imports) load with the first client, not with
+# this module: a build asks the engine about its builder meanwhile (build.run).
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -209,6 +210,8 @@ class RegistryClient:
         self.repository = repository
         self._username = username
         self._password = password
+        import requests  # noqa: PLC0415  (see the imports)
+
         self._session = session or requests.Session()
         self._timeout = timeout
         self._retry_seconds = retry_seconds
@@ -469,6 +472,8 @@ class RegistryClient:
     def _retrying(
         self, what: str, call: Callable[[], requests.Response]
     ) -> requests.Response:
+        from tenacity import Retrying, retry_if_exception_type  # noqa: PLC0415
+
         deadline = _monotonic() + self._retry_seconds
 
         def out_of_time(state: RetryCallState) -> bool:
@@ -535,7 +540,7 @@ class RegistryClient:
         if scope in self._tokens:
             request_headers["Authorization"] = f"Bearer {self._tokens[scope]}"
         elif self._basic:
-            auth = HTTPBasicAuth(self._username, self._password)
+            auth = self._basic_auth()
 
         def send() -> requests.Response:
             if isinstance(body, Path):  # a file is opened anew for every attempt
@@ -551,6 +556,8 @@ class RegistryClient:
     def _transient_checked(
         self, send: Callable[[], requests.Response]
     ) -> requests.Response:
+        import requests  # noqa: PLC0415  (loaded by __init__ already)
+
         try:
             response = send()
         except requests.exceptions.SSLError as exc:
@@ -568,8 +575,15 @@ class RegistryClient:
                              status=response.status_code)
         return response
 
+    def _basic_auth(self) -> requests.auth.HTTPBasicAuth:
+        from requests.auth import HTTPBasicAuth  # noqa: PLC0415
+
+        return HTTPBasicAuth(self._username, self._password)
+
     def _authenticate(self, response: requests.Response, scope: str, what: str) -> bool:
         """Answer a 401's challenge; True when the request is worth sending again."""
+        from requests.utils import parse_dict_header  # noqa: PLC0415
+
         scheme, _, params_text = response.headers.get("WWW-Authenticate", "").partition(" ")
         params = parse_dict_header(params_text)  # type: ignore[no-untyped-call]
         if scheme.lower() == "bearer" and params.get("realm"):
@@ -585,7 +599,7 @@ class RegistryClient:
         query = {"scope": challenge.get("scope") or scope}
         if challenge.get("service"):
             query["service"] = str(challenge["service"])
-        auth = HTTPBasicAuth(self._username, self._password) if self._password else None
+        auth = self._basic_auth() if self._password else None
         response = self._transient_checked(lambda: self._session.get(
             realm, params=query, auth=auth, timeout=self._timeout))
         if response.status_code in (401, 403):

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -615,6 +616,49 @@ def test_a_plan_error_is_reported_rather_than_a_probe_error(
         execute(settings_for(workspace), actions, registry,
                 FakeDocker(actions, registry, inspect=missing))
     assert info.value.message == "127.0.0.1:5001 did not answer."
+
+
+IMPORTED = """
+import sys
+import deploykit.cli, deploykit.build
+print(sorted(name for name in ("requests", "tenacity") if name in sys.modules))
+"""
+
+
+def test_importing_the_build_command_leaves_requests_and_tenacity_for_later() -> None:
+    """They load when run() makes the registry client, after the probe started."""
+    result = subprocess.run([sys.executable, "-c", IMPORTED], check=True,
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]"
+
+
+def test_run_starts_the_probe_before_it_makes_the_registry_client(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str] = []
+
+    class Probe:
+        def __init__(self, docker: Any, *, store: bool) -> None:
+            order.append("probe")
+
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            order.append("probe left")
+
+    def client(*args: Any, **kwargs: Any) -> FakeRegistry:
+        order.append("client")
+        return FakeRegistry()
+
+    monkeypatch.setattr(build, "BuilderProbe", Probe)
+    monkeypatch.setattr(build, "RegistryClient", client)
+    monkeypatch.setattr(build, "execute", lambda *a: order.append("execute") or
+                        build.Outcome(build.SKIPPED))
+    build.run(settings_for(workspace), make_actions(), argparse.Namespace(env={}))
+    assert order == ["probe", "client", "execute", "probe left"]
 
 
 # -- verification ----------------------------------------------------------------------
