@@ -150,8 +150,11 @@ def deploykit_build(app: App, platforms: str, log: Path) -> Timed:
 
 
 PHASES = (  # (phase, the log line that starts it), in order
-    ("tag plan", "::group::Tag plan"),
-    ("builder check", "::debug::$ docker buildx inspect"),
+    # The builder probe (buildx inspect, docker info) starts before the registry client
+    # is made (requests loads then) and runs while the plan reads the registry; the
+    # builder check is what is left of it once the plan is done.
+    ("registry client, tag plan (builder probe running)", "::debug::$ docker buildx inspect"),
+    ("builder check (the probe's rest)", "::endgroup::"),
     ("buildx build (OCI layout, cache export)", "::debug::$ docker buildx build"),
     ("push by digest, tags", "::group::Push"),
     ("summary, clean-up, exit", "Build built"),
