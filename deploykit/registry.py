@@ -94,6 +94,11 @@ class Manifest:
         return self.media_type in INDEX_TYPES or "manifests" in self.body
 
 
+def _media_type(body: Mapping[str, Any], content_type: str) -> str:
+    """A manifest's media type: its ``mediaType`` field, else the Content-Type."""
+    return str(body.get("mediaType") or content_type.partition(";")[0].strip())
+
+
 def platform_key(platform: Mapping[str, Any]) -> str:
     """``os/arch[/variant]`` of an index entry's ``platform`` or an image config."""
     key = f"{platform.get('os', 'unknown')}/{platform.get('architecture', 'unknown')}"
@@ -220,6 +225,10 @@ class RegistryClient:
         self.base_url = f"{_scheme(registry)}://{api_host}"
         self._tokens: dict[str, str] = {}
         self._basic = False
+        # Content addressed, so it never changes: a manifest read by digest (checked
+        # against it) and an image config, read once per client. Tags are always read.
+        self._by_digest: dict[str, tuple[bytes, str]] = {}  # content, Content-Type
+        self._configs: dict[str, dict[str, Any]] = {}
 
     @property
     def name(self) -> str:
@@ -256,6 +265,10 @@ class RegistryClient:
     def manifest(self, reference: str) -> Manifest:
         ref = _manifest_reference(reference)
         what = self._what(ref)
+        if ref in self._by_digest:
+            content, content_type = self._by_digest[ref]
+            body = self._json(content, what)
+            return Manifest(_media_type(body, content_type), ref, body)
         response = self._call("GET", self._url(f"manifests/{ref}"), what,
                               headers={"Accept": MANIFEST_ACCEPT})
         self._raise_for_manifest(response, what)
@@ -264,11 +277,13 @@ class RegistryClient:
             raise RegistryError(f"{self.registry} sent a manifest for {what} whose digest is "
                                 f"{computed}.", hint="The registry or a proxy altered the "
                                 "manifest; do not deploy it.")
-        body = self._json(response, what)
-        media_type = str(body.get("mediaType") or
-                         response.headers.get("Content-Type", "").split(";")[0].strip())
+        body = self._json(response.content, what)
+        content_type = response.headers.get("Content-Type", "")
+        if _DIGEST_RE.match(ref):
+            self._by_digest[ref] = (response.content, content_type)
         digest = response.headers.get("Docker-Content-Digest", "")
-        return Manifest(media_type, digest if _DIGEST_RE.match(digest) else computed, body)
+        return Manifest(_media_type(body, content_type),
+                        digest if _DIGEST_RE.match(digest) else computed, body)
 
     def platforms(self, reference: str) -> dict[str, str]:
         """``os/arch[/variant]`` -> manifest digest (attestations left out)."""
@@ -302,24 +317,25 @@ class RegistryClient:
             if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response)[0]:
                 return []  # no image pushed yet: a new repository has no tags
             self._raise_for_status(response, what)
-            tags.update(dict.fromkeys(self._json(response, what).get("tags") or []))
+            tags.update(dict.fromkeys(self._json(response.content, what).get("tags") or []))
             url, params = self._next_page(response, seen), None
         return list(tags)
 
     def manifest_bytes(self, digest: str) -> tuple[str, bytes]:
         """Media type and exact bytes of the manifest ``digest`` (checked against it)."""
         what = self._what(digest)
-        response = self._call("GET", self._url(f"manifests/{digest}"), what,
-                              headers={"Accept": MANIFEST_ACCEPT})
-        self._raise_for_manifest(response, what)
-        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
-            raise RegistryError(f"{self.registry} sent a manifest for {what} with another "
-                                "digest.", hint="The registry or a proxy altered the "
-                                "manifest; do not publish it.")
-        body = self._json(response, what)
-        media_type = str(body.get("mediaType") or
-                         response.headers.get("Content-Type", "").split(";")[0].strip())
-        return media_type, response.content
+        if digest not in self._by_digest:
+            response = self._call("GET", self._url(f"manifests/{digest}"), what,
+                                  headers={"Accept": MANIFEST_ACCEPT})
+            self._raise_for_manifest(response, what)
+            if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+                raise RegistryError(f"{self.registry} sent a manifest for {what} with "
+                                    "another digest.", hint="The registry or a proxy altered "
+                                    "the manifest; do not publish it.")
+            self._json(response.content, what)
+            self._by_digest[digest] = (response.content, response.headers.get("Content-Type", ""))
+        content, content_type = self._by_digest[digest]
+        return _media_type(self._json(content, what), content_type), content
 
     # -- writes (Build & Push) ------------------------------------------------------------
     def blob_exists(self, digest: str) -> bool:
@@ -383,10 +399,15 @@ class RegistryClient:
 
     def _config(self, manifest: Manifest) -> dict[str, Any]:
         digest = str((manifest.body.get("config") or {}).get("digest", ""))
+        if digest in self._configs:
+            return self._configs[digest]
         what = f"{self.name}@{digest} (image config)"
         response = self._call("GET", self._url(f"blobs/{digest}"), what)
         self._raise_for_status(response, what)
-        return self._json(response, what)
+        config = self._json(response.content, what)
+        if _DIGEST_RE.match(digest):
+            self._configs[digest] = config
+        return config
 
     def _pick_platform(
         self, index: Manifest, reference: str, platform: str | None
@@ -403,9 +424,9 @@ class RegistryClient:
             f"{self._what(_manifest_reference(reference))} has no image for platform "
             f"{platform}.", hint=f"Its platforms: {', '.join(found) or 'none'}.")
 
-    def _json(self, response: requests.Response, what: str) -> dict[str, Any]:
+    def _json(self, content: bytes, what: str) -> dict[str, Any]:
         try:
-            body = json.loads(response.content)
+            body = json.loads(content)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -607,7 +628,7 @@ class RegistryClient:
         if response.status_code != 200:
             raise RegistryError(f"The token service {realm} answered {response.status_code} "
                                 f"for {what}.", hint="Check `registry`.")
-        body = self._json(response, f"a token for {what}")
+        body = self._json(response.content, f"a token for {what}")
         token = body.get("token") or body.get("access_token")
         if not token:
             raise RegistryError(f"The token service {realm} sent no token for {what}.",

@@ -565,6 +565,42 @@ def test_labels_of_a_missing_platform_list_the_platforms(rsps: Any) -> None:
     assert error.value.hint == "Its platforms: linux/amd64, linux/arm64/v8."
 
 
+def test_what_a_digest_names_is_read_once_per_client(rsps: Any) -> None:
+    """A manifest by digest and an image config cannot change: publish and verify read
+    the same image's manifest and labels several times, the registry answers once."""
+    add_manifest(rsps, AMD64, image_body(), AMD64, OCI_MANIFEST)
+    add_config(rsps, CONFIG, "amd64", {"org.opencontainers.image.created": "now"})
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+    media_type, content = client.manifest_bytes(AMD64)
+    assert client.labels(AMD64) == {"org.opencontainers.image.created": "now"}
+    assert client.labels(AMD64) == {"org.opencontainers.image.created": "now"}
+    assert client.platforms(AMD64) == {"linux/amd64": AMD64}
+    assert client.manifest_bytes(AMD64) == (media_type, content) == (
+        DOCKER_MANIFEST, json.dumps(image_body()).encode())
+    assert [(call.request.method, call.request.url.rsplit("/", 2)[-2]) for call in rsps.calls] \
+        == [("GET", "manifests"), ("GET", "blobs")]
+
+
+def test_a_tag_is_read_again_every_time(rsps: Any) -> None:
+    """Tags move (another build may publish meanwhile): never cached."""
+    add_manifest(rsps, "staging-latest", image_body(), AMD64, DOCKER_MANIFEST)
+    add_manifest(rsps, "staging-latest", image_body(ARM_CONFIG), ARM64, DOCKER_MANIFEST)
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+    assert client.manifest("staging-latest").digest == AMD64
+    assert client.manifest("staging-latest").digest == ARM64
+    assert len(rsps.calls) == 2
+
+
+def test_a_manifest_of_another_digest_is_not_kept(rsps: Any) -> None:
+    for _ in range(2):
+        rsps.add(responses.GET, f"{BASE}/manifests/{DIGEST}", body=b'{"mediaType":"x"}')
+    client = RegistryClient("127.0.0.1:5000", "org/app")
+    for _ in range(2):
+        with pytest.raises(RegistryError, match="with another digest"):
+            client.manifest_bytes(DIGEST)
+    assert len(rsps.calls) == 2
+
+
 def test_head_without_digest_header_falls_back_to_the_body(rsps: Any) -> None:
     body = json.dumps(image_body()).encode()
     rsps.add(responses.HEAD, f"{BASE}/manifests/v1")
