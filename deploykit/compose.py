@@ -55,6 +55,13 @@ class ComposeProject:
     services: tuple[str, ...]
     image_services: tuple[str, ...]
     one_shot_services: tuple[str, ...] = ()
+    on_image: tuple[str, ...] = ()  # every service of the deployed image, one-shots too
+
+    @property
+    def other_services(self) -> tuple[str, ...]:
+        """The services of other images (a database, a cache)."""
+        on_image = self.on_image or self.image_services
+        return tuple(s for s in self.services if s not in on_image)
 
     @property
     def long_running(self) -> tuple[str, ...]:
@@ -280,15 +287,16 @@ class Compose:
         image_services = tuple(s for s in users if s not in one_shots) or users
         return ComposeProject(self.directory, self.file, name,
                               tuple(sorted(config.get("services") or {})), image_services,
-                              one_shots)
+                              one_shots, users)
 
-    def pull(self, *, timeout: float | None = None) -> None:
-        """Pull, retried; ``timeout`` bounds all attempts together."""
+    def pull(self, services: Sequence[str] = (), *, timeout: float | None = None) -> None:
+        """Pull ``services`` (none: all), retried; ``timeout`` bounds all attempts."""
         deadline = time.monotonic() + timeout if timeout else None
 
         def attempt() -> str:
             left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
-            return self._run("pull", "--ignore-buildable", stream=True, timeout=left)
+            return self._run("pull", "--ignore-buildable", *services, stream=True,
+                             timeout=left)
 
         stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(PULL_ATTEMPTS)
         if timeout:

@@ -53,6 +53,7 @@ from deploykit.health import (
     HealthWatch,
     RunningService,
     docker_client,
+    image_present,
     own_container,
     own_container_candidates,
     report_failures,
@@ -546,7 +547,7 @@ class Rollout:
         try:
             with self.cancel.interruptible(), \
                     self.actions.group(f"Pull {target.reference(self.d.image_name)}"):
-                compose.pull(timeout=self.timeouts.pull)
+                self.pull_what_is_missing(compose, target)
         except Cancelled as cancelled:  # the pull is stopped; nothing on the host changed
             self.record_history(target, previous, FAILED)
             raise DeployError(f"Cancelled ({cancelled.signal_name}) during the pull: nothing "
@@ -557,6 +558,21 @@ class Rollout:
             raise DeployError(f"Pull failed, nothing was changed: {failure.message}",
                               hint=failure.hint or "Check the registry credentials and "
                               "that the image exists for this host's platform.") from failure
+
+    def pull_what_is_missing(self, compose: Compose, target: Target) -> None:
+        """A digest names one content: when the engine has it already (a redeploy, a
+        rollback), the services of the deployed image have nothing to pull, and only the
+        other services are (as `docker compose pull` would: their tags may have moved)."""
+        reference = f"{self.d.image_name}@{target.digest}"
+        if not image_present(self.api, reference):
+            compose.pull(timeout=self.timeouts.pull)
+            return
+        others = self.project.other_services
+        self.actions.info(f"{reference} is on this engine already: "
+                          + (f"pulling only {', '.join(others)}." if others else
+                             "nothing to pull."))
+        if others:
+            compose.pull(others, timeout=self.timeouts.pull)
 
     def _still_runs(self, previous: Previous) -> str:
         return f"; {self.d.image_name}@{previous.digest} still runs" if previous.digest else ""

@@ -162,6 +162,16 @@ def image_digests(api: Any, image_id: str, image_name: str) -> list[str]:
     return digests
 
 
+def image_present(api: Any, reference: str) -> bool:
+    """Whether the engine has ``reference`` (``registry/repo@sha256:...``) locally; an
+    engine that cannot say is taken as "no" (the pull then asks the registry)."""
+    try:
+        api.inspect_image(reference)
+    except docker.errors.APIError:
+        return False
+    return True
+
+
 def running_digest(api: Any, container: Mapping[str, Any], image_name: str,
                    known_by_image: dict[str, list[str]] | None = None) -> str:
     """The digest ``container`` runs; ``known_by_image`` keeps each image's digests for

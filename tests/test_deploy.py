@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 import deploykit.deploy as deploy_module
@@ -49,6 +50,7 @@ class World:
     give_up_at: list[float | None] = field(default_factory=list)
     lock_lost: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # deploykit's, on the containers
+    images: set[str] = field(default_factory=set)  # `registry/repo@digest` on the engine
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -82,8 +84,9 @@ class FakeCompose:
     def for_engine(self, mounts: dict[str, str]) -> Iterator[FakeCompose]:
         yield self
 
-    def pull(self, *, timeout: float | None = None) -> None:
-        self.world.calls.append(f"pull {self.env['IMAGE_TAG']}")
+    def pull(self, services: tuple[str, ...] = (), *, timeout: float | None = None) -> None:
+        self.world.calls.append(f"pull {self.env['IMAGE_TAG']}"
+                                + "".join(f" {service}" for service in services))
         self.world.timeouts.append(("pull", timeout))
         self.world.at("pull")
         if self.world.pull_fails:
@@ -141,6 +144,11 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
             return TAGS.get(reference, reference)
 
     class Api:
+        def inspect_image(self, reference: str) -> dict[str, Any]:
+            if reference not in world.images:
+                raise docker.errors.ImageNotFound(f"No such image: {reference}")
+            return {"Id": "sha256:local"}
+
         def containers(self, all: bool, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
             labels = {**world.labels, "com.docker.compose.project": "shop"}
             return [{"Labels": labels, "State": "running", "Created": 1}] if world.labels \
@@ -222,6 +230,25 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
 
 def history(tmp_path: Path) -> list[HistoryEntry]:
     return History(tmp_path / "state").entries()
+
+
+@pytest.mark.parametrize(("others", "pulled", "said"), [
+    ((), [], "nothing to pull."),
+    (("db", "redis"), [f"pull v2.0.0@{D2} db redis"], "pulling only db, redis."),
+])
+def test_a_digest_the_engine_has_is_not_pulled_again(
+        world: World, run: Any, monkeypatch: pytest.MonkeyPatch, others: tuple[str, ...],
+        pulled: list[str], said: str) -> None:
+    """A redeploy or a rollback: the services of the deployed image have nothing to pull;
+    the other services are pulled as `docker compose pull` would (their tags may move)."""
+    world.images = {f"{NAME}@{D2}"}
+    project = ComposeProject(Path("."), Path("compose.yaml"), "shop",
+                             tuple(sorted(("app", "worker", *others))), ("app", "worker"))
+    monkeypatch.setattr(FakeCompose, "load", lambda self, env: project)
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (0, "deployed"), log
+    assert [call for call in world.calls if call.startswith("pull")] == pulled
+    assert f"{NAME}@{D2} is on this engine already: {said}" in log
 
 
 def test_deploy_happy_path(world: World, run: Any, tmp_path: Path) -> None:

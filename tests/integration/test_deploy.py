@@ -453,3 +453,31 @@ def test_deploy_to_a_remote_engine_over_ssh(
                                                                        "rolled_back"]
     assert docker("network", "inspect", f"deploykit-lock-{project.name}",
                   check=False).returncode != 0
+
+
+def test_a_digest_the_engine_has_is_not_pulled_again(
+        make_project: Callable[..., Project], base_image: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The first deploy of a digest pulls it; a redeploy of it pulls only the services of
+    other images (a sidecar here), whose tags may have moved."""
+    project = make_project()
+    compose = project.directory / "compose.yaml"
+    compose.write_text(compose.read_text().replace("volumes:\n  data: {}", (
+        "  sidecar:\n"
+        f"    image: {base_image}\n"
+        "    command: [\"sleep\", \"3600\"]\n"
+        "    stop_grace_period: 1s\n"
+        "volumes:\n  data: {}")))
+    reference = f"{project.registry}/{project.repo}@{project.digests['v1']}"
+    docker("image", "rm", reference, check=False)  # as on a host that never ran v1
+    code, outputs, first = deploy(project, capsys, image_tag="v1")
+    assert (code, outputs["status"]) == (0, "deployed"), first
+    assert "is on this engine already" not in first
+    assert " app Pulled" in first or " worker Pulled" in first, first
+    assert docker("image", "inspect", reference, check=False).returncode == 0
+    code, outputs, again = deploy(project, capsys, image_tag="v1", force_redeploy="true")
+    assert (code, outputs["status"]) == (0, "deployed"), again
+    assert f"{reference} is on this engine already: pulling only sidecar." in again
+    pulled = [line for line in again.splitlines() if "Pull" in line and "==>" not in line]
+    assert all(" app " not in line and " worker " not in line for line in pulled), pulled
+    assert body(project.url) == "release v1"

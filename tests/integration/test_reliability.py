@@ -334,6 +334,8 @@ def test_cancel_and_kill_never_leave_the_service_without_a_verified_release(
         slow_registry.delay = 60.0 if point == "pull" else 0.0
         slow_registry.held.clear()
         asked.clear()
+        if point == "pull":
+            forget_image(project, tag)
         run = spawn(project, tag, **inputs)
         if point == "pull":
             assert slow_registry.held.wait(60), run.log
@@ -377,6 +379,13 @@ def test_cancel_and_kill_never_leave_the_service_without_a_verified_release(
     assert lock_is_free(project)
 
 
+def forget_image(project: Project, tag: str) -> None:
+    """The engine forgets ``tag``'s image under the project's registry name, so that its
+    next deploy pulls it (a digest the engine has is not pulled again)."""
+    docker("image", "rm", f"{project.registry}/{project.repo}@{project.digests[tag]}",
+           check=False)
+
+
 def test_a_lost_lock_touches_nothing(new_project: Callable[..., Project],
                                      slow_registry: SlowRegistry,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -390,6 +399,7 @@ def test_a_lost_lock_touches_nothing(new_project: Callable[..., Project],
     before = project.containers()
     slow_registry.delay = 3.0
     slow_registry.held.clear()
+    forget_image(project, "v1b")
     loser = spawn(project, "v1b")
     assert slow_registry.held.wait(60), loser.log
     docker("network", "rm", lock)
@@ -404,6 +414,7 @@ def test_a_lost_lock_touches_nothing(new_project: Callable[..., Project],
     # With a competitor holding the lock: the loser never touches the winner's containers.
     slow_registry.held.clear()
     slow_registry.delay = 6.0
+    forget_image(project, "v1b")
     loser = spawn(project, "v1b")
     assert slow_registry.held.wait(60), loser.log
     docker("network", "rm", lock)
