@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import tenacity
 
 BUILDER_NAME = "deploykit"
+# The docker driver's worker has this label only on the containerd image store (moby's
+# classic worker sets no containerd label).
+CONTAINERD_WORKER_LABEL = "org.mobyproject.buildkit.worker.containerd.namespace"
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 FAILURE_TAIL_LINES = 30
 GHA_CACHE_ENV = ("ACTIONS_CACHE_URL", "ACTIONS_RUNTIME_TOKEN")
@@ -78,10 +81,18 @@ class Builder:
     driver: str
     platforms: tuple[str, ...]
     created: bool = False
+    # Its worker says it runs on the containerd image store (the docker driver's
+    # labels, buildx 0.11+): then `docker info` need not be asked.
+    containerd_store: bool = False
 
     @property
     def argv(self) -> list[str]:
         return ["--builder", self.name] if self.name else []
+
+    @property
+    def store_unknown(self) -> bool:
+        """The docker driver, and its labels do not say which image store it uses."""
+        return self.driver == "docker" and not self.containerd_store
 
 
 @dataclass(frozen=True)
@@ -114,9 +125,10 @@ class BuildResult:
 
 # -- builder ------------------------------------------------------------------
 def parse_inspect(text: str) -> Builder:
-    """Name, driver and platforms from ``docker buildx inspect`` output."""
+    """Name, driver, platforms and the image store from ``docker buildx inspect`` output."""
     name = driver = ""
     platforms: list[str] = []
+    containerd = False
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
@@ -126,7 +138,9 @@ def parse_inspect(text: str) -> Builder:
             driver = value
         elif key == "Platforms":
             platforms.extend(p.strip().rstrip("*") for p in value.split(",") if p.strip())
-    return Builder(name, driver, tuple(dict.fromkeys(platforms)))
+        elif key == CONTAINERD_WORKER_LABEL:
+            containerd = True
+    return Builder(name, driver, tuple(dict.fromkeys(platforms)), containerd_store=containerd)
 
 
 def missing_platforms(builder: Builder, wanted: Sequence[str]) -> list[str]:
@@ -173,51 +187,55 @@ STORE_ARGV = ("info", "--format", "{{json .DriverStatus}}")
 class BuilderProbe:
     """The read-only questions of :func:`select_builder` asked in the background.
 
-    ``docker buildx inspect`` (and ``docker info`` for the image store, when the build
-    may need it) start when the ``with`` block is entered, each in a thread, while the
-    tag plan reads the registry: a docker CLI start-up costs 0.05-0.25 s, and nothing in
-    them depends on the plan. They change nothing on the host, so a run that then skips
-    or refuses the build has only asked. Leaving the block gives up on a question still
-    running (its child is stopped, as a cancelled command is) and waits for the threads:
-    no child outlives the run. An answer's error (docker missing, a failed inspect) is
-    raised where :func:`select_builder` reads it, so only a build reports it.
+    ``docker buildx inspect`` starts when the ``with`` block is entered, in a thread,
+    while the tag plan reads the registry: a docker CLI start-up costs 0.05-0.25 s, and
+    nothing in it depends on the plan. ``docker info`` (the image store) follows in the
+    same thread only when the build may need the store and the builder's labels do not
+    tell (``docker info`` also starts every CLI plugin). Both change nothing on the host,
+    so a run that then skips or refuses the build has only asked. Leaving the block
+    gives up on a question still running (its child is stopped, as a cancelled command
+    is) and waits for the thread: no child outlives the run. An answer's error (docker
+    missing, a failed inspect) is raised where :func:`select_builder` reads it, so only
+    a build reports it.
     """
 
     def __init__(self, docker: DockerCLI, *, store: bool) -> None:
         self._docker = docker
-        self._questions = (INSPECT_ARGV, STORE_ARGV) if store else (INSPECT_ARGV,)
+        self._store = store
         self._answers: dict[tuple[str, ...], subprocess.CompletedProcess[str] | Exception] = {}
-        self._threads: dict[tuple[str, ...], threading.Thread] = {}
+        self._thread = threading.Thread(target=self._ask_all, daemon=True,
+                                        name="deploykit-buildx-probe")
         self._given_up: float | None = None
 
     def __enter__(self) -> BuilderProbe:
-        for argv in self._questions:
-            thread = threading.Thread(target=self._ask, args=(argv,), daemon=True,
-                                      name=f"deploykit-{argv[0]}-{argv[1]}")
-            self._threads[argv] = thread
-            thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._given_up = time.monotonic()
-        for thread in self._threads.values():
-            thread.join()
+        self._thread.join()
 
-    def _ask(self, argv: tuple[str, ...]) -> None:
+    def _ask_all(self) -> None:
+        inspected = self._ask(INSPECT_ARGV)
+        if inspected is not None and self._store and self._given_up is None and \
+                parse_inspect(inspected.stdout).store_unknown:
+            self._ask(STORE_ARGV)
+
+    def _ask(self, argv: tuple[str, ...]) -> subprocess.CompletedProcess[str] | None:
         try:
-            self._answers[argv] = self._docker.run(
-                list(argv), check=argv == INSPECT_ARGV, give_up_at=lambda: self._given_up)
+            answer = self._docker.run(list(argv), check=argv == INSPECT_ARGV,
+                                      give_up_at=lambda: self._given_up)
         except Exception as exc:  # raised in the main thread, by answer()
             self._answers[argv] = exc
+            return None
+        self._answers[argv] = answer
+        return answer
 
     def answer(self, argv: tuple[str, ...]) -> subprocess.CompletedProcess[str] | None:
-        """The answer to ``argv`` once it is there; None when it was not asked."""
-        thread = self._threads.get(argv)
-        if thread is None:
-            return None
-        thread.join()
-        answer = self._answers[argv]
+        """The answer to ``argv`` once the probe is done; None when it was not asked."""
+        self._thread.join()
+        answer = self._answers.get(argv)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -239,7 +257,7 @@ def select_builder(
         return _container_builder(docker, platforms, current,
                                   f"it lists no {', '.join(missing)}")
     needs_store = len(platforms) > 1 or exports_cache
-    if current.driver == "docker" and needs_store and not _containerd_store(docker, probe):
+    if needs_store and current.store_unknown and not _containerd_store(docker, probe):
         wants = "multi-platform builds" if len(platforms) > 1 else "cache export"
         return _container_builder(docker, platforms, current, "the docker driver without "
                                   f"the containerd image store cannot do {wants}")

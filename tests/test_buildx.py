@@ -32,6 +32,12 @@ Labels:
 
 INSPECT_AMD64_ONLY = INSPECT_DEFAULT.replace("linux/arm64, ", "")
 
+# The docker driver on the containerd image store (docker 26, buildx 0.13 on the test bed).
+INSPECT_CONTAINERD = INSPECT_DEFAULT + """\
+ org.mobyproject.buildkit.worker.containerd.namespace: moby
+ org.mobyproject.buildkit.worker.snapshotter:          overlayfs
+"""
+
 INSPECT_CONTAINER = """\
 Name:          deploykit
 Driver:        docker-container
@@ -362,6 +368,25 @@ def test_a_failed_inspect_asked_ahead_is_raised_where_it_is_read() -> None:
             buildx.select_builder(docker, ("linux/amd64",),  # type: ignore[arg-type]
                                   machine="x86_64", probe=probe)
     assert docker.calls[0][1]["check"] is True  # a failed inspect stays an error
+
+
+def test_parse_inspect_reads_the_containerd_store_from_the_worker_labels() -> None:
+    assert buildx.parse_inspect(INSPECT_CONTAINERD).containerd_store is True
+    assert buildx.parse_inspect(INSPECT_DEFAULT).containerd_store is False
+    assert buildx.parse_inspect(INSPECT_CONTAINERD).store_unknown is False
+    assert buildx.parse_inspect(INSPECT_DEFAULT).store_unknown is True
+    assert buildx.parse_inspect(INSPECT_CONTAINER).store_unknown is False
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_builder_labelled_containerd_needs_no_docker_info(ahead: bool) -> None:
+    docker = FakeDocker([(["buildx", "inspect"], 0, INSPECT_CONTAINERD)])
+    with buildx.BuilderProbe(docker, store=True) as probe:  # type: ignore[arg-type]
+        builder = buildx.select_builder(docker, ("linux/amd64", "linux/arm64"),  # type: ignore[arg-type]
+                                        exports_cache=True, machine="x86_64",
+                                        probe=probe if ahead else None)
+    assert builder.name == "default"
+    assert [c[0] for c in docker.calls] == [["buildx", "inspect"]] * (2 - ahead)
 
 
 def test_failed_builder_creation_explains_the_buildkit_image() -> None:
