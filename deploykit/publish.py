@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ from deploykit.tags import (
 
 CREATED_LABEL = "org.opencontainers.image.created"
 TEST_TAG_ATTEMPTS = 5
+UPLOAD_THREADS = 8
 _MANIFEST_TYPES = (*INDEX_TYPES, "application/vnd.oci.image.manifest.v1+json",
                    "application/vnd.docker.distribution.manifest.v2+json")
 
@@ -61,13 +63,22 @@ class PartlyPublishedError(BuildError):
 def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type: str) -> int:
     """Upload the image ``digest`` of an OCI layout folder by digest (no tag).
 
-    Blobs the registry lacks first, then the manifests, children before the index.
-    Returns the number of blobs uploaded.
+    Blobs the registry lacks first (looked up and uploaded several at a time), then the
+    manifests one by one, children before the index. Returns the number of blobs uploaded.
     """
     blobs, manifests = _walk(layout, digest, media_type)
-    missing = [blob for blob in blobs if not client.blob_exists(blob)]
-    for blob in missing:
-        client.upload_blob(blob, _blob_path(layout, blob))
+    if not blobs:
+        missing: list[str] = []
+    else:
+        # The first HEAD alone: it answers the registry's challenge (a push token, or
+        # Basic) once; then up to UPLOAD_THREADS blobs at a time (a round trip each to GHCR).
+        first = [] if client.blob_exists(blobs[0]) else blobs[:1]
+        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="deploykit-blob") as pool:
+            there = list(pool.map(client.blob_exists, blobs[1:]))
+            missing = first + [blob for blob, known in zip(blobs[1:], there, strict=True)
+                               if not known]
+            list(pool.map(lambda blob: client.upload_blob(blob, _blob_path(layout, blob)),
+                          missing))
     for manifest_digest, manifest_type in manifests:
         client.put_manifest(manifest_digest, _blob_path(layout, manifest_digest).read_bytes(),
                             manifest_type)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -393,3 +395,78 @@ def test_upload_layout_sends_missing_blobs_then_manifests_children_first(
     assert oci.tags == {}
     assert [r for r in oci.requests if r.startswith("PUT /blobs")] == [
         "PUT /blobs/uploads/u1", "PUT /blobs/uploads/u1"]
+
+
+class TimedBlobs:
+    """A registry client for upload_layout: records when each call starts and ends."""
+
+    def __init__(self, present: set[str], failing: str = "") -> None:
+        self.present = present
+        self.failing = failing
+        self.events: list[tuple[str, str]] = []  # (what, digest), in the order they happen
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+        self.overlap = threading.Event()  # two lookups were under way at once
+
+    def _note(self, what: str, digest: str) -> None:
+        with self.lock:
+            self.events.append((what, digest))
+
+    def blob_exists(self, digest: str) -> bool:
+        with self.lock:
+            self.events.append(("head", digest))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if self.in_flight > 1:
+                self.overlap.set()
+        if len(self.events) > 2:  # not the first lookup: wait (bounded) for a second one
+            self.overlap.wait(timeout=5)
+        with self.lock:
+            self.in_flight -= 1
+            self.events.append(("head done", digest))
+        return digest in self.present
+
+    def upload_blob(self, digest: str, path: Path) -> None:
+        self._note("upload", digest)
+        time.sleep(0.01)
+        if digest == self.failing:
+            raise RegistryError(f"127.0.0.1:5000 answered 500 for {digest}.", hint="h")
+        self._note("uploaded", digest)
+
+    def put_manifest(self, reference: str, content: bytes, media_type: str) -> None:
+        self._note("put", reference)
+
+
+def many_blob_layout(root: Path, count: int) -> tuple[str, list[str]]:
+    layers = [f"layer-{n}".encode() for n in range(count)]
+    manifest = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": sha256(b"{}")},
+                           "layers": [{"digest": sha256(layer)} for layer in layers]}).encode()
+    write_layout(root, [b"{}", *layers, manifest])
+    return sha256(manifest), [sha256(b"{}"), *map(sha256, layers)]
+
+
+def test_blobs_are_looked_up_and_uploaded_at_once_and_the_manifest_waits_for_all(
+    tmp_path: Path,
+) -> None:
+    manifest, blobs = many_blob_layout(tmp_path, 6)
+    client = TimedBlobs(present=set(blobs[::2]))
+    uploaded = upload_layout(client, tmp_path, manifest, OCI_MANIFEST)  # type: ignore[arg-type]
+    events = client.events
+    assert uploaded == 3
+    assert sorted(d for what, d in events if what == "uploaded") == sorted(blobs[1::2])
+    # The first lookup alone (it answers the registry's challenge), the others together.
+    assert events[:2] == [("head", blobs[0]), ("head done", blobs[0])]
+    assert client.most_in_flight > 1
+    # Every blob is there before the manifest that names them.
+    assert events[-1] == ("put", manifest)
+    assert [what for what, _ in events].index("put") > max(
+        index for index, (what, _) in enumerate(events) if what == "uploaded")
+
+
+def test_a_failed_blob_upload_fails_the_push_before_any_manifest(tmp_path: Path) -> None:
+    manifest, blobs = many_blob_layout(tmp_path, 4)
+    client = TimedBlobs(present=set(), failing=blobs[2])
+    with pytest.raises(RegistryError) as info:
+        upload_layout(client, tmp_path, manifest, OCI_MANIFEST)  # type: ignore[arg-type]
+    assert info.value.message == f"127.0.0.1:5000 answered 500 for {blobs[2]}."
+    assert [event for event in client.events if event[0] == "put"] == []
