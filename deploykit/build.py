@@ -214,6 +214,7 @@ def build(
     push = plan.tag_plan.push
     context, dockerfile = build_paths(settings)
     actions = docker.actions
+    cache_there = cache_exists(settings, plan, client, actions)  # while the probe runs
     with tempfile.TemporaryDirectory(prefix="deploykit-oci-") as layout:
         if settings.registry_password:
             actions.mask(settings.registry_password)
@@ -227,8 +228,7 @@ def build(
             build_args=settings.build_args, secrets=settings.build_secrets,
             target=settings.target, provenance=settings.provenance, sbom=settings.sbom,
             cache=settings.cache, cache_ref=f"{plan.image}:{CACHE_TAG}",
-            cache_exists=cache_exists(settings, plan, client, actions),
-            oci_layout=layout, builder=builder)
+            cache_exists=cache_there, oci_layout=layout, builder=builder)
         verb = "Build and push" if push else "Validation build (no push) of"
         with actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
             result = run_build(docker, request)
