@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +71,8 @@ def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type:
     else:
         # The first HEAD alone: it answers the registry's challenge (a push token, or
         # Basic) once; then up to UPLOAD_THREADS blobs at a time (a round trip each to GHCR).
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (not at start-up)
+
         first = [] if client.blob_exists(blobs[0]) else blobs[:1]
         with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="deploykit-blob") as pool:
             there = list(pool.map(client.blob_exists, blobs[1:]))

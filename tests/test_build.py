@@ -621,12 +621,14 @@ def test_a_plan_error_is_reported_rather_than_a_probe_error(
 IMPORTED = """
 import sys
 import deploykit.cli, deploykit.build
-print(sorted(name for name in ("requests", "tenacity") if name in sys.modules))
+print(sorted(name for name in ("requests", "tenacity", "concurrent.futures", "email.utils")
+             if name in sys.modules))
 """
 
 
 def test_importing_the_build_command_leaves_requests_and_tenacity_for_later() -> None:
-    """They load when run() makes the registry client, after the probe started."""
+    """They load when run() makes the registry client, after the probe started (the
+    thread pool of the upload and the Retry-After date parser when they are used)."""
     result = subprocess.run([sys.executable, "-c", IMPORTED], check=True,
                             capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parent.parent)
