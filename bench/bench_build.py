@@ -149,11 +149,13 @@ def deploykit_build(app: App, platforms: str, log: Path) -> Timed:
     return Timed(seconds, build_phases(lines, seconds))
 
 
+# The builder probe (buildx inspect; docker info when needed) starts before the registry
+# client is made (requests loads then) and runs while the plan reads the registry; the
+# builder check is what is left of it once the plan is done. (The probe's own ::debug::
+# lines are not flushed: they show up with the plan's group line.)
+START = "Python start-up, settings, registry client"
 PHASES = (  # (phase, the log line that starts it), in order
-    # The builder probe (buildx inspect, docker info) starts before the registry client
-    # is made (requests loads then) and runs while the plan reads the registry; the
-    # builder check is what is left of it once the plan is done.
-    ("registry client, tag plan (builder probe running)", "::debug::$ docker buildx inspect"),
+    ("tag plan (builder probe running)", "::group::Tag plan"),
     ("builder check (the probe's rest)", "::endgroup::"),
     ("buildx build (OCI layout, cache export)", "::debug::$ docker buildx build"),
     ("push by digest, tags", "::group::Push"),
@@ -174,7 +176,7 @@ def buildkit_step(lines: list[str], title: str) -> float:
 
 def build_phases(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
     """Seconds of each phase of a deploykit build, from the lines that start them."""
-    marks = [(0.0, "Python start-up, settings")]
+    marks = [(0.0, START)]
     for name, prefix in PHASES:
         when = next((t for t, line in lines if line.startswith(prefix)), None)
         if when is not None:
@@ -544,7 +546,7 @@ def table(body: list[list[str]]) -> str:
 
 
 def phase_table(b: Builds) -> str:
-    names = ["Python start-up, settings", *(name for name, _ in PHASES)]
+    names = [START, *(name for name, _ in PHASES)]
     steps = [OCI_EXPORT, IMAGE_EXPORT, CACHE_EXPORT]
 
     def median(runs: list[dict[str, float]], name: str) -> str:
