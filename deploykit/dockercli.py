@@ -316,10 +316,6 @@ def new_config_directory(base: Path | None = None) -> Path:
 def private_directory(kind: str, base: Path | None = None) -> Path:
     """A fresh 0700 directory ``<kind>-<pid>-<start>-<random>`` for files that hold a
     secret (a login, a resolved compose file), after removing those of dead runs."""
-    # Imported here: deploykit.lock loads the docker SDK (and paramiko), ~0.3 s that
-    # build and tags never use.
-    from deploykit.lock import process_start  # noqa: PLC0415
-
     parent = config_parent(base)
     remove_stale_configs(parent)
     pid = os.getpid()
@@ -328,13 +324,41 @@ def private_directory(kind: str, base: Path | None = None) -> Path:
     return directory
 
 
+def _read_proc(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str:
+    """Start time of ``pid`` in clock ticks since boot ('' when unknown); tells reuse apart."""
+    stat = _read_proc(f"/proc/{pid}/stat")
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_alive(pid: int, start: str) -> bool:
+    if pid <= 0:
+        return False
+    stat = _read_proc(f"/proc/{pid}/stat")
+    if stat:
+        state = stat.rpartition(")")[2].split()[0]
+        return state not in ("Z", "X") and (not start or process_start(pid) == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 _PRIVATE_NAME = re.compile(r"^[a-z-]+?-(\d+)-(\d+)-[0-9a-f]{8}$")
 
 
 def remove_stale_configs(parent: Path) -> list[Path]:
     """Remove the private directories whose process is gone (SIGKILLed runs)."""
-    from deploykit.lock import process_alive  # noqa: PLC0415  (see new_config_directory)
-
     removed = []
     for entry in parent.iterdir():
         match = _PRIVATE_NAME.match(entry.name)

@@ -42,6 +42,7 @@ from typing import Any
 
 from deploykit.actions import Actions
 from deploykit.docker_sdk import docker
+from deploykit.dockercli import process_alive, process_start
 from deploykit.errors import DockerError, LockError
 
 LOCK_PREFIX = "deploykit-lock-"
@@ -137,29 +138,6 @@ def _read(path: str) -> str:
 
 def boot_id() -> str:
     return _read("/proc/sys/kernel/random/boot_id")
-
-
-def process_start(pid: int) -> str:
-    """Start time of ``pid`` in clock ticks since boot ('' when unknown); tells reuse apart."""
-    stat = _read(f"/proc/{pid}/stat")
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def process_alive(pid: int, start: str) -> bool:
-    if pid <= 0:
-        return False
-    stat = _read(f"/proc/{pid}/stat")
-    if stat:
-        state = stat.rpartition(")")[2].split()[0]
-        return state not in ("Z", "X") and (not start or process_start(pid) == start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def this_holder(project: str, *, run_url: str, actor: str, container: str, ttl: int,

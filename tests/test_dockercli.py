@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -235,3 +236,21 @@ def test_the_default_timeouts(make_actions, make_fake_docker, monkeypatch) -> No
     cli.run(["buildx", "build"], stream=True)  # a build has no bound of its own
     cli.run(["compose", "up"], stream=True, timeout=240)
     assert seen == [DEFAULT_TIMEOUT, STREAM_TIMEOUT, 240] == [300, 21600, 240]
+
+
+SDK_LOADED = """
+import sys
+from deploykit.actions import Actions
+from deploykit.dockercli import DockerCLI
+with DockerCLI(Actions({}), {}).temporary_config():
+    pass
+print("docker" in sys.modules, "requests" in sys.modules)
+"""
+
+
+def test_a_temporary_config_loads_neither_the_docker_sdk_nor_requests() -> None:
+    """Build and tags make one; the SDK (~0.15 s of imports) is the deploy's alone."""
+    result = subprocess.run([sys.executable, "-c", SDK_LOADED], check=True,
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "False False"
