@@ -31,6 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from deploykit.actions import Actions
+from deploykit.cliplugins import ORIGINAL_CLI, docker_binary, plugin_binary
 from deploykit.errors import (
     DockerError,
     RegistryError,
@@ -83,6 +84,12 @@ class DockerCLI:
         self.env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         self.executable = executable
 
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """``docker <args>``; a compose or buildx command runs its plugin's binary
+        directly when the docker CLI would find it (:mod:`deploykit.cliplugins`)."""
+        plugin = plugin_binary(args[0], self.env, self.executable) if args else None
+        return [plugin, *args] if plugin else [self.executable, *args]
+
     def run(
         self,
         args: Sequence[str],
@@ -107,8 +114,10 @@ class DockerCLI:
         Past either, the child's process group is stopped and DockerError raised. Any
         exception while it runs (a cancel included) stops it too.
         """
-        argv = [self.executable, *args]
+        argv = self.argv(args)
         env = child_environment(self.env, extra_env)
+        if argv[0] != self.executable:  # a plugin run directly: what the CLI tells it
+            env[ORIGINAL_CLI] = docker_binary(self.env, self.executable) or self.executable
         limit = timeout if timeout is not None else (STREAM_TIMEOUT if stream
                                                      else DEFAULT_TIMEOUT)
         self.actions.debug("$ " + " ".join(argv))

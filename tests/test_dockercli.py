@@ -284,3 +284,25 @@ def test_a_temporary_config_loads_neither_the_docker_sdk_nor_requests() -> None:
                             capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.strip() == "False False"
+
+
+def test_compose_and_buildx_run_their_plugin_without_the_docker_cli(
+        make_actions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The plugin spec's own entry point (`docker-compose compose ...`), told which docker
+    CLI it stands for; any other command, or a docker that is a script, goes through docker."""
+    bin_dir, config = tmp_path / "bin", tmp_path / "config"
+    (config / "cli-plugins").mkdir(parents=True)
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_bytes(b"\x7fELF not run here")
+    docker.chmod(0o755)
+    plugin = config / "cli-plugins" / "docker-compose"
+    plugin.write_text('#!/bin/sh\necho "$DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND $*"\n')
+    plugin.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DOCKER_CONFIG": str(config)}
+    cli = DockerCLI(make_actions(), env)
+    assert cli.argv(["compose", "config"]) == [str(plugin), "compose", "config"]
+    assert cli.argv(["login", "ghcr.io"]) == ["docker", "login", "ghcr.io"]
+    assert cli.run(["compose", "version"]).stdout == f"{docker} compose version\n"
+    docker.write_text("#!/bin/sh\necho wrapper\n")  # a wrapper is respected
+    assert cli.argv(["compose", "config"]) == ["docker", "compose", "config"]

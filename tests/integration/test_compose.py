@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,17 @@ def test_a_missing_variable_of_the_service_env_is_refused(docker_engine: None,
                                                           tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match="set DB_PASSWORD"):
         load(tmp_path, "${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}", service_env={})
+
+
+@pytest.mark.parametrize("plugin", ["compose", "buildx"])
+def test_the_plugin_runs_directly_and_is_the_one_docker_runs(docker_engine: None,
+                                                            plugin: str) -> None:
+    """deploykit finds the binary the docker CLI itself runs for `docker <plugin>`."""
+    actions = Actions({}, stdout=io.StringIO(), stderr=io.StringIO())
+    cli = DockerCLI(actions, dict(os.environ))
+    argv = cli.argv([plugin, "version"])
+    assert Path(argv[0]).name == f"docker-{plugin}", argv
+    direct = cli.run([plugin, "version"]).stdout
+    through_docker = subprocess.run(["docker", plugin, "version"], capture_output=True,
+                                    text=True, check=True, timeout=60).stdout
+    assert direct == through_docker
