@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import subprocess
@@ -707,6 +708,154 @@ def test_failed_build_is_a_build_error_and_nothing_is_verified(
         execute(settings_for(workspace), actions, registry, docker)
     assert info.value.message == "docker buildx build failed (exit 1):\n" + output.rstrip()
     assert [call for call in registry.calls if call[0] == "platforms"] == []
+
+
+# -- the push by digest during the cache export ------------------------------------------
+def _digest_of(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+WRITTEN = _digest_of(INDEX_BODY)
+OTHER_BODY = b'{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"x":1}'
+PUSH_GROUP = f"::group::Push {IMAGE}@{WRITTEN} (untagged) and publish its tags"
+
+
+class StreamingDocker(FakeDocker):
+    """buildx as it runs: writes the layout, says so in its progress (unless
+    ``announce`` is False), then exports the cache and exits ``cache_code``. Before it
+    exits it waits for an early upload, and notes the registry's calls so far."""
+
+    def __init__(self, actions: CapturedActions, registry: FakeRegistry, *,
+                 announce: bool = True, cache_code: int = 0,
+                 bodies: tuple[bytes, ...] = (INDEX_BODY,), cut_short: bool = False,
+                 interrupt: bool = False) -> None:
+        super().__init__(actions, registry)
+        self.announce, self.cache_code, self.bodies = announce, cache_code, bodies
+        self.cut_short, self.interrupt = cut_short, interrupt
+        self.at_exit: list[tuple[str, str]] = []
+
+    def run(self, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        argv = list(args)
+        if argv[:2] != ["buildx", "build"]:
+            return super().run(args, **kwargs)
+        self.calls.append(argv)
+        Path(argv[argv.index("--metadata-file") + 1]).write_text(
+            json.dumps({"containerimage.digest": WRITTEN}))
+        blobs = Path(argv[argv.index("--output") + 1].split("=")[2].split(",")[0])
+        blobs = blobs / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        for body in self.bodies:
+            (blobs / _digest_of(body).removeprefix("sha256:")).write_bytes(body)
+        written = blobs / WRITTEN.removeprefix("sha256:")
+        if self.cut_short:  # the image's manifest is not all there yet at the signal
+            written.write_bytes(INDEX_BODY[:20])
+        if self.announce:
+            announced = _digest_of(self.bodies[-1])
+            for line in ("#9 exporting to oci image format", "#9 exporting layers done",
+                         f"#9 exporting manifest list {announced} done", "#9 DONE 0.1s",
+                         "#10 exporting cache to registry"):
+                (kwargs.get("on_line") or (lambda _: None))(line)
+        if self.interrupt:
+            raise KeyboardInterrupt  # SIGINT while the cache is exported
+        for thread in threading.enumerate():
+            if thread.name == "deploykit-early-push":
+                thread.join()
+        written.write_bytes(INDEX_BODY)  # complete once buildx exits
+        self.at_exit = list(self.registry.calls)
+        if self.cache_code:
+            return subprocess.CompletedProcess(
+                argv, 1, "#10 ERROR: failed to push cache\nERROR: failed to export cache", "")
+        return subprocess.CompletedProcess(argv, 0, BUILD_OUTPUT, "")
+
+
+def _puts(calls: list[tuple[str, str]]) -> list[str]:
+    return [ref for call, ref in calls if call == "put"]
+
+
+TAGS = ["sha-0123456", "test-20240601-1", "staging-latest"]
+
+
+def test_the_push_by_digest_overlaps_the_cache_export_and_tags_wait_for_buildx(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry)
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    assert _puts(docker.at_exit) == [WRITTEN]  # before buildx exited: no tag
+    assert ("labels", WRITTEN) in docker.at_exit  # read ahead for the tags
+    assert _puts(registry.calls) == [WRITTEN, *TAGS]
+    assert outcome.digest == WRITTEN
+    assert registry.tag_digests == dict.fromkeys(TAGS, WRITTEN)
+    log = actions.out.getvalue()
+    assert f"{PUSH_GROUP}\nPushed {IMAGE}@{WRITTEN} by digest (0 new blobs), while buildx " \
+        "exported the cache.\n" in log
+
+
+def test_a_failed_cache_export_publishes_no_tag_and_says_the_manifest_is_left_untagged(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry, cache_code=1)
+    with pytest.raises(BuildError) as caught:
+        execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry,
+                docker)
+    assert caught.value.message.startswith("docker buildx build failed (exit 1):")
+    assert _puts(registry.calls) == [WRITTEN]
+    assert registry.tag_digests == {}
+    assert f"{WRITTEN} was pushed by digest while buildx exported the cache; the build " \
+        "failed, so no tag names it (an untagged manifest is left).\n" in actions.out.getvalue()
+
+
+def test_a_cancel_during_the_cache_export_waits_for_the_upload_and_publishes_no_tag(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry, interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry,
+                docker)
+    assert [t for t in threading.enumerate() if t.name == "deploykit-early-push"] == []
+    assert registry.tag_digests == {}
+    assert set(_puts(registry.calls)) <= {WRITTEN}
+
+
+def test_without_the_signal_the_push_waits_for_buildx_as_before(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry, announce=False)
+    execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry, docker)
+    assert _puts(docker.at_exit) == []
+    assert _puts(registry.calls) == [WRITTEN, *TAGS]
+    assert f"{PUSH_GROUP}\nPushed {IMAGE}@{WRITTEN} by digest (0 new blobs).\n" in \
+        actions.out.getvalue()
+
+
+def test_a_layout_not_yet_complete_at_the_signal_is_pushed_after_buildx(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry, cut_short=True)
+    execute(settings_for(workspace, ref="refs/heads/pre-release"), actions, registry, docker)
+    assert _puts(docker.at_exit) == []
+    assert _puts(registry.calls) == [WRITTEN, *TAGS]
+    assert f"The push of {WRITTEN} during the cache export did not do ({WRITTEN} in " in \
+        actions.out.getvalue()
+
+
+def test_an_announced_digest_other_than_buildx_s_metadata_is_never_tagged(
+    workspace: Path, make_actions: Callable[..., CapturedActions],
+) -> None:
+    actions, registry = make_actions(), FakeRegistry()
+    docker = StreamingDocker(actions, registry, bodies=(INDEX_BODY, OTHER_BODY))
+    outcome = execute(settings_for(workspace, ref="refs/heads/pre-release"), actions,
+                      registry, docker)
+    other = _digest_of(OTHER_BODY)
+    assert _puts(docker.at_exit) == [other]
+    assert _puts(registry.calls) == [other, WRITTEN, *TAGS]
+    assert outcome.digest == WRITTEN
+    assert registry.tag_digests == dict.fromkeys(TAGS, WRITTEN)
 
 
 # -- paths and dry run -------------------------------------------------------------------
