@@ -157,12 +157,15 @@ START = "Python start-up, settings, registry client"
 PHASES = (  # (phase, the log line that starts it), in order
     ("tag plan (builder probe running)", "::group::Tag plan"),
     ("builder check (the probe's rest)", "::endgroup::"),
-    ("buildx build (OCI layout, cache export)", "::debug::$ docker buildx build"),
+    # "$ docker buildx build", or the plugin binary run directly ("$ .../docker-buildx buildx
+    # build"): see BUILDX_RE.
+    ("buildx build (OCI layout, cache export)", "::debug::$ "),
     ("push by digest, tags", "::group::Push"),
     ("summary, clean-up, exit", "Build built"),
 )
 
 
+BUILDX_RE = re.compile(r"^::debug::\$ \S*docker(-buildx)? buildx build ")
 OCI_EXPORT, CACHE_EXPORT, IMAGE_EXPORT = (
     "exporting to oci image format", "exporting cache to registry", "exporting to image")
 
@@ -178,7 +181,8 @@ def build_phases(lines: list[tuple[float, str]], total: float) -> dict[str, floa
     """Seconds of each phase of a deploykit build, from the lines that start them."""
     marks = [(0.0, START)]
     for name, prefix in PHASES:
-        when = next((t for t, line in lines if line.startswith(prefix)), None)
+        when = next((t for t, line in lines if line.startswith(prefix)
+                     and (prefix != "::debug::$ " or BUILDX_RE.search(line))), None)
         if when is not None:
             marks.append((when, name))
     phases = {name: end - when for (when, name), (end, _) in
