@@ -23,7 +23,6 @@ from deploykit.buildx import (
     BuilderProbe,
     BuildRequest,
     BuildResult,
-    OciExportWatch,
     run_build,
     select_builder,
 )
@@ -31,7 +30,7 @@ from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.github import GitHubRecorder, summary_links
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
-from deploykit.publish import EarlyUpload, PartlyPublishedError, Publisher, upload_layout
+from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
 from deploykit.registry import OCI_INDEX, RegistryClient
 from deploykit.settings import Settings
 from deploykit.status import Status
@@ -231,24 +230,16 @@ def build(
             cache=settings.cache, cache_ref=f"{plan.image}:{CACHE_TAG}",
             cache_exists=cache_there, oci_layout=layout, builder=builder)
         verb = "Build and push" if push else "Validation build (no push) of"
-        # The push by digest starts once buildx has written the image, while it exports
-        # the cache; the tags wait for its exit 0 (see EarlyUpload).
-        early = EarlyUpload(client, Path(layout))
         with actions.group(f"{verb} {plan.image} for {', '.join(settings.platforms)}"):
-            try:
-                with early:  # a failure stops and waits for the upload
-                    result = run_build(docker, request,
-                                       OciExportWatch(early.start) if push else None)
-            except BaseException:
-                say_left_untagged(actions, early)
-                raise
+            result = run_build(docker, request)
         cache = cache_text(result)
         if not push:
             return Outcome(VALIDATED, cache=cache, note=plan.tag_plan.reason)
         digest = pushed_digest(result)
+        media_type = str(result.descriptor.get("mediaType") or OCI_INDEX)
         with actions.group(f"Push {plan.image}@{digest} (untagged) and publish its tags"):
-            push_by_digest(client, actions, early, Path(layout), digest=digest,
-                           media_type=str(result.descriptor.get("mediaType") or OCI_INDEX))
+            uploaded = upload_layout(client, Path(layout), digest, media_type)
+            actions.info(f"Pushed {plan.image}@{digest} by digest ({uploaded} new blobs).")
             publisher = new_publisher(settings, client, actions, digest)
             tags = publisher.publish(plan.tags)
             actions.info(f"Tags naming {digest}: {', '.join(tags)}.")
@@ -256,30 +247,6 @@ def build(
     return Outcome(BUILT, digest, tuple(tags), platforms, cache=cache,
                    note=" ".join(publisher.notes), release_version=release_version(plan),
                    image=plan.image)
-
-
-def say_left_untagged(actions: Actions, early: EarlyUpload) -> None:
-    """After a failed build: an image pushed during the cache export is left untagged."""
-    if early.uploaded(early.digest) is not None:
-        actions.info(f"{early.digest} was pushed by digest while buildx exported the cache; "
-                     "the build failed, so no tag names it (an untagged manifest is left).")
-
-
-def push_by_digest(client: RegistryClient, actions: Actions, early: EarlyUpload, layout: Path,
-                   *, digest: str, media_type: str) -> None:
-    """Upload ``digest`` untagged, unless the early upload already did."""
-    uploaded = early.uploaded(digest)
-    if uploaded is not None:
-        actions.info(f"Pushed {client.name}@{digest} by digest ({uploaded} new blobs), "
-                     "while buildx exported the cache.")
-        return
-    if early.digest:
-        why = early.error.message if isinstance(early.error, DeploykitError) else \
-            str(early.error or f"buildx's metadata names {digest}, not {early.digest}")
-        actions.info(f"The push of {early.digest} during the cache export did not do "
-                     f"({why}); pushing after the build.")
-    uploaded = upload_layout(client, layout, digest, media_type)
-    actions.info(f"Pushed {client.name}@{digest} by digest ({uploaded} new blobs).")
 
 
 def cache_exists(

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,10 +68,6 @@ _DENIED_RE = re.compile(r"failed to push (\S+?): (denied: .*)$", re.MULTILINE)
 # A registry that failed (5xx) or throttled (429) a request of the push: worth pushing again.
 _TRANSIENT_PUSH_RE = re.compile(
     r"unexpected status from \w+ request to \S+: (5\d\d|429)\b[^\n]*", re.MULTILINE)
-# The OCI exporter's step (`#9 exporting to oci image format`) and its manifest lines.
-_OCI_EXPORT_RE = re.compile(r"^#(\d+) exporting to oci image format$")
-_EXPORTED_MANIFEST_RE = re.compile(
-    r"^#(\d+) exporting manifest (list )?(sha256:[0-9a-f]{64})\b")
 PUSH_ATTEMPTS = 3
 # None: exponential, 2 s doubling up to 20 s (tenacity loads with the first build).
 PUSH_RETRY_WAIT: tenacity.wait.wait_base | None = None
@@ -371,53 +367,15 @@ def build_env(request: BuildRequest, env: Mapping[str, str]) -> dict[str, str]:
 
 
 # -- run ----------------------------------------------------------------------
-class OciExportWatch:
-    """An ``on_line`` for the build's plain progress: says when the image is written.
-
-    buildx writes the image into the OCI layout (``#9 exporting to oci image format``,
-    its ``exporting manifest [list] sha256:...`` lines, ``#9 DONE``), then exports the
-    build cache. At that step's ``DONE`` line this calls ``written`` with the image's
-    digest: the manifest list's, else the one manifest's (several manifests and no
-    list: nothing is said). Only a hint: the layout's files are checked before they
-    are used, and buildx's metadata file names the digest that is tagged. Another
-    progress format says nothing, and the push waits for buildx as before.
-    """
-
-    def __init__(self, written: Callable[[str], None]) -> None:
-        self._written = written
-        self._step = ""
-        self._manifests: list[str] = []
-        self._index = ""
-
-    def __call__(self, line: str) -> None:
-        if match := _OCI_EXPORT_RE.match(line):
-            self._step, self._manifests, self._index = match.group(1), [], ""
-        elif not self._step:
-            return
-        elif (match := _EXPORTED_MANIFEST_RE.match(line)) and match.group(1) == self._step:
-            if match.group(2):
-                self._index = match.group(3)
-            else:
-                self._manifests.append(match.group(3))
-        elif line.startswith(f"#{self._step} DONE "):
-            self._step = ""
-            digest = self._index or (self._manifests[0] if len(self._manifests) == 1 else "")
-            if digest:
-                self._written(digest)
-
-
 class TransientPushError(BuildError):
     """The registry answered 5xx or 429 during the push."""
 
 
-def run_build(
-    docker: DockerCLI, request: BuildRequest, on_line: Callable[[str], None] | None = None,
-) -> BuildResult:
+def run_build(docker: DockerCLI, request: BuildRequest) -> BuildResult:
     """Run the build, streaming its plain progress; BuildError on failure.
 
     A push the registry failed with 5xx/429 is pushed again (the layers are cached, and
     the same content gives the same digest, so a second push is idempotent).
-    ``on_line`` sees each line of the progress (see :class:`OciExportWatch`).
     """
     extra_env = build_env(request, docker.env)
     for value in extra_env.values():
@@ -433,7 +391,7 @@ def run_build(
             f"(attempt {state.attempt_number + 1} of {PUSH_ATTEMPTS}).",
             title="Registry error during the push"),
         reraise=True)
-    return retrying(_build_once, docker, request, extra_env, on_line)
+    return retrying(_build_once, docker, request, extra_env)
 
 
 def _message_of(state: tenacity.RetryCallState) -> str:
@@ -442,14 +400,12 @@ def _message_of(state: tenacity.RetryCallState) -> str:
 
 
 def _build_once(
-    docker: DockerCLI, request: BuildRequest, extra_env: Mapping[str, str],
-    on_line: Callable[[str], None] | None = None,
+    docker: DockerCLI, request: BuildRequest, extra_env: Mapping[str, str]
 ) -> BuildResult:
     with tempfile.TemporaryDirectory(prefix="deploykit-build-") as directory:
         metadata_file = str(Path(directory) / "metadata.json")
         argv = build_argv(request, metadata_file)
-        result = docker.run(argv, stream=True, check=False, extra_env=extra_env,
-                            on_line=on_line)
+        result = docker.run(argv, stream=True, check=False, extra_env=extra_env)
         output = docker.actions.redact(result.stdout or "")
         if result.returncode != 0:
             if denied := push_denied(output):

@@ -101,12 +101,8 @@ class DockerCLI:
         stream: bool = False,
         timeout: float | None = None,
         give_up_at: Callable[[], float | None] | None = None,
-        on_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``docker <args>``; ``stream`` sends output to the log as it comes.
-
-        ``on_line`` (with ``stream``) is called with each streamed line once it is
-        logged, in this thread, while the child runs; what it raises stops the child.
 
         ``timeout`` (default :data:`DEFAULT_TIMEOUT`, :data:`STREAM_TIMEOUT` when
         streamed) covers the whole run. ``give_up_at``
@@ -134,7 +130,7 @@ class DockerCLI:
         deadline = time.monotonic() + limit
         try:
             stdout, stderr, why = self._communicate(process, stdin, stream, deadline,
-                                                    give_up_at, on_line=on_line)
+                                                    give_up_at)
         except BaseException:
             stop_group(process)
             raise
@@ -154,7 +150,6 @@ class DockerCLI:
     def _communicate(
         self, process: subprocess.Popen[bytes], stdin: str | None, stream: bool,
         deadline: float, give_up_at: Callable[[], float | None] | None,
-        *, on_line: Callable[[str], None] | None = None,
     ) -> tuple[str, str, str]:
         """Feed stdin, collect (and stream) output until the child exits: (stdout,
         stderr, '' or why it was given up)."""
@@ -190,24 +185,19 @@ class DockerCLI:
                         continue
                     chunks[key.fd].append(data)
                     if stream and key.fd == out_fd:
-                        pending = self._stream_lines(pending + data, on_line)
+                        pending = self._stream_lines(pending + data)
             if stream and pending:
-                self._stream_line(pending.decode("utf-8", "replace"), on_line)
+                self.actions.info(pending.decode("utf-8", "replace"))
         stdout = b"".join(chunks.get(out_fd, [])).decode("utf-8", "replace")
         err_fd = process.stderr.fileno() if process.stderr else -1
         stderr = b"".join(chunks.get(err_fd, [])).decode("utf-8", "replace")
         return stdout, stderr, ""
 
-    def _stream_lines(self, data: bytes, on_line: Callable[[str], None] | None) -> bytes:
+    def _stream_lines(self, data: bytes) -> bytes:
         *lines, rest = data.split(b"\n")
         for line in lines:
-            self._stream_line(line.decode("utf-8", "replace").rstrip("\r"), on_line)
+            self.actions.info(line.decode("utf-8", "replace").rstrip("\r"))
         return rest
-
-    def _stream_line(self, line: str, on_line: Callable[[str], None] | None) -> None:
-        self.actions.info(line)
-        if on_line is not None:
-            on_line(line)
 
     def _failure(self, args: Sequence[str], output: str) -> DockerError:
         tail = "\n".join(self.actions.redact(output).strip().splitlines()[-30:])

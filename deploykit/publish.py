@@ -22,13 +22,10 @@ completes the missing tags (``build.py``).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
 from deploykit.actions import Actions
 from deploykit.errors import BuildError, DeploykitError, WriteOnceTagError
@@ -62,107 +59,12 @@ class PartlyPublishedError(BuildError):
 
 
 # -- the untagged upload --------------------------------------------------------------
-class EarlyUpload:
-    """The push by digest, started while buildx still exports the build cache.
-
-    ``start(digest)`` (from :class:`deploykit.buildx.OciExportWatch`, once buildx says the
-    image is written) checks the layout's files under ``digest`` (:func:`check_written`)
-    and uploads them by digest in a thread, then reads the pushed manifest and labels
-    once (the tags and the verification need them). It never publishes a tag: tags
-    follow buildx's exit 0, for the digest of its metadata file; :meth:`uploaded` says
-    whether that digest is already pushed. A build or cache export that fails after the
-    start leaves an untagged manifest in the registry, and no tag. Leaving the block
-    waits for the thread (after an error, no further upload starts).
-    """
-
-    def __init__(self, client: RegistryClient, layout: Path) -> None:
-        self._client = client
-        self._layout = layout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.digest = ""
-        self.error: Exception | None = None
-        self._uploaded: int | None = None
-
-    def __enter__(self) -> EarlyUpload:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        if error is not None:
-            self._stop.set()
-        self.wait()
-
-    def start(self, digest: str) -> None:
-        """Upload ``digest`` in the background (only the first call does)."""
-        if self._thread is not None or self._stop.is_set():
-            return
-        self.digest = digest
-        self._thread = threading.Thread(target=self._upload, daemon=True,
-                                        name="deploykit-early-push")
-        self._thread.start()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def uploaded(self, digest: str) -> int | None:
-        """Blobs uploaded when ``digest`` was pushed here; None: it was not (push it now)."""
-        self.wait()
-        return self._uploaded if digest == self.digest else None
-
-    def _upload(self) -> None:
-        try:
-            check_written(self._layout, self.digest)
-            self._uploaded = upload_layout(self._client, self._layout, self.digest, "",
-                                           stop=self._stop)
-        except Exception as exc:  # reported by the caller, which pushes again
-            self.error = exc
-            return
-        # Read now rather than after the build (the same reads, by digest); a failure is
-        # met again, and reported, where they are needed.
-        with suppress(Exception):
-            self._client.labels(self.digest)
-
-
-def check_written(layout: Path, digest: str) -> None:
-    """Every manifest under ``digest`` is in the layout and hashes to its digest; every
-    other blob is there with its descriptor's size (the registry checks its digest on
-    upload). BuildError otherwise."""
-    import hashlib  # noqa: PLC0415  (not at start-up)
-
-    def visit(node: str) -> None:
-        content = _blob_path(layout, node).read_bytes()
-        if f"sha256:{hashlib.sha256(content).hexdigest()}" != node:
-            raise BuildError(f"{node} in {layout} does not match its digest (yet).")
-        body = json.loads(content)
-        for child in body.get("manifests") or []:
-            visit(str(child["digest"]))
-        for descriptor in _plain_descriptors(body):
-            path = _blob_path(layout, str(descriptor["digest"]))
-            if path.stat().st_size != descriptor.get("size"):
-                raise BuildError(f"{descriptor['digest']} in {layout} is not complete.")
-
-    visit(digest)
-
-
-def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type: str,
-                  *, stop: threading.Event | None = None) -> int:
+def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type: str) -> int:
     """Upload the image ``digest`` of an OCI layout folder by digest (no tag).
 
     Blobs the registry lacks first (looked up and uploaded several at a time), then the
     manifests one by one, children before the index. Returns the number of blobs uploaded.
-    Once ``stop`` is set, nothing more starts (BuildError).
     """
-
-    def go_on() -> None:
-        if stop is not None and stop.is_set():
-            raise BuildError(f"The push of {digest} was given up.")
-
-    def upload(blob: str) -> None:
-        go_on()
-        client.upload_blob(blob, _blob_path(layout, blob))
-
     blobs, manifests = _walk(layout, digest, media_type)
     if not blobs:
         missing: list[str] = []
@@ -176,9 +78,9 @@ def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type:
             there = list(pool.map(client.blob_exists, blobs[1:]))
             missing = first + [blob for blob, known in zip(blobs[1:], there, strict=True)
                                if not known]
-            list(pool.map(upload, missing))
+            list(pool.map(lambda blob: client.upload_blob(blob, _blob_path(layout, blob)),
+                          missing))
     for manifest_digest, manifest_type in manifests:
-        go_on()
         client.put_manifest(manifest_digest, _blob_path(layout, manifest_digest).read_bytes(),
                             manifest_type)
     return len(missing)
@@ -202,15 +104,11 @@ def _walk(layout: Path, digest: str, media_type: str) -> tuple[list[str], list[t
 
 
 def _plain_blobs(body: dict[str, object]) -> Iterator[str]:
-    for descriptor in _plain_descriptors(body):
-        yield str(descriptor["digest"])
-
-
-def _plain_descriptors(body: dict[str, object]) -> Iterator[dict[str, object]]:
     config = body.get("config")
     if isinstance(config, dict):
-        yield config
-    yield from body.get("layers") or []  # type: ignore[misc]
+        yield str(config["digest"])
+    for layer in body.get("layers") or []:  # type: ignore[attr-defined]
+        yield str(layer["digest"])
 
 
 def _blob_path(layout: Path, digest: str) -> Path:

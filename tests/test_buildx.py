@@ -487,7 +487,7 @@ def test_run_build_reads_digest_and_cache_hits() -> None:
     assert (result.cached_steps, result.total_steps) == (1, 4)
     argv, kwargs = docker.calls[0]
     assert kwargs == {"stream": True, "check": False,
-                      "extra_env": {"NPM_TOKEN": "npm-secret-value"}, "on_line": None}
+                      "extra_env": {"NPM_TOKEN": "npm-secret-value"}}
     assert "npm-secret-value" not in argv
     assert docker.actions.masked == ["npm-secret-value"]
 
@@ -573,49 +573,3 @@ def test_a_failed_step_or_a_validation_build_is_never_retried(no_push_wait: None
         buildx.run_build(docker, request(push=False))  # type: ignore[arg-type]
     assert not isinstance(info.value, buildx.TransientPushError)
     assert len(docker.calls) == 1
-
-
-# -- the OCI export's end, from the progress ---------------------------------------------
-def _watched(lines: list[str]) -> list[str]:
-    said: list[str] = []
-    watch = buildx.OciExportWatch(said.append)
-    for line in lines:
-        watch(line)
-    return said
-
-
-D1, D2, D3 = ("sha256:" + c * 64 for c in "cde")
-
-
-def test_the_oci_export_s_done_line_names_the_one_manifest() -> None:
-    assert _watched(["#8 [3/3] COPY www/ /www/", "#8 DONE 0.0s",
-                     "#9 exporting to oci image format", "#9 exporting layers 0.0s done",
-                     f"#9 exporting manifest {D1} done", f"#9 exporting config {D2} done",
-                     "#9 DONE 0.1s", "#10 exporting cache to registry",
-                     f"#10 writing cache manifest {D3} 0.0s done", "#10 DONE 0.1s"]) == [D1]
-
-
-def test_the_manifest_list_is_the_image_of_several_platforms_or_attestations() -> None:
-    assert _watched(["#12 exporting to oci image format",
-                     f"#12 exporting manifest {D1} done",
-                     f"#12 exporting attestation manifest {D3} done",
-                     f"#12 exporting manifest {D2} done",
-                     f"#12 exporting manifest list {D3} done", "#12 DONE 0.3s"]) == [D3]
-
-
-def test_nothing_is_said_before_the_done_line_or_without_one_image() -> None:
-    assert _watched(["#9 exporting to oci image format",
-                     f"#9 exporting manifest {D1} done"]) == []  # not DONE (yet)
-    assert _watched(["#9 exporting to oci image format", f"#9 exporting manifest {D1} done",
-                     f"#9 exporting manifest {D2} done", "#9 DONE 0.1s"]) == []  # no list
-    assert _watched(["#9 exporting to oci image format", f"#7 exporting manifest {D1} done",
-                     "#7 DONE 0.1s", "#9 ERROR: failed"]) == []  # another step; an error
-    assert _watched(["#9 exporting to image", f"#9 exporting manifest {D1} done",
-                     "#9 DONE 0.1s"]) == []  # not the OCI exporter (another format)
-
-
-def test_run_build_hands_each_progress_line_to_on_line() -> None:
-    docker = FakeDocker([(["buildx", "build"], 0, SUCCESS_OUTPUT)], on_build=_write_metadata)
-    watch = buildx.OciExportWatch(lambda digest: None)
-    buildx.run_build(docker, request(), on_line=watch)  # type: ignore[arg-type]
-    assert docker.calls[0][1]["on_line"] is watch

@@ -98,35 +98,6 @@ def test_streaming_output_goes_to_log(make_actions, make_fake_docker) -> None:
     assert "line-a\nline-b\n" in actions.out.getvalue()
 
 
-def test_on_line_sees_each_streamed_line_in_order_after_it_is_logged(
-        make_actions, make_fake_docker) -> None:
-    executable, _ = make_fake_docker(stdout="line-a\\r\\nline-b\\nlast")
-    actions = make_actions()
-    cli = DockerCLI(actions, env={"PATH": os.environ["PATH"]}, executable=executable)
-    seen: list[tuple[str, bool]] = []
-    cli.run(["buildx", "build"], stream=True,
-            on_line=lambda line: seen.append((line, line in actions.out.getvalue())))
-    assert seen == [("line-a", True), ("line-b", True), ("last", True)]
-
-
-def test_an_error_in_on_line_stops_the_child_and_is_raised(make_actions, tmp_path: Path) -> None:
-    script = tmp_path / "docker"
-    script.write_text(f'#!/bin/sh\necho $$ > "{tmp_path}/pid"\necho stop-here\n'
-                      "exec sleep 60\n")
-    script.chmod(0o755)
-    cli = DockerCLI(make_actions(), env={"PATH": os.environ["PATH"]}, executable=str(script))
-
-    def on_line(line: str) -> None:
-        if line == "stop-here":
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        cli.run(["buildx", "build"], stream=True, on_line=on_line)
-    child = int((tmp_path / "pid").read_text())
-    assert not Path(f"/proc/{child}").exists() or \
-        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
-
-
 def test_children_get_a_minimal_environment(make_actions, tmp_path: Path) -> None:
     script = tmp_path / "docker"
     script.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env.txt"\n')
@@ -254,10 +225,9 @@ def test_the_default_timeouts(make_actions, make_fake_docker, monkeypatch) -> No
     seen: list[float] = []
     original = DockerCLI._communicate
 
-    def spy(self, process, stdin, stream, deadline, give_up_at,  # type: ignore[no-untyped-def]
-            **options):
+    def spy(self, process, stdin, stream, deadline, give_up_at):  # type: ignore[no-untyped-def]
         seen.append(round(deadline - time.monotonic()))
-        return original(self, process, stdin, stream, deadline, give_up_at, **options)
+        return original(self, process, stdin, stream, deadline, give_up_at)
 
     monkeypatch.setattr(DockerCLI, "_communicate", spy)
     executable, _ = make_fake_docker()

@@ -21,14 +21,8 @@ import requests
 import responses
 
 from deploykit import registry as registry_module
-from deploykit.errors import BuildError, RegistryError, WriteOnceTagError
-from deploykit.publish import (
-    EarlyUpload,
-    PartlyPublishedError,
-    Publisher,
-    check_written,
-    upload_layout,
-)
+from deploykit.errors import RegistryError, WriteOnceTagError
+from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
 from deploykit.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 from tests.conftest import CapturedActions
 
@@ -476,69 +470,3 @@ def test_a_failed_blob_upload_fails_the_push_before_any_manifest(tmp_path: Path)
         upload_layout(client, tmp_path, manifest, OCI_MANIFEST)  # type: ignore[arg-type]
     assert info.value.message == f"127.0.0.1:5000 answered 500 for {blobs[2]}."
     assert [event for event in client.events if event[0] == "put"] == []
-
-
-def sized_layout(root: Path) -> tuple[str, Path]:
-    """A layout of one manifest (config + layer, with sizes); its digest and layer file."""
-    config, layer = b'{"os":"linux"}', b"layer-bytes"
-    manifest = json.dumps({"mediaType": OCI_MANIFEST,
-                           "config": {"digest": sha256(config), "size": len(config)},
-                           "layers": [{"digest": sha256(layer), "size": len(layer)}]}).encode()
-    index = json.dumps({"mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": sha256(manifest)}]}).encode()
-    write_layout(root, [config, layer, manifest, index])
-    return sha256(index), root / "blobs" / "sha256" / sha256(layer).removeprefix("sha256:")
-
-
-def test_check_written_accepts_a_complete_layout_and_refuses_a_partial_one(
-    tmp_path: Path,
-) -> None:
-    digest, layer = sized_layout(tmp_path)
-    check_written(tmp_path, digest)
-    layer.write_bytes(b"layer-by")  # still being written
-    with pytest.raises(BuildError, match="is not complete"):
-        check_written(tmp_path, digest)
-    layer.unlink()
-    with pytest.raises(BuildError, match="lacks the blob"):
-        check_written(tmp_path, digest)
-    index = tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    index.write_bytes(index.read_bytes()[:-3])
-    with pytest.raises(BuildError, match="does not match its digest"):
-        check_written(tmp_path, digest)
-
-
-def test_a_stopped_upload_starts_nothing_more(tmp_path: Path) -> None:
-    manifest, _ = many_blob_layout(tmp_path, 3)
-    client = TimedBlobs(present=set())
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(BuildError, match="given up"):
-        upload_layout(client, tmp_path, manifest, OCI_MANIFEST,  # type: ignore[arg-type]
-                      stop=stop)
-    assert [what for what, _ in client.events if what in ("upload", "put")] == []
-
-
-def test_early_upload_pushes_once_and_only_answers_for_its_digest(
-    oci: FakeOCI, tmp_path: Path,
-) -> None:
-    digest, _ = sized_layout(tmp_path)
-    client = RegistryClient("127.0.0.1:5000", "org/app")
-    with EarlyUpload(client, tmp_path) as early:
-        early.start(digest)
-        early.start("sha256:" + "f" * 64)  # a second signal (a retried build) is ignored
-    assert early.uploaded(digest) == 2
-    assert early.uploaded("sha256:" + "f" * 64) is None
-    assert puts(oci) == [next(iter(oci.manifests)), digest]
-    assert oci.tags == {}
-
-
-def test_early_upload_of_a_partial_layout_leaves_the_push_for_later(
-    oci: FakeOCI, tmp_path: Path,
-) -> None:
-    digest, layer = sized_layout(tmp_path)
-    layer.write_bytes(b"lay")
-    with EarlyUpload(RegistryClient("127.0.0.1:5000", "org/app"), tmp_path) as early:
-        early.start(digest)
-    assert early.uploaded(digest) is None
-    assert isinstance(early.error, BuildError)
-    assert puts(oci) == []

@@ -165,11 +165,6 @@ def test_two_platform_release_is_pushed_verified_and_rerun_skipped(
     assert f"No build cache yet at {auth_registry.host}/{repo}:buildcache: this first build " \
         "fills it." in first.log.splitlines()
     assert [line for line in first.log.splitlines() if "ERROR" in line] == []
-    # The index went up by digest once buildx had written it, while it exported the cache
-    # (the test bed's buildx prints the OCI export's manifest list and DONE lines).
-    pushed = [line for line in first.log.splitlines() if line.startswith("Pushed ")]
-    assert len(pushed) == 1 and pushed[0].startswith(f"Pushed {image}@{digest} by digest (")
-    assert pushed[0].endswith(" new blobs), while buildx exported the cache."), first.log
 
     again = run_build(context, repo, ref="refs/tags/v1.2.3", commit=commit)
 
