@@ -25,6 +25,7 @@ from deploykit.errors import (
     RegistryUnreachableError,
     WriteOnceTagError,
 )
+from deploykit.github import GitHubRecorder
 from deploykit.settings import Settings, load_settings
 from tests.conftest import CapturedActions, parse_github_output
 
@@ -621,8 +622,8 @@ def test_a_plan_error_is_reported_rather_than_a_probe_error(
 IMPORTED = """
 import sys
 import deploykit.cli, deploykit.build
-print(sorted(name for name in ("requests", "tenacity", "concurrent.futures", "email.utils")
-             if name in sys.modules))
+print(sorted(name for name in ("requests", "tenacity", "concurrent.futures", "email.utils",
+                               "deploykit.github") if name in sys.modules))
 """
 
 
@@ -767,7 +768,7 @@ def test_a_built_release_is_published_on_github(
     prerelease: bool,
 ) -> None:
     fake = FakeRecorder()
-    monkeypatch.setattr(build.GitHubRecorder, "from_settings",
+    monkeypatch.setattr(GitHubRecorder, "from_settings",
                         staticmethod(lambda settings, actions: fake))
     actions = make_actions()
     registry = FakeRegistry()
@@ -788,7 +789,7 @@ def test_staging_and_skipped_builds_publish_no_release(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = FakeRecorder()
-    monkeypatch.setattr(build.GitHubRecorder, "from_settings",
+    monkeypatch.setattr(GitHubRecorder, "from_settings",
                         staticmethod(lambda settings, actions: fake))
     actions = make_actions()
     registry = FakeRegistry()
