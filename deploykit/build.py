@@ -26,6 +26,7 @@ from deploykit.buildx import (
     run_build,
     select_builder,
 )
+from deploykit.cancel import CancelGuard, Cancelled
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
@@ -56,7 +57,22 @@ class Outcome:
 
 
 def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit build`` and ``mode: build``."""
+    """Handler of ``deploykit build`` and ``mode: build``.
+
+    SIGINT and SIGTERM (a cancelled workflow) stop the run where it is: the child running
+    (buildx, in its own session, which the signal does not reach) is stopped with it."""
+    guard = CancelGuard()
+    try:
+        with guard.installed(), guard.interruptible():
+            _run(settings, actions, args)
+    except Cancelled as cancelled:
+        raise BuildError(f"Cancelled ({cancelled.signal_name}): the build was stopped, with "
+                         "its docker children; a tag already published stays.",
+                         hint="`deploykit tags` shows what the registry has now; run the "
+                         "build again to finish it.", title="Build cancelled") from None
+
+
+def _run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     if settings.dry_run:
         plan_command(settings, actions, args)
         return

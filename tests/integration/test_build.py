@@ -11,6 +11,9 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -319,3 +322,46 @@ def test_build_args_secrets_target_and_oci_labels(
         assert secret not in (tmp_path / "summary").read_text()
     finally:
         remove_local_images(f"{auth_registry.host}/{repo}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_cancelled_build_stops_buildx_and_says_so(
+    make_app_context: Callable[..., str], auth_registry: TestRegistry, tmp_path: Path,
+    signum: signal.Signals,
+) -> None:
+    """GitHub cancels with SIGINT, then SIGTERM: buildx runs in its own session, which
+    the signal does not reach, so deploykit must stop it; nothing is left running."""
+    repo = auth_registry.repo("build")
+    marker = uuid.uuid4().hex
+    context = make_app_context(extra_run=f"echo {marker} && sleep 60")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_"))},
+           "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "output"),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "GITHUB_EVENT_NAME": "push",
+           "GITHUB_REF": "refs/heads/pre-release", "GITHUB_SHA": sha(),
+           "GITHUB_REPOSITORY": "deploykit/it-app", "GITHUB_ACTOR": "it",
+           "GITHUB_WORKSPACE": context, "INPUT_REGISTRY": auth_registry.host,
+           "INPUT_IMAGE_REPO": repo, "INPUT_REGISTRY_USERNAME": auth_registry.username,
+           "INPUT_REGISTRY_PASSWORD": auth_registry.password, "INPUT_CACHE": "none",
+           "INPUT_PLATFORMS": "linux/amd64"}
+    process = subprocess.Popen([sys.executable, "-m", "deploykit", "build"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:  # until the RUN step runs (its echo)
+        lines.append(line)
+        if marker in line and "echo" not in line:
+            break
+    process.send_signal(signum)
+    try:
+        rest, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    log = "".join(lines) + rest
+    assert process.returncode == 1, log
+    name = signal.Signals(signum).name
+    assert f"::error title=Build cancelled::Cancelled ({name}): the build was stopped" in log
+    assert "Traceback" not in log
+    left = subprocess.run(["pgrep", "-f", context], capture_output=True, text=True,
+                          check=False).stdout.split()
+    assert left == [], log  # no buildx child of this build outlives it
