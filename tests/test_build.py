@@ -570,15 +570,17 @@ def test_a_refused_build_stops_a_probe_still_running_before_it_returns(
     assert docker.only_asked()
 
 
+def docker_missing(kwargs: dict[str, Any]) -> str:
+    """The builder probe's `docker buildx inspect` with no docker CLI on PATH."""
+    raise DockerError("`docker` was not found.", hint="Install the Docker CLI.")
+
+
 def test_a_probe_error_fails_a_build_with_its_own_message(
     workspace: Path, make_actions: Callable[..., CapturedActions],
 ) -> None:
-    def missing(kwargs: dict[str, Any]) -> str:
-        raise DockerError("`docker` was not found.", hint="Install the Docker CLI.")
-
     actions = make_actions()
     registry = FakeRegistry()
-    docker = FakeDocker(actions, registry, inspect=missing)
+    docker = FakeDocker(actions, registry, inspect=docker_missing)
     with pytest.raises(DockerError) as info:
         execute(settings_for(workspace), actions, registry, docker)
     assert info.value.message == "`docker` was not found."
@@ -588,24 +590,18 @@ def test_a_probe_error_fails_a_build_with_its_own_message(
 def test_a_probe_error_does_not_fail_a_run_that_builds_nothing(
     workspace: Path, make_actions: Callable[..., CapturedActions],
 ) -> None:
-    def missing(kwargs: dict[str, Any]) -> str:
-        raise DockerError("`docker` was not found.")
-
     actions = make_actions()
     registry = FakeRegistry()
     registry.publish("v1.2.3", OLD, SHA)
     registry.publish("latest", OLD, SHA)
     outcome = execute(settings_for(workspace), actions, registry,
-                      FakeDocker(actions, registry, inspect=missing))
+                      FakeDocker(actions, registry, inspect=docker_missing))
     assert (outcome.status, outcome.digest) == ("skipped", OLD)
 
 
 def test_a_plan_error_is_reported_rather_than_a_probe_error(
     workspace: Path, make_actions: Callable[..., CapturedActions],
 ) -> None:
-    def missing(kwargs: dict[str, Any]) -> str:
-        raise DockerError("`docker` was not found.")
-
     actions = make_actions()
     registry = FakeRegistry()
 
@@ -615,7 +611,7 @@ def test_a_plan_error_is_reported_rather_than_a_probe_error(
     registry.tags = unreachable  # type: ignore[method-assign]
     with pytest.raises(RegistryUnreachableError) as info:
         execute(settings_for(workspace), actions, registry,
-                FakeDocker(actions, registry, inspect=missing))
+                FakeDocker(actions, registry, inspect=docker_missing))
     assert info.value.message == "127.0.0.1:5001 did not answer."
 
 
