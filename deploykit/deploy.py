@@ -411,6 +411,18 @@ class Deployment:
             actor=self.settings.github.actor, image=f"{self.image_name}@{target.digest}",
             rolled_back_from=previous.digest if self.action == ROLLBACK else "")
 
+    def summary_head(self, target: Target, previous: Previous, status: str,
+                     where: list[list[str]]) -> str:
+        """The job summary's heading and main table; ``where`` names the project (or the
+        stack and orchestrator) between the environment and the image."""
+        rows = [["status", status], ["environment", self.settings.environment], *where,
+                ["image", target.reference(self.image_name)],
+                ["previous image", f"{self.image_name}@{previous.digest}"
+                 if previous.digest else "-"],
+                ["duration", f"{self.elapsed():.1f} s"]]
+        return f"### {self.action.capitalize()}: {status}\n\n" + markdown_table(
+            ["", "value"], rows)
+
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 1)
 
@@ -752,14 +764,7 @@ class Rollout:
         return self.d.history_entry(self.project.name, target, previous, status)
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
-        rows = [["status", status], ["environment", self.settings.environment],
-                ["project", self.project.name],
-                ["image", target.reference(self.d.image_name)],
-                ["previous image", f"{self.d.image_name}@{previous.digest}"
-                 if previous.digest else "-"],
-                ["duration", f"{self.d.elapsed():.1f} s"]]
-        text = f"### {self.d.action.capitalize()}: {status}\n\n" + markdown_table(
-            ["", "value"], rows)
+        text = self.d.summary_head(target, previous, status, [["project", self.project.name]])
         for title, report in self.health_reports:
             text += f"\n\n#### {title}\n\n" + report.table()
         return text

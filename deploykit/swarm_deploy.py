@@ -331,14 +331,8 @@ class SwarmRollout:
         return self.d.history_entry(self.project.name, target, previous, status)
 
     def summary(self, target: Target, previous: Previous, status: str) -> str:
-        rows = [["status", status], ["environment", self.settings.environment],
-                ["stack", self.project.name], ["orchestrator", "swarm"],
-                ["image", target.reference(self.d.image_name)],
-                ["previous image", f"{self.d.image_name}@{previous.digest}"
-                 if previous.digest else "-"],
-                ["duration", f"{self.d.elapsed():.1f} s"]]
-        return (f"### {self.d.action.capitalize()}: {status}\n\n"
-                + markdown_table(["", "value"], rows) + "\n\n#### Services\n\n"
+        where = [["stack", self.project.name], ["orchestrator", "swarm"]]
+        return (self.d.summary_head(target, previous, status, where) + "\n\n#### Services\n\n"
                 + service_table(self.services, self.project.image_services))
 
 
