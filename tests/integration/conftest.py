@@ -6,14 +6,16 @@ registry is a test *failure*, never a skip: CI must prove the real thing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -171,3 +173,24 @@ def docker_push(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
         time.sleep(1)
     assert result.returncode == 0, f"docker {' '.join(args)} failed:\n{result.stderr}"
     return result
+
+
+def push_variants(registry: str, repo: str, base_image: str,
+                  variants: Mapping[str, tuple[str, str]], workdir: Path,
+                  config: str = "") -> dict[str, str]:
+    """Build a fixture app for linux/amd64 per ``tag: (HEALTHCHECK line, CMD line)`` (busybox
+    httpd serving "release <tag>") and push it: tag -> digest."""
+    digests = {}
+    prefix = ["--config", config] if config else []
+    for tag, (healthcheck, command) in variants.items():
+        context = workdir / f"app-{tag}"
+        context.mkdir()
+        (context / "index.html").write_text(f"release {tag}\n")
+        (context / "Dockerfile").write_text("\n".join([
+            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
+        metadata = context / "metadata.json"
+        docker_push(*prefix, "buildx", "build", "--platform", "linux/amd64", "--push",
+                    "--provenance=false", "--metadata-file", str(metadata),
+                    "-t", f"{registry}/{repo}:{tag}", str(context))
+        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
+    return digests

@@ -8,7 +8,6 @@ two deploys of one project serialise, and a SIGKILLed deploy's lock goes stale.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -28,8 +27,8 @@ from deploykit.history import History
 from tests.conftest import parse_github_output
 from tests.integration.conftest import (
     TestRegistry,
-    docker_push,
     free_port,
+    push_variants,
     remove_local_images,
 )
 
@@ -70,32 +69,12 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def push_variants(registry: str, repo: str, base_image: str, tags: tuple[str, ...],
-                  workdir: Path, config: str = "") -> dict[str, str]:
-    """Build the fixture app variants for linux/amd64 and push them: tag -> digest."""
-    digests = {}
-    prefix = ["--config", config] if config else []
-    for tag in tags:
-        healthcheck, command = VARIANTS[tag]
-        context = workdir / f"app-{tag}"
-        context.mkdir()
-        (context / "index.html").write_text(f"release {tag}\n")
-        (context / "Dockerfile").write_text("\n".join([
-            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
-        metadata = context / "metadata.json"
-        docker_push(*prefix, "buildx", "build", "--platform", "linux/amd64", "--push",
-                    "--provenance=false", "--metadata-file", str(metadata),
-                    "-t", f"{registry}/{repo}:{tag}", str(context))
-        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
-    return digests
-
-
 @pytest.fixture(scope="module")
 def images(open_registry: TestRegistry, base_image: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """The fixture app pushed as v1, v1b, v2 and v2b: repository and tag -> digest."""
     repo = open_registry.repo("deploy")
-    yield repo, push_variants(open_registry.host, repo, base_image, tuple(VARIANTS),
+    yield repo, push_variants(open_registry.host, repo, base_image, VARIANTS,
                               tmp_path_factory.mktemp("images"))
     remove_local_images(f"{open_registry.host}/{repo}")
 
@@ -322,7 +301,7 @@ def test_deploy_from_a_registry_that_needs_login(
         request: pytest.FixtureRequest) -> None:
     auth_registry.login(docker_config)
     repo = auth_registry.repo("deploy")
-    digests = push_variants(auth_registry.host, repo, base_image, ("v1",), tmp_path,
+    digests = push_variants(auth_registry.host, repo, base_image, {"v1": VARIANTS["v1"]}, tmp_path,
                             config=docker_config)
     project = make_project(registry=auth_registry.host, repo=repo, digests=digests)
     request.addfinalizer(lambda: remove_local_images(f"{auth_registry.host}/{repo}"))

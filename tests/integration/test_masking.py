@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TestRegistry, free_port, remove_local_images
-from tests.integration.test_deploy import Project, deploy, push_variants
+from tests.integration.conftest import TestRegistry, free_port, push_variants, remove_local_images
+from tests.integration.test_deploy import VARIANTS, Project, deploy
 
 COMPOSE = """\
 services:
@@ -37,7 +37,7 @@ services:
 def project(open_registry: TestRegistry, base_image: str,
             tmp_path: Path) -> Iterator[Project]:
     repo = open_registry.repo("masking")
-    digests = push_variants(open_registry.host, repo, base_image, ("v1",), tmp_path)
+    digests = push_variants(open_registry.host, repo, base_image, {"v1": VARIANTS["v1"]}, tmp_path)
     directory = tmp_path / "project"
     directory.mkdir()
     (directory / "compose.yaml").write_text(COMPOSE)

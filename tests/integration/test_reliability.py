@@ -33,7 +33,7 @@ from tests.conftest import parse_github_output
 from tests.integration.conftest import (
     OPEN_REGISTRY,
     TestRegistry,
-    docker_push,
+    push_variants,
     remove_local_images,
 )
 from tests.integration.test_deploy import (
@@ -60,18 +60,7 @@ def images(open_registry: TestRegistry, base_image: str,
     """This module's releases (used by new_project): repository and tag -> digest."""
     repo = open_registry.repo("reliability")
     workdir = tmp_path_factory.mktemp("reliability-images")
-    digests = {}
-    for tag, (healthcheck, command) in VARIANTS.items():
-        context = workdir / tag
-        context.mkdir()
-        (context / "index.html").write_text(f"release {tag}\n")
-        (context / "Dockerfile").write_text("\n".join([
-            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
-        metadata = context / "metadata.json"
-        docker_push("buildx", "build", "--platform", "linux/amd64", "--push",
-                    "--provenance=false", "--metadata-file", str(metadata),
-                    "-t", f"{open_registry.host}/{repo}:{tag}", str(context))
-        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
+    digests = push_variants(open_registry.host, repo, base_image, VARIANTS, workdir)
     yield repo, digests
     remove_local_images(f"{open_registry.host}/{repo}")
 

@@ -26,7 +26,7 @@ import pytest
 from deploykit.cli import main
 from deploykit.history import History
 from tests.conftest import parse_github_output
-from tests.integration.conftest import TestRegistry, docker_push, remove_local_images
+from tests.integration.conftest import TestRegistry, push_variants, remove_local_images
 
 HEALTHY = ('HEALTHCHECK --interval=1s --timeout=2s --retries=2 '
            'CMD wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1')
@@ -102,18 +102,7 @@ def images(open_registry: TestRegistry, base_image: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     repo = open_registry.repo("swarm")
     workdir = tmp_path_factory.mktemp("swarm-images")
-    digests = {}
-    for tag, (healthcheck, command) in VARIANTS.items():
-        context = workdir / tag
-        context.mkdir()
-        (context / "index.html").write_text(f"release {tag}\n")
-        (context / "Dockerfile").write_text("\n".join([
-            f"FROM {base_image}", "COPY index.html /www/index.html", healthcheck, command, ""]))
-        metadata = context / "metadata.json"
-        docker_push("buildx", "build", "--platform", "linux/amd64", "--push",
-                    "--provenance=false", "--metadata-file", str(metadata),
-                    "-t", f"{open_registry.host}/{repo}:{tag}", str(context))
-        digests[tag] = json.loads(metadata.read_text())["containerimage.digest"]
+    digests = push_variants(open_registry.host, repo, base_image, VARIANTS, workdir)
     yield repo, digests
     remove_local_images(f"{open_registry.host}/{repo}")
 
