@@ -181,6 +181,8 @@ def _parse_time(text: str) -> datetime | None:
 
 # -- the lock -----------------------------------------------------------------
 class EngineLock:
+    remove_command = "docker network rm"  # how a user removes a lock whose holder is gone
+
     def __init__(
         self, client: Any, holder: Holder, *, timeout: float, actions: Actions,
         poll_interval: float = POLL_INTERVAL,
@@ -195,7 +197,7 @@ class EngineLock:
         self.actions = actions
         self.poll_interval = poll_interval
         self.clock, self.sleep, self.now = clock, sleep, now
-        self.network_id = ""
+        self.lock_id = ""  # the engine's ID of the lock object this deploy created
 
     def acquire(self) -> None:
         deadline = self.clock() + self.timeout
@@ -207,20 +209,20 @@ class EngineLock:
             found = self._current()
             if found is None:
                 continue  # released between our create and our look: try again at once
-            network_id, holder = found
+            lock_id, holder = found
             reason = stale_reason(holder, self.holder, now=self.now(),
                                   container_running=self._container_running)
             if reason:
                 self.actions.warning(f"Removing the stale lock {self.name} held by "
                                      f"{holder.describe()}: {reason}.", title="Stale lock")
-                self._remove(network_id)
+                self._remove(lock_id)
                 continue
             if self.clock() >= deadline:
                 raise LockError(
                     f"Another deploy of project {self.holder.project!r} holds the lock "
                     f"{self.name}: {holder.describe()}; waited {self.timeout:g} s.",
                     hint="Wait for it to finish, raise `lock_timeout`, or if that run is "
-                    f"really gone: `docker network rm {self.name}`.")
+                    f"really gone: `{self.remove_command} {self.name}`.")
             if announced != holder.token:
                 self.actions.info(f"Waiting for the lock {self.name}, held by "
                                   f"{holder.describe()} (up to {self.timeout:g} s).")
@@ -236,13 +238,13 @@ class EngineLock:
                             "expiry) or avoid deploying the same project from two machines.")
 
     def release(self) -> None:
-        if self.network_id:
-            self._remove(self.network_id)
-            self.network_id = ""
+        if self.lock_id:
+            self._remove(self.lock_id)
+            self.lock_id = ""
 
     def _try_create(self) -> bool:
         try:
-            self.network_id = create_config_only_network(
+            self.lock_id = create_config_only_network(
                 self.client.api, self.name,
                 {**self.holder.labels(), LABEL_PREFIX.rstrip("."): "true"})
         except docker.errors.APIError as exc:

@@ -29,7 +29,7 @@ from typing import Any
 from deploykit.actions import Actions, markdown_table
 from deploykit.docker_sdk import docker
 from deploykit.dockercli import DockerCLI
-from deploykit.errors import ComposeError, DockerError, InputError, LockError
+from deploykit.errors import ComposeError, DockerError, InputError
 from deploykit.lock import LABEL_PREFIX, EngineLock, Holder
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -406,12 +406,7 @@ def service_table(services: Mapping[str, Service], names: Sequence[str]) -> str:
 class SwarmLock(EngineLock):
     """:class:`EngineLock` on a Swarm config object instead of a local network."""
 
-    def acquire(self) -> None:
-        try:
-            super().acquire()
-        except LockError as exc:
-            raise LockError(exc.message, hint=exc.hint.replace(
-                "docker network rm", "docker config rm")) from exc
+    remove_command = "docker config rm"
 
     def _try_create(self) -> bool:
         try:
@@ -422,7 +417,7 @@ class SwarmLock(EngineLock):
             if exc.status_code == 409:
                 return False
             raise DockerError(f"Cannot create the lock {self.name}: {exc.explanation}") from exc
-        self.network_id = str(created.get("ID") or created.get("Id") or "")
+        self.lock_id = str(created.get("ID") or created.get("Id") or "")
         return True
 
     def _current(self) -> tuple[str, Holder] | None:
