@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -458,6 +459,27 @@ def label_override(labels: Mapping[str, Mapping[str, str]]) -> Iterator[Path | N
     finally:
         path.unlink(missing_ok=True)
         os.rmdir(directory)
+
+
+# `docker compose config` of a project, running in a thread
+ProjectLoad = Future[tuple[Compose, ComposeProject]]
+
+
+def start_project_load(settings: Settings, docker: DockerCLI) -> ProjectLoad:
+    """``docker compose config`` of the project, running in a thread; ``result()`` gives
+    the compose project (named) or raises the error the config met."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-config")
+    try:
+        return executor.submit(load_project, settings, docker)
+    finally:
+        executor.shutdown(wait=False)
+
+
+def load_project(settings: Settings, docker: DockerCLI) -> tuple[Compose, ComposeProject]:
+    """The project of ``settings``, checked by its one ``docker compose config``, named."""
+    compose = compose_for(settings, docker)
+    project = compose.load(dict(settings.compose_env))
+    return replace(compose, name=project.name), project
 
 
 def compose_for(settings: Settings, docker: DockerCLI) -> Compose:

@@ -29,8 +29,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.cancel import CancelGuard, Cancelled
-from deploykit.compose import Compose, ComposeProject, image_environment
-from deploykit.deploy_command import ProjectLoad, start_project_load
+from deploykit.compose import (
+    Compose,
+    ComposeProject,
+    ProjectLoad,
+    image_environment,
+    start_project_load,
+)
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
     DeployError,

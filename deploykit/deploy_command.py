@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 
 from deploykit.actions import Actions
-from deploykit.compose import Compose, ComposeProject, compose_for
+from deploykit.compose import start_project_load
 from deploykit.dockercli import DockerCLI
 from deploykit.policy import check_deploy_target
 from deploykit.settings import DEPLOY, ROLLBACK, Settings
-
-ProjectLoad = Future[tuple[Compose, ComposeProject]]
 
 
 def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
@@ -53,25 +49,9 @@ def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> 
     deployment.run(target)
 
 
-def start_project_load(settings: Settings, docker: DockerCLI) -> ProjectLoad:
-    """``docker compose config`` of the project, running in a thread; ``result()`` gives
-    the compose project (named) or raises the error the config met."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-config")
-    try:
-        return executor.submit(load_project, settings, docker)
-    finally:
-        executor.shutdown(wait=False)
-
-
-def load_project(settings: Settings, docker: DockerCLI) -> tuple[Compose, ComposeProject]:
-    compose = compose_for(settings, docker)
-    project = compose.load(dict(settings.compose_env))
-    return replace(compose, name=project.name), project
-
-
 def _env(args: argparse.Namespace) -> Mapping[str, str]:
     env: Mapping[str, str] | None = getattr(args, "env", None)
     return dict(os.environ if env is None else env)
 
 
-__all__ = ["ProjectLoad", "deploy", "load_project", "rollback", "start_project_load"]
+__all__ = ["deploy", "rollback"]

@@ -5,13 +5,15 @@ import json
 import os
 import stat
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import deploykit.compose as compose_module
 from deploykit.actions import Actions
 from deploykit.compose import (
     EXPECTED_IMAGE_LINE,
@@ -26,6 +28,7 @@ from deploykit.compose import (
     one_shot_services,
     project_directory,
     rewrite_bind_sources,
+    start_project_load,
 )
 from deploykit.dockercli import config_parent
 from deploykit.errors import ComposeError, DockerError, InputError, OneShotError
@@ -494,3 +497,56 @@ def test_labels_go_through_an_override_file_removed_afterwards(tmp_path: Path) -
     override = Path(argv[argv.index("-f") + 3])
     assert override.name == "compose.deploykit-labels.json"
     assert not override.parent.exists()
+
+
+# -- the config in the background (deploy_command starts it before the heavy imports) --
+THREADED_PROJECT = ComposeProject(Path("."), Path("compose.yaml"), "shop", ("app",), ("app",))
+
+
+@dataclass(frozen=True)
+class GatedCompose:
+    """A compose whose config finishes only when the test opens the gate."""
+
+    gate: threading.Event
+    seen_env: list[dict[str, str]] = field(default_factory=list)
+    name: str = ""
+    failure: Exception | None = None
+
+    def load(self, service_env: dict[str, str]) -> ComposeProject:
+        self.seen_env.append(service_env)
+        if not self.gate.wait(timeout=10):
+            raise AssertionError("the config ran in the caller's thread: it waited for itself")
+        if self.failure:
+            raise self.failure
+        return THREADED_PROJECT
+
+
+def deploy_settings() -> Any:
+    return load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
+                          "INPUT_COMPOSE_ENV": "PORT=8080"})
+
+
+def test_the_config_runs_in_the_background_until_its_result_is_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    compose = GatedCompose(gate)
+    monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: compose)
+    loading = start_project_load(deploy_settings(), docker=None)  # type: ignore[arg-type]
+    assert not loading.done()  # returned while the config still runs
+    gate.set()
+    named, project = loading.result(timeout=10)
+    assert (named.name, project) == ("shop", THREADED_PROJECT)
+    assert compose.seen_env == [{"PORT": "8080"}]
+
+
+def test_the_configs_error_is_raised_where_the_result_is_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    gate.set()
+    failure = ComposeError("`docker compose config` rejected compose.yaml:\nyaml: bad")
+    monkeypatch.setattr(compose_module, "compose_for",
+                        lambda settings, docker: GatedCompose(gate, failure=failure))
+    loading = start_project_load(deploy_settings(), docker=None)  # type: ignore[arg-type]
+    with pytest.raises(ComposeError) as info:
+        loading.result(timeout=10)
+    assert info.value is failure

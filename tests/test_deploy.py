@@ -15,6 +15,7 @@ from typing import Any
 import docker.errors
 import pytest
 
+import deploykit.compose as compose_module
 import deploykit.deploy as deploy_module
 import deploykit.deploy_command as deploy_command
 from deploykit.cancel import CancelGuard
@@ -194,7 +195,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
     monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
     monkeypatch.setattr(deploy_module, "smoke_test", smoke)
-    monkeypatch.setattr(deploy_command, "compose_for", lambda settings, docker: FakeCompose(world))
+    monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: FakeCompose(world))
     for module in (deploy_command, deploy_module):  # the config where its result is taken
         monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
     return world
@@ -208,7 +209,7 @@ class LoadWhenAsked:
         self.settings, self.docker = settings, docker
 
     def result(self) -> Any:
-        return deploy_command.load_project(self.settings, self.docker)
+        return compose_module.load_project(self.settings, self.docker)
 
 
 @pytest.fixture
