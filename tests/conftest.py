@@ -6,7 +6,9 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
+import docker.errors
 import pytest
+import requests
 
 from deploykit.actions import Actions
 
@@ -74,3 +76,11 @@ def parse_github_output(text: str) -> dict[str, str]:
             name, value = line.split("=", 1)
             outputs[name] = value
     return outputs
+
+
+def api_error(status: int, cls: type[docker.errors.APIError] = docker.errors.APIError
+              ) -> docker.errors.APIError:
+    """An error of the Docker SDK as the engine's answer ``status`` raises it."""
+    response = requests.Response()
+    response.status_code = status
+    return cls(f"status {status}", response=response, explanation=f"explanation {status}")

@@ -8,7 +8,6 @@ from typing import Any
 
 import docker.errors
 import pytest
-import requests
 
 from deploykit.errors import DockerError, LockError
 from deploykit.lock import (
@@ -22,16 +21,9 @@ from deploykit.lock import (
     stale_reason,
     this_holder,
 )
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, api_error
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def api_error(status: int, cls: type[docker.errors.APIError] = docker.errors.APIError
-              ) -> docker.errors.APIError:
-    response = requests.Response()
-    response.status_code = status
-    return cls(f"status {status}", response=response, explanation=f"explanation {status}")
 
 
 class FakeNetwork:

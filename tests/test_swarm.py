@@ -12,7 +12,6 @@ from typing import Any
 
 import docker.errors
 import pytest
-import requests
 
 from deploykit.compose import ComposeProject
 from deploykit.deploy import Deployment, Orchestrator
@@ -33,7 +32,7 @@ from deploykit.swarm import (
     stack_services,
 )
 from deploykit.swarm_deploy import release_labels
-from tests.conftest import CapturedActions, FakeClock
+from tests.conftest import CapturedActions, FakeClock, api_error
 
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
@@ -191,13 +190,6 @@ def test_the_watch_never_runs_past_its_timeout() -> None:
 
 
 # -- the SDK reads ----------------------------------------------------------------
-def api_error(status: int, cls: type[docker.errors.APIError] = docker.errors.APIError
-              ) -> docker.errors.APIError:
-    response = requests.Response()
-    response.status_code = status
-    return cls(f"status {status}", response=response, explanation=f"explanation {status}")
-
-
 class FakeSwarmAPI:
     def __init__(self) -> None:
         self.configs: dict[str, dict[str, Any]] = {}
