@@ -8,7 +8,10 @@ pinned actions, one deploy per environment, production approval, and inputs that
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +240,7 @@ def test_release_dogfoods_the_action_and_publishes_a_prebuilt_image() -> None:
     assert image_job["permissions"] == {"contents": "read", "packages": "write"}
     scripts = "\n".join(step.get("run", "") for step in steps(path))
     assert "docker buildx imagetools create" in scripts
-    assert 'image: docker://$repo:v$VERSION' in scripts
+    assert 'image: docker://$IMAGE # v$VERSION' in scripts
     assert jobs(path)["action"]["permissions"] == {"contents": "write"}
 
 
@@ -322,6 +325,90 @@ def test_the_release_rewrite_finds_exactly_one_image_line() -> None:
     assert re.findall(r"(?m)^  image: Dockerfile$", action) == ["  image: Dockerfile"]
     assert "grep -c '^  image: Dockerfile$' action.yml" in (
         ROOT / ".github/workflows/release.yml").read_text()
+
+
+# What release.yml's build job outputs as `image` (registry/repo@sha256:<digest>).
+RELEASE_DIGEST = "sha256:" + "3b" * 32
+RELEASE_IMAGE = f"ghcr.io/deploykit-org/deploykit@{RELEASE_DIGEST}"
+RELEASE_STEPS = ("Point action.yml at the published image, by digest",
+                 "Commit to releases/vX, pin the reusable workflows to it, tag vX.Y.Z")
+
+
+def release_step(name: str) -> str:
+    (step,) = [s for s in jobs(ROOT / ".github/workflows/release.yml")["action"]["steps"]
+               if s.get("name") == name]
+    script: str = step["run"]
+    return script
+
+
+def git(repo: Path, *argv: str) -> str:
+    return subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def run_release_commit_steps(repo: Path, image: str = RELEASE_IMAGE,
+                             version: str = "1.2.3") -> subprocess.CompletedProcess[str]:
+    """Run release.yml's own rewrite and commit steps in a git checkout of this project's
+    action.yml and reusable workflows (everything the action job does before it pushes)."""
+    for name in ("action.yml", ".github/workflows/build-push.yml",
+                 ".github/workflows/deploy.yml", "CHANGELOG.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    env = {"PATH": os.environ["PATH"], "HOME": str(repo), "GIT_CONFIG_NOSYSTEM": "1",
+           "GITHUB_REPOSITORY": "deploykit-org/deploykit", "VERSION": version,
+           "MINOR": "v" + version.rsplit(".", 1)[0], "MAJOR": "v" + version.partition(".")[0],
+           "MOVE_MINOR": "true", "MOVE_MAJOR": "true", "IMAGE": image}
+    git(repo, "init", "-q", "--initial-branch", "release")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "main")
+    script = "\n".join(release_step(name) for name in RELEASE_STEPS)
+    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=repo, env=env,
+                          capture_output=True, text=True, check=False)
+
+
+def test_a_release_pins_the_image_by_digest_and_the_reusable_workflows_by_sha(
+        tmp_path: Path) -> None:
+    result = run_release_commit_steps(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tagged = git(tmp_path, "rev-parse", "v1.2.3^{commit}")
+    action_commit = git(tmp_path, "rev-parse", "v1.2.3^{commit}~1")
+    assert git(tmp_path, "rev-parse", "v1.2^{commit}", "v1^{commit}",
+               "releases/v1").split() == [tagged] * 3
+
+    # action.yml at the tag (and at the commit the workflows name) runs the image by digest
+    action_at_tag = git(tmp_path, "show", "v1.2.3:action.yml")
+    assert action_at_tag == git(tmp_path, "show", f"{action_commit}:action.yml")
+    assert re.findall(r"(?m)^  image: .*$", action_at_tag) == [
+        f"  image: docker://{RELEASE_IMAGE} # v1.2.3"]
+    assert yaml.safe_load(action_at_tag)["runs"]["image"] == f"docker://{RELEASE_IMAGE}"
+    assert action_at_tag.replace(f"docker://{RELEASE_IMAGE} # v1.2.3", "Dockerfile") == (
+        ROOT / "action.yml").read_text().rstrip("\n")
+
+    # the released reusable workflows call the action by that commit's SHA, nothing else moved
+    for name in REUSABLE:
+        released = git(tmp_path, "show", f"v1.2.3:.github/workflows/{name}")
+        (step,) = [s for job in yaml.safe_load(released)["jobs"].values()
+                   for s in job["steps"] if "deploykit@" in s.get("uses", "")]
+        assert step["uses"] == f"deploykit-org/deploykit@{action_commit}"
+        assert SHA_PINNED.match(step["uses"])
+        main = (ROOT / ".github/workflows" / name).read_text()
+        assert released == main.replace(f"uses: {ACTION}",
+                                        f"uses: deploykit-org/deploykit@{action_commit} # v1.2.3"
+                                        ).rstrip("\n")
+    assert git(tmp_path, "log", "--format=%s", "-2", "v1.2.3").splitlines() == [
+        f"Release v1.2.3: the reusable workflows call the action at {action_commit}",
+        f"Release v1.2.3: action.yml runs {RELEASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("image", ["ghcr.io/deploykit-org/deploykit:v1.2.3",
+                                   "ghcr.io/deploykit-org/deploykit@sha256:abc", ""])
+def test_a_release_refuses_an_image_that_is_not_pinned_by_digest(
+        tmp_path: Path, image: str) -> None:
+    result = run_release_commit_steps(tmp_path, image=image)
+    assert result.returncode == 1
+    assert "::error title=Unexpected image::" in result.stdout
+    assert git(tmp_path, "tag") == ""
+    assert git(tmp_path, "status", "--porcelain") == ""
 
 
 def test_build_push_runs_one_build_per_repository_and_branch_without_cancelling() -> None:
