@@ -7,17 +7,26 @@ reached through the mounted socket.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from deploykit import __version__
 from tests.integration.actionbed import (
+    ROOT,
     build_action_image,
     copy_project,
     docker,
     require_python_base,
 )
+from tests.integration.conftest import TestRegistry
+from tests.test_workflows import RELEASE_STEPS, release_step
 
 # Budget for the compressed image (the layers pushed and pulled); measured ~110 MB.
 SIZE_BUDGET_BYTES = 160 * 1024 * 1024
@@ -125,3 +134,34 @@ def test_image_size_within_budget(action_image: str, capsys: pytest.CaptureFixtu
               f"{int(on_disk) / 1e6:.1f} MB on disk (FROM the test bed's trixie python base)")
     assert size < SIZE_BUDGET_BYTES
 
+
+
+def test_a_release_runs_the_image_it_pinned_by_digest(
+        action_image: str, open_registry: TestRegistry, tmp_path: Path) -> None:
+    """What a runner does with a release's action.yml: pull `runs.image`, by digest, and run it.
+
+    The image is pushed as release.yml's build job pushes it; release.yml's own step then
+    rewrites a copy of action.yml with the build's pinned reference."""
+    repo = f"{open_registry.host}/{open_registry.repo('release')}"
+    docker("tag", action_image, f"{repo}:v9.9.9")
+    pinned = ""
+    try:
+        pushed = docker("push", f"{repo}:v9.9.9", timeout=600).stdout
+        digest = re.search(r"digest: (sha256:[0-9a-f]{64})", pushed)
+        assert digest, pushed
+        shutil.copy(ROOT / "action.yml", tmp_path / "action.yml")
+        subprocess.run(["bash", "-e", "-o", "pipefail", "-c", release_step(RELEASE_STEPS[0])],
+                       cwd=tmp_path, check=True, capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "VERSION": "9.9.9",
+                            "IMAGE": f"{repo}@{digest[1]}"})
+        runs_image = yaml.safe_load((tmp_path / "action.yml").read_text())["runs"]["image"]
+        assert runs_image == f"docker://{repo}@{digest[1]}"
+        pinned = runs_image.removeprefix("docker://")
+        docker("rmi", f"{repo}:v9.9.9")
+        docker("pull", pinned, timeout=600)
+        code, out, err = run(pinned, "--version")
+        assert (code, out, err) == (0, f"deploykit {__version__}\n", "")
+    finally:
+        docker("rmi", "--force", f"{repo}:v9.9.9", check=False)
+        if pinned:
+            docker("rmi", "--force", pinned, check=False)
