@@ -198,7 +198,7 @@ version="$(app_answers)" || fail "the demo app does not answer after the second 
 [[ "$version" == v1.0.0 ]] || fail "after the second run the demo app serves '$version', expected v1.0.0"
 log "second run: both builds skipped, the app answers $version"
 
-# What the first run left on the machine (README: "What the first run does")
+# What the first run left on the machine (docs/demo.md: "What the first run does")
 # (each directory on its own: du counts a directory once across its arguments)
 # shellcheck disable=SC2016  # $d is the machine's shell variable
 in_machine bash -c 'for d in / /var/lib/docker /var/lib/containerd /usr/local /var/lib/deploykit-testbed \
