@@ -35,7 +35,10 @@ def test_bad_boolean_changes_nothing_and_writes_no_output(tmp_path: Path) -> Non
     result = run_entrypoint({"INPUT_MODE": "deploy", "INPUT_DRY_RUN": "yes",
                              "GITHUB_OUTPUT": str(output), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
-    assert "::error title=Invalid input%3A dry_run::" in result.stdout
+    # every problem in one ::error: the bad boolean and what deploy needs (issue 23)
+    assert result.stdout.startswith("::error title=Invalid inputs%3A dry_run%2C image_repo%2C "
+                                    "environment%2C image_tag::4 inputs are invalid:")
+    assert result.stdout.count("::error") == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert not output.exists()
 
@@ -89,13 +92,14 @@ def test_the_process_ends_with_mains_code_and_flushed_output(command: list[str])
     """exit_process skips the interpreter's teardown: the code and every line still
     arrive (stdout is a pipe here, so it is block-buffered until the flush)."""
     result = subprocess.run([sys.executable, *command, "deploy", "--image-repo", "org/app",
-                             "--environment", "production", "--image-tag", "latest"],
+                             "--environment", "staging", "--image-tag", "v1",
+                             "--project-dir", "/nonexistent/project"],
                             capture_output=True, text=True, check=False, cwd=ROOT,
                             env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 1
     assert result.stdout.startswith("duration_seconds=")
-    assert result.stderr.startswith("error: Refused by policy: Refusing to deploy `latest` "
-                                    "to production environment production")
+    assert result.stderr.startswith("error: Invalid input: --project-dir: --project-dir: "
+                                    "/nonexistent/project is not a directory.")
 
 
 def test_action_yml_and_readme_tables_are_generated_from_settings() -> None:
@@ -270,6 +274,7 @@ def test_compose_env_masks_by_rule_before_anything_is_printed() -> None:
 def test_compose_env_that_does_not_parse_is_masked_whole() -> None:
     result = run_entrypoint({"INPUT_MODE": "deploy", "PATH": "/usr/bin:/bin",
                              "GITHUB_REPOSITORY": "o/a",
+                             "INPUT_ENVIRONMENT": "staging", "INPUT_IMAGE_TAG": "v1",
                              "INPUT_COMPOSE_ENV": "PORT=8080\nnot a pair s3cr3t"})
     assert result.returncode == 1
     assert "::add-mask::not a pair s3cr3t" in result.stdout.splitlines()

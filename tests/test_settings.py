@@ -34,10 +34,21 @@ def test_defaults_come_from_the_inputs_table() -> None:
     assert s.image_name == "ghcr.io/org/app"
 
 
-def test_both_input_spellings_are_read() -> None:
-    env = {**BASE, "INPUT_IMAGE-TAG": "v1.2.3", "INPUT_DRY_RUN": "true"}
-    assert read_inputs(env)["image_tag"] == "v1.2.3"
-    assert load_settings(env).dry_run is True
+def test_a_kebab_spelling_is_refused_naming_the_snake_case_input() -> None:
+    """Issue 20: the runner exports INPUT_DRY_RUN=false beside INPUT_DRY-RUN=true and the
+    default won (a real deploy). The undeclared spelling is never read: it is refused."""
+    env = {**BASE, "INPUT_DRY-RUN": "true", "INPUT_DRY_RUN": "false"}
+    assert "dry_run" not in read_inputs(env) or read_inputs(env)["dry_run"] == "false"
+    with pytest.raises(InputError) as caught:
+        load_settings(env)
+    assert caught.value.input_name == "dry_run"
+    assert "`dry-run`" in str(caught.value)
+    assert "Rename `dry-run` to `dry_run`" in caught.value.hint
+
+
+def test_a_kebab_spelling_is_refused_even_alone() -> None:
+    with pytest.raises(InputError, match="spelled `image-tag`"):
+        load_settings({**BASE, "INPUT_IMAGE-TAG": "v1.2.3"})
 
 
 def test_settings_are_frozen() -> None:
@@ -153,7 +164,7 @@ def deploy_settings(env: dict[str, str] | None = None, **inputs: str):
         ("health_timeout", "86401", "must be from 1 to 86400, got '86401'"),
         ("lock_timeout", "1" + "0" * 30, "must be from 0 to 86400, got '1000000000000000000000000"
          "000000'"),
-        ("lock_timeout", "9" * 5000, f"must be from 0 to 86400, got '{'9' * 80}'... (5000 "
+        ("lock_timeout", "9" * 4000, f"must be from 0 to 86400, got '{'9' * 80}'... (4000 "
          "characters)"),
         ("health_settle", "3601", "must be from 0 to 3600, got '3601'"),
         ("smoke_status", "99", "must be from 100 to 599, got '99'"),
