@@ -99,8 +99,8 @@ COMMANDS: dict[str, Command] = {
         "  deploykit resolve ghcr.io/org/app:v1.4.2\n"
         "  INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit resolve --registry-username me "
         "ghcr.io/org/app:v1.4.2\n"
-        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 "
-        "--registry-username me 127.0.0.1:5001/org/app:v1",
+        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 \\\n"
+        "    --registry-username me 127.0.0.1:5001/org/app:v1",
         inputs=("registry", "registry_username", "registry_password")),
     "history": Command(
         DEPLOY, "deploykit.history:show",
@@ -139,7 +139,7 @@ def build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
         command = sub.add_parser(
-            name, help=spec.summary, description=spec.summary,
+            name, help=spec.summary, description=textwrap.fill(spec.summary, HELP_WIDTH - 2),
             epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
             formatter_class=_HelpFormatter, allow_abbrev=False)
         parser.commands[name] = command
@@ -270,11 +270,15 @@ def _warn_unused(actions: Actions, args: argparse.Namespace, env: Mapping[str, s
     unused = unused_inputs(env, _overrides(args), settings.mode)
     if not unused:
         return
-    modes = sorted({mode for name in unused for mode in SPECS[name].modes})
+    modes = " and ".join(sorted({mode for name in unused for mode in SPECS[name].modes}))
     names = ", ".join(naming(f"`{name}`") for name in unused)
-    actions.warning(f"Set but unused in mode {settings.mode}: {names}. They apply only to "
-                    f"{' and '.join(modes)}; remove them from this step, or run the mode they "
-                    "are for.", title=f"Inputs unused in mode {settings.mode}")
+    one = len(unused) == 1
+    actions.warning(f"{names} {'is' if one else 'are'} set, but mode {settings.mode} never "
+                    f"reads {'it' if one else 'them'} ({'it applies' if one else 'they apply'} "
+                    f"to {modes}). "
+                    f"Remove {'it' if one else 'them'} from this step, or run the mode "
+                    f"{'it is' if one else 'they are'} for.",
+                    title=f"Inputs unused in mode {settings.mode}")
 
 
 def _check_locally(command: str, settings: Settings) -> None:

@@ -65,8 +65,8 @@ def check_local(settings: Settings, env: Mapping[str, str]) -> None:
                        ("compose_file", compose_file.resolve())):
         if not path.is_relative_to(workspace):
             given = settings.project_dir if name == "project_dir" else settings.compose_file
-            raise InputError(name, f"{shown(given or path.name)} leads to {path}, outside the workspace "
-                             f"{workspace} (through a symbolic link).",
+            raise InputError(name, f"{shown(given or path.name)} leads to {path}, outside "
+                             f"the workspace {workspace} (through a symbolic link).",
                              hint=f"In Actions, `{name}` stays inside the workspace: check the "
                              "files out there, or point it at the link's target inside it.")
 

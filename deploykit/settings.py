@@ -306,8 +306,7 @@ class InvalidInputs(InputError):
 
     title = "Invalid inputs"
 
-    def __init__(self, errors: list[DeploykitError]) -> None:
-        names = [getattr(error, "input_name", "") for error in errors]
+    def __init__(self, errors: list[DeploykitError], names: list[str]) -> None:
         items = "\n".join("- " + str(error).replace("\n", "\n  ") for error in errors)
         DeploykitError.__init__(self, f"{len(errors)} inputs are invalid:\n{items}",
                                 title=f"Invalid inputs: {', '.join(n for n in names if n)}")
@@ -323,6 +322,7 @@ class _Problems:
 
     def __init__(self) -> None:
         self.errors: list[DeploykitError] = []
+        self.names: list[str] = []  # the input each error is about, in order
         self.failed: set[str] = set()
 
     def check(self, name: str, thunk: Callable[[], _Value], fallback: _Value) -> _Value:
@@ -333,6 +333,7 @@ class _Problems:
             return thunk()
         except (InputError, PolicyError) as exc:
             self.failed.add(getattr(exc, "input_name", name))
+            self.names.append(getattr(exc, "input_name", name))
             self.errors.append(exc)
             return fallback
 
@@ -340,7 +341,7 @@ class _Problems:
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
-            raise InvalidInputs(self.errors)
+            raise InvalidInputs(self.errors, self.names)
 
 
 def load_settings(
