@@ -306,14 +306,7 @@ def main(
         parser.print_help()
         return 2
     actions = Actions(env, json_outputs=bool(getattr(args, "json", False)))
-    raw_inputs = read_inputs(env)
-    kebab = kebab_spellings(env)  # refused, but masked all the same
-    for spec in INPUTS:  # mask first, before anything can be printed
-        if spec.kind == "secret" and spec.name != "compose_env":
-            actions.mask(raw_inputs.get(spec.name))
-            actions.mask(kebab.get(spec.name))
-    for text in (raw_inputs.get("compose_env", ""), kebab.get("compose_env", "")):
-        _mask_compose_env(actions, text)
+    _mask_secret_inputs(actions, env)
     naming = _naming(args)
     started = time.monotonic()
     settings_loaded = False
@@ -342,6 +335,21 @@ def main(
         if settings_loaded and args.command in ("build", "deploy", "rollback", None):
             actions.set_output("duration_seconds", f"{time.monotonic() - started:.1f}")
         actions.print_outputs()
+
+
+def _mask_secret_inputs(actions: Actions, env: Mapping[str, str]) -> None:
+    """Mask first, before anything can be printed; a kebab spelling (refused) too. A value
+    over its length bound is refused unread (its error gives only its length): masking
+    runs patterns over the value, which must never see a megabyte."""
+    for given in (read_inputs(env), kebab_spellings(env)):
+        for spec in INPUTS:
+            value = given.get(spec.name, "")
+            if spec.kind != "secret" or len(value) > spec.length_limit:
+                continue
+            if spec.name == "compose_env":
+                _mask_compose_env(actions, value)
+            else:
+                actions.mask(value)
 
 
 def _mask_compose_env(actions: Actions, text: str) -> None:
