@@ -163,15 +163,23 @@ def _parse_args(parser: _Parser, argv: list[str]) -> argparse.Namespace:
     command = parser.commands.get(args.command or "")
     if command is None:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    flags = [flag for action in command._actions for flag in action.option_strings]
     message = f"unrecognized arguments: {' '.join(extras)}"
-    for extra in extras:
-        close = difflib.get_close_matches(extra.partition("=")[0], flags, n=1, cutoff=0.6)
-        if extra.startswith("-") and close:
+    for extra in (text.partition("=")[0] for text in extras if text.startswith("-")):
+        close = difflib.get_close_matches(extra, _flags_of(command), n=1, cutoff=0.6)
+        others = [name for name, other in parser.commands.items() if extra in _flags_of(other)]
+        if close:
             message += f"\ndid you mean {close[0]}? ({extra} is no flag of " \
                        f"deploykit {args.command})"
+        elif others:
+            message += f"\n{extra} is a flag of deploykit {', '.join(others)}, not of " \
+                       f"deploykit {args.command}"
+        if close or others:
             break
     command.error(message)
+
+
+def _flags_of(command: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in command._actions for flag in action.option_strings]
 
 
 _JSON_HELP = {"history": "Print the entries as a JSON list (oldest first)."}

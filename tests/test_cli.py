@@ -459,3 +459,12 @@ def test_an_over_long_secret_is_refused_in_milliseconds(
     assert capsys.readouterr().out == (
         "::error title=Invalid input%3A compose_env::Input 'compose_env': is 100002 characters "
         "long; at most 65536.%0AHint: Shorten it: no valid `compose_env` is that long.\n")
+
+
+def test_a_flag_of_another_command_is_named_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--environment", "staging"], env={})
+    assert capsys.readouterr().err.endswith(
+        "deploykit build: error: unrecognized arguments: --environment staging\n"
+        "--environment is a flag of deploykit deploy, rollback, history, not of deploykit "
+        "build\n")

@@ -165,7 +165,7 @@ CASES = [
     # issue 23: every problem at once, in one ::error
     Case("several-bad-inputs", {"health_timeout": "0", "environment": "",
                                 "smoke_url": "ftp://x/"},
-         "Invalid inputs%3A health_timeout%2C environment%2C smoke_url"),
+         "Invalid inputs%3A health_timeout%2C smoke_url%2C environment"),
 ]
 
 
