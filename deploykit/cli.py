@@ -259,10 +259,10 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
                          gate=args.command in _RUNS)
 
 
-def _naming(args: argparse.Namespace) -> Callable[[str], str]:
-    """How texts name inputs: as the workflow writes them (the action), or as flags and
-    INPUT_* variables (a command on a terminal or in a `run:` step)."""
-    if args.command is None:
+def _naming(args: argparse.Namespace, actions: Actions) -> Callable[[str], str]:
+    """How texts name inputs: as a workflow's `with:` writes them in Actions, or as flags
+    and INPUT_* variables on a terminal."""
+    if actions.in_actions or args.command is None:
         return str
     command = COMMANDS[args.command]
     flags = frozenset(spec.name for spec in INPUTS
@@ -315,7 +315,7 @@ def main(
         return 2
     actions = Actions(env, json_outputs=bool(getattr(args, "json", False)))
     _mask_secret_inputs(actions, env)
-    naming = _naming(args)
+    naming = _naming(args, actions)
     started = time.monotonic()
     settings_loaded = False
     try:
