@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -21,11 +24,15 @@ from deploykit.settings import (
     DEPLOY,
     INPUTS,
     ROLLBACK,
+    SPECS,
     InputSpec,
     Settings,
+    for_terminal,
+    kebab_spellings,
     load_settings,
     parse_compose_env,
     read_inputs,
+    unused_inputs,
 )
 
 DESCRIPTION = """\
@@ -40,9 +47,12 @@ Build an image once, publish it under immutable tags, deploy by pull + up only.
   deploykit history                   past deploys and rollbacks
 
 Every flag is also read from the action input of the same name (INPUT_IMAGE_TAG
-for --image-tag). Booleans are `true` or `false`. Production environments take
-only `vX.Y.Z` or a digest; `latest` is refused before anything changes.
+for --image-tag). Booleans are true or false. Production environments take only
+vX.Y.Z or a digest; latest is refused before anything changes.
+
+Run deploykit COMMAND --help for a command's flags and examples.
 """
+HELP_WIDTH = 100
 
 
 @dataclass(frozen=True)
@@ -84,13 +94,13 @@ COMMANDS: dict[str, Command] = {
         inputs=(*_LOGIN, "version", "latest")),
     "resolve": Command(
         DEPLOY, "deploykit.registry:resolve_command",
-        "Print the digest of REGISTRY/REPO:TAG. The credentials go only to `--registry` "
+        "Print the digest of REGISTRY/REPO:TAG. The credentials go only to --registry "
         "(default ghcr.io): a REF on another registry is read anonymously.",
         "  deploykit resolve ghcr.io/org/app:v1.4.2\n"
         "  INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit resolve --registry-username me "
         "ghcr.io/org/app:v1.4.2\n"
-        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 "
-        "--registry-username me 127.0.0.1:5001/org/app:v1",
+        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 \\\n"
+        "    --registry-username me 127.0.0.1:5001/org/app:v1",
         inputs=("registry", "registry_username", "registry_password")),
     "history": Command(
         DEPLOY, "deploykit.history:show",
@@ -104,19 +114,35 @@ COMMANDS: dict[str, Command] = {
 _COMMON = (*_LOGIN, "dry_run", "github_token", "github_records")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help within HELP_WIDTH columns (or the terminal's, when narrower)."""
+
+    def __init__(self, prog: str) -> None:
+        columns = min(HELP_WIDTH, shutil.get_terminal_size((HELP_WIDTH, 24)).columns)
+        super().__init__(prog, width=columns - 2, max_help_position=28)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser; ``commands`` are its subcommands' parsers (flag hints)."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+
+def build_parser() -> _Parser:
     # allow_abbrev=False: a prefix of a flag (`--image-t`) is an error, never another input
-    parser = argparse.ArgumentParser(
-        prog="deploykit", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    parser = _Parser(
+        prog="deploykit", description=DESCRIPTION, formatter_class=_HelpFormatter,
+        allow_abbrev=False,
     )
+    parser.commands = {}
     parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
         command = sub.add_parser(
-            name, help=spec.summary, description=spec.summary,
+            name, help=spec.summary, description=textwrap.fill(spec.summary, HELP_WIDTH - 2),
             epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+            formatter_class=_HelpFormatter, allow_abbrev=False)
+        parser.commands[name] = command
         command.add_argument("--json", action="store_true", help=_JSON_HELP.get(
             name, "Print the outputs as one JSON object."))
         if name == "resolve":
@@ -128,6 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_args(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, except that a flag the command does not know is reported by the
+    command (its usage, not the top level's), with the closest flag it has."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    command = parser.commands.get(args.command or "")
+    if command is None:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    for extra in (text.partition("=")[0] for text in extras if text.startswith("-")):
+        close = difflib.get_close_matches(extra, _flags_of(command), n=1, cutoff=0.6)
+        others = [name for name, other in parser.commands.items() if extra in _flags_of(other)]
+        if close:
+            message += f"\ndid you mean {close[0]}? ({extra} is no flag of " \
+                       f"deploykit {args.command})"
+        elif others:
+            message += f"\n{extra} is a flag of deploykit {', '.join(others)}, not of " \
+                       f"deploykit {args.command}"
+        if close or others:
+            break
+    command.error(message)
+
+
+def _flags_of(command: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in command._actions for flag in action.option_strings]
+
+
 _JSON_HELP = {"history": "Print the entries as a JSON list (oldest first)."}
 
 
@@ -137,8 +191,9 @@ def _count(text: str) -> int:
     return int(text)
 
 
-_SECRETS_NOTE = ("Secrets are never flags: set INPUT_REGISTRY_PASSWORD, INPUT_GITHUB_TOKEN and "
-                 "INPUT_COMPOSE_ENV in the environment.")
+_SECRETS_NOTE = textwrap.fill(
+    "Secrets are never flags: set INPUT_REGISTRY_PASSWORD, INPUT_GITHUB_TOKEN and "
+    "INPUT_COMPOSE_ENV in the environment.", HELP_WIDTH - 2)
 
 
 def _takes(command: Command, spec: InputSpec) -> bool:
@@ -157,7 +212,7 @@ def _add_input_flags(command: argparse.ArgumentParser, spec_of_command: Command)
             # Secrets never travel in argv, where any process can read them.
             command.set_defaults(**{spec.name: None})
             continue
-        help_text = spec.description.replace("%", "%%")
+        help_text = spec.description.replace("%", "%%").replace("`", "")
         if spec.default:
             help_text += f" (default: {spec.default})"
         kwargs: dict[str, object] = {"dest": spec.name, "help": help_text, "default": None}
@@ -188,16 +243,58 @@ def _handler(path: str) -> Callable[..., None]:
     return handler
 
 
+_RUNS = (BUILD, DEPLOY, ROLLBACK)  # the commands that are a mode's run (the action's own)
+
+
 def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from INPUT_* and, for a subcommand, its flags (and its mode)."""
     if args.command is None:
-        return load_settings(env)
+        return load_settings(env, gate=True)
     overrides = {**_overrides(args), "mode": COMMANDS[args.command].mode}
     if args.command == "resolve":
         # REF names its repository. Its registry stays apart from `registry`: the
         # credentials belong to `registry` and go to no other host (resolve_command).
         overrides["image_repo"] = parse_reference(args.reference).repository
-    return load_settings(env, overrides, image_required=args.command != "history")
+    return load_settings(env, overrides, image_required=args.command != "history",
+                         gate=args.command in _RUNS)
+
+
+def _naming(args: argparse.Namespace, actions: Actions) -> Callable[[str], str]:
+    """How texts name inputs: as a workflow's `with:` writes them in Actions, or as flags
+    and INPUT_* variables on a terminal."""
+    if actions.in_actions or args.command is None:
+        return str
+    command = COMMANDS[args.command]
+    flags = frozenset(spec.name for spec in INPUTS
+                      if spec.kind != "secret" and _takes(command, spec))
+    return lambda text: for_terminal(text, flags)
+
+
+def _warn_unused(actions: Actions, args: argparse.Namespace, env: Mapping[str, str],
+                 settings: Settings, naming: Callable[[str], str]) -> None:
+    """One warning naming the inputs set for nothing: the mode never reads them."""
+    if args.command not in (None, *_RUNS):
+        return
+    unused = unused_inputs(env, _overrides(args), settings.mode)
+    if not unused:
+        return
+    modes = " and ".join(sorted({mode for name in unused for mode in SPECS[name].modes}))
+    names = ", ".join(naming(f"`{name}`") for name in unused)
+    one = len(unused) == 1
+    actions.warning(f"{names} {'is' if one else 'are'} set, but mode {settings.mode} never "
+                    f"reads {'it' if one else 'them'} ({'it applies' if one else 'they apply'} "
+                    f"to {modes}). "
+                    f"Remove {'it' if one else 'them'} from this step, or run the mode "
+                    f"{'it is' if one else 'they are'} for.",
+                    title=f"Inputs unused in mode {settings.mode}")
+
+
+def _check_locally(command: str, settings: Settings) -> None:
+    """What a command can check on this machine, before its first network call."""
+    if command == BUILD and not settings.dry_run:
+        from deploykit.build import build_paths  # noqa: PLC0415 (the handler's module)
+
+        build_paths(settings)
 
 
 def main(
@@ -210,18 +307,15 @@ def main(
     env = dict(os.environ if env is None else env)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     if from_action:
         env.setdefault("GITHUB_ACTIONS", "true")
     elif args.command is None:
         parser.print_help()
         return 2
     actions = Actions(env, json_outputs=bool(getattr(args, "json", False)))
-    raw_inputs = read_inputs(env)
-    for spec in INPUTS:  # mask first, before anything can be printed
-        if spec.kind == "secret" and spec.name != "compose_env":
-            actions.mask(raw_inputs.get(spec.name))
-    _mask_compose_env(actions, raw_inputs.get("compose_env", ""))
+    _mask_secret_inputs(actions, env)
+    naming = _naming(args, actions)
     started = time.monotonic()
     settings_loaded = False
     try:
@@ -232,13 +326,15 @@ def main(
         for secret in settings.secrets():
             actions.mask(secret)
         actions.mask_env(settings.compose_env)
+        _warn_unused(actions, args, env, settings, naming)
+        _check_locally(command, settings)
         args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
         _handler(COMMANDS[command].handler)(settings, actions, args)
         return 0
     except DeploykitError as exc:
         if isinstance(exc, DeployError) and "status" not in actions.outputs:
             actions.set_output("status", exc.status)
-        actions.error(str(exc), title=exc.title)
+        actions.error(naming(str(exc)), title=naming(exc.title))
         return 1
     except KeyboardInterrupt:
         actions.error("Interrupted.", title="deploykit interrupted")
@@ -247,6 +343,21 @@ def main(
         if settings_loaded and args.command in ("build", "deploy", "rollback", None):
             actions.set_output("duration_seconds", f"{time.monotonic() - started:.1f}")
         actions.print_outputs()
+
+
+def _mask_secret_inputs(actions: Actions, env: Mapping[str, str]) -> None:
+    """Mask first, before anything can be printed; a kebab spelling (refused) too. A value
+    over its length bound is refused unread (its error gives only its length): masking
+    runs patterns over the value, which must never see a megabyte."""
+    for given in (read_inputs(env), kebab_spellings(env)):
+        for spec in INPUTS:
+            value = given.get(spec.name, "")
+            if spec.kind != "secret" or len(value) > spec.length_limit:
+                continue
+            if spec.name == "compose_env":
+                _mask_compose_env(actions, value)
+            else:
+                actions.mask(value)
 
 
 def _mask_compose_env(actions: Actions, text: str) -> None:

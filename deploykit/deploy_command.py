@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from deploykit.actions import Actions
-from deploykit.compose import start_project_load
+from deploykit.compose import locate_compose_file, project_directory, start_project_load
 from deploykit.dockercli import DockerCLI
+from deploykit.errors import InputError, shown
 from deploykit.policy import check_deploy_target
 from deploykit.settings import DEPLOY, ROLLBACK, Settings
 
@@ -27,6 +29,7 @@ def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> No
                                  image_tag=settings.image_tag,
                                  production_environments=settings.production_environments)
     env = _env(args)
+    check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
     from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
@@ -37,6 +40,7 @@ def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> No
 def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """Handler of ``deploykit rollback``: the previous successful release, or `image_tag`."""
     env = _env(args)
+    check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
     from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
@@ -49,9 +53,27 @@ def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> 
     deployment.run(target)
 
 
+def check_local(settings: Settings, env: Mapping[str, str]) -> None:
+    """The project's directory and compose file, before any registry or engine call: a
+    typo in ``project_dir`` fails in milliseconds. In Actions, both must really be inside
+    the workspace, symbolic links followed (settings checks the spelling only)."""
+    compose_file = locate_compose_file(settings)
+    if env.get("GITHUB_ACTIONS") != "true":
+        return
+    workspace = Path(settings.github.workspace or ".").resolve()
+    for name, path in (("project_dir", project_directory(settings)),
+                       ("compose_file", compose_file.resolve())):
+        if not path.is_relative_to(workspace):
+            given = settings.project_dir if name == "project_dir" else settings.compose_file
+            raise InputError(name, f"{shown(given or path.name)} leads to {path}, outside "
+                             f"the workspace {workspace} (through a symbolic link).",
+                             hint=f"In Actions, `{name}` stays inside the workspace: check the "
+                             "files out there, or point it at the link's target inside it.")
+
+
 def _env(args: argparse.Namespace) -> Mapping[str, str]:
     env: Mapping[str, str] | None = getattr(args, "env", None)
     return dict(os.environ if env is None else env)
 
 
-__all__ = ["deploy", "rollback"]
+__all__ = ["check_local", "deploy", "rollback"]

@@ -88,8 +88,8 @@ class Holder:
 
     def describe(self) -> str:
         run = self.run_url or f"pid {self.pid} on {self.hostname or 'an unknown host'}"
-        actor = self.actor or "unknown actor"
-        return f"{run} (actor {actor}, since {self.since or 'unknown'})"
+        actor = f"actor {self.actor}, " if self.actor else ""  # none: nothing to name
+        return f"{run} ({actor}since {self.since or 'unknown'})"
 
 
 def lock_name(project: str) -> str:

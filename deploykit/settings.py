@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from deploykit.errors import InputError, shown
+from deploykit.errors import DeploykitError, InputError, PolicyError, shown
+from deploykit.policy import check_deploy_target
 from deploykit.reference import registry_problem, repository_problem
 
 MODES = ("build", "deploy", "rollback")
@@ -38,10 +42,27 @@ class InputSpec:
     minimum: int = 0  # kind int: the accepted range
     maximum: int = 0
     cli_flag: str = ""  # the CLI flag when it differs from the input name
+    max_length: int = 0  # characters; 0: the kind's (MAX_LENGTHS)
 
     @property
     def flag(self) -> str:
         return "--" + (self.cli_flag or self.name.replace("_", "-"))
+
+    @property
+    def length_limit(self) -> int:
+        return self.max_length or MAX_LENGTHS.get(self.kind, MAX_LENGTHS["str"])
+
+    @property
+    def kebab(self) -> str:
+        """The spelling action.yml does not declare: ``dry-run`` for ``dry_run``."""
+        return self.name.replace("_", "-")
+
+
+# Every value is bounded before it is parsed: a 100 kB value must never reach a regex or
+# the log. Multi-line inputs (compose_env: a whole .env; a GitHub secret holds at most
+# 48 kB) get the most, a path or a name (PATH_MAX is 4096) far less.
+MAX_LENGTHS = {"lines": 65536, "secret": 65536, "str": 4096, "int": 4096, "bool": 4096,
+               "choice": 4096}
 
 
 INPUTS: tuple[InputSpec, ...] = (
@@ -167,6 +188,9 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_VARIABLES = ("IMAGE_REGISTRY", "IMAGE_REPO", "IMAGE_TAG")
+# compose_env is also the environment of the docker CLI that runs compose: these would
+# steer the CLI itself (DOCKER_HOST, DOCKER_CONFIG, COMPOSE_FILE, COMPOSE_PROJECT_NAME...).
+COMPOSE_OWN_PREFIXES = ("DOCKER_", "COMPOSE_")
 
 
 @dataclass(frozen=True)
@@ -250,79 +274,240 @@ class Settings:
 
 
 def read_inputs(env: Mapping[str, str]) -> dict[str, str]:
-    """Raw input strings from ``INPUT_<NAME>`` (both ``_`` and ``-`` spellings)."""
+    """Raw input strings from ``INPUT_<NAME>``, the spelling action.yml declares.
+
+    ``INPUT_DRY-RUN`` (``dry-run:`` in a workflow) is never read as ``dry_run``: the runner
+    also exports every declared default (``INPUT_DRY_RUN=false``), so which one counts
+    would be a guess. :func:`load_settings` refuses it (:func:`kebab_spellings`).
+    """
     raw: dict[str, str] = {}
     for spec in INPUTS:
-        upper = spec.name.upper()
-        for key in (f"INPUT_{upper}", f"INPUT_{upper.replace('_', '-')}"):
-            value = env.get(key, "")
-            if value.strip():
-                raw[spec.name] = value
-                break
+        value = env.get(f"INPUT_{spec.name.upper()}", "")
+        if value.strip():
+            raw[spec.name] = value
     return raw
+
+
+def kebab_spellings(env: Mapping[str, str]) -> dict[str, str]:
+    """Inputs given in the undeclared ``-`` spelling: input name -> the raw value."""
+    return {spec.name: env[key] for spec in INPUTS if "_" in spec.name
+            for key in (f"INPUT_{spec.kebab.upper()}",) if key in env}
+
+
+# What each mode cannot run without, checked with every other input (all problems at once).
+MODE_REQUIRES: dict[str, tuple[str, ...]] = {
+    BUILD: ("image_repo",), DEPLOY: ("image_repo", "environment", "image_tag"),
+    ROLLBACK: ("image_repo", "environment"),
+}
+
+
+class InvalidInputs(InputError):
+    """Several inputs are invalid: one error (one ``::error``) that lists them all."""
+
+    title = "Invalid inputs"
+
+    def __init__(self, errors: list[DeploykitError], names: list[str]) -> None:
+        items = "\n".join("- " + str(error).replace("\n", "\n  ") for error in errors)
+        DeploykitError.__init__(self, f"{len(errors)} inputs are invalid:\n{items}",
+                                title=f"Invalid inputs: {', '.join(n for n in names if n)}")
+        self.input_name = ", ".join(n for n in names if n)
+        self.errors = errors
+
+
+_Value = TypeVar("_Value")
+
+
+class _Problems:
+    """Every input's checks run; the errors are raised together at the end."""
+
+    def __init__(self) -> None:
+        self.errors: list[DeploykitError] = []
+        self.names: list[str] = []  # the input each error is about, in order
+        self.failed: set[str] = set()
+
+    def check(self, name: str, thunk: Callable[[], _Value], fallback: _Value) -> _Value:
+        """``thunk()``, or ``fallback`` once it (or an earlier check of ``name``) failed."""
+        if name in self.failed:
+            return fallback
+        try:
+            return thunk()
+        except (InputError, PolicyError) as exc:
+            self.failed.add(getattr(exc, "input_name", name))
+            self.names.append(getattr(exc, "input_name", name))
+            self.errors.append(exc)
+            return fallback
+
+    def raise_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise InvalidInputs(self.errors, self.names)
 
 
 def load_settings(
     env: Mapping[str, str], overrides: Mapping[str, str] | None = None, *,
-    image_required: bool = True,
+    image_required: bool = True, gate: bool = False,
 ) -> Settings:
     """Read every input once (``INPUT_*`` then CLI overrides) and validate it.
 
+    Every problem is reported at once: one :class:`InvalidInputs` when there are several.
     ``image_required=False`` (``deploykit history``) lets ``image_repo`` stay empty.
+    ``gate=True`` (the build, deploy and rollback runs) also checks what the mode needs
+    (:data:`MODE_REQUIRES`) and the deploy gate on ``environment`` and ``image_tag``.
     """
+    problems = _Problems()
     raw = read_inputs(env)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None and v != ""})
-    values = {spec.name: _parse(spec, raw.get(spec.name, spec.default)) for spec in INPUTS}
+    for name in kebab_spellings(env):
+        problems.check(name, partial(_kebab_refused, SPECS[name]), None)
+    for spec in INPUTS:
+        problems.check(spec.name, partial(_bounded, spec, raw.get(spec.name, "")), None)
+    values = {spec.name: problems.check(
+        spec.name, partial(_parse, spec, raw.get(spec.name, spec.default)), _fallback(spec))
+        for spec in INPUTS}
+    if "mode" in problems.failed:  # what else is needed or unused depends on the mode
+        raise next(e for e in problems.errors if getattr(e, "input_name", "") == "mode")
     github = _github_context(env)
+    mode = str(values["mode"])
     if env.get("GITHUB_ACTIONS") == "true":
-        _paths_inside_workspace(github.workspace, str(values["mode"]), values)
-    return Settings(
-        mode=str(values["mode"]),
-        registry=_registry(str(values["registry"])),
-        image_repo=_image_repo(str(values["image_repo"]) or github.repository.lower(),
-                               required=image_required),
-        registry_username=str(values["registry_username"]) or github.actor,
-        registry_password=str(values["registry_password"]),
-        image_tag=str(values["image_tag"]).strip(),
-        environment=_environment(str(values["environment"])),
-        production_environments=_production_environments(
-            str(values["production_environments"])),
-        version=str(values["version"]).strip(),
-        platforms=_platforms(str(values["platforms"])),
-        context=str(values["context"]),
-        dockerfile=str(values["dockerfile"]),
-        target=str(values["target"]),
-        build_args=_key_values("build_args", _lines(values["build_args"])),
-        build_secrets=_build_secrets(_lines(values["build_secrets"])),
-        cache=str(values["cache"]),
+        _paths_inside_workspace(problems, github.workspace, mode, values)
+
+    def text(name: str) -> str:
+        return str(values[name])
+
+    def number(name: str) -> int:
+        return int(values[name])  # type: ignore[call-overload, no-any-return]
+
+    settings = Settings(
+        mode=mode,
+        registry=problems.check("registry", lambda: _registry(text("registry")), ""),
+        image_repo=problems.check("image_repo", lambda: _image_repo(
+            text("image_repo") or github.repository.lower(),
+            required=image_required), ""),
+        registry_username=text("registry_username") or github.actor,
+        registry_password=text("registry_password"),
+        image_tag=text("image_tag").strip(),
+        environment=problems.check("environment", lambda: _environment(text("environment")),
+                                   ""),
+        production_environments=problems.check(
+            "production_environments",
+            lambda: _production_environments(text("production_environments")), ()),
+        version=text("version").strip(),
+        platforms=problems.check("platforms", lambda: _platforms(text("platforms")), ()),
+        context=text("context"),
+        dockerfile=text("dockerfile"),
+        target=text("target"),
+        build_args=problems.check(
+            "build_args", lambda: _key_values("build_args", _lines(values["build_args"])), ()),
+        build_secrets=problems.check(
+            "build_secrets", lambda: _build_secrets(_lines(values["build_secrets"])), ()),
+        cache=text("cache"),
         provenance=bool(values["provenance"]),
         sbom=bool(values["sbom"]),
-        latest=str(values["latest"]),
+        latest=text("latest"),
         skip_build_if_image_present=bool(values["skip_build_if_image_present"]),
         force_redeploy=bool(values["force_redeploy"]),
         dry_run=bool(values["dry_run"]),
-        compose_file=str(values["compose_file"]),
-        project_dir=str(values["project_dir"]),
-        project_name=_project_name(str(values["project_name"])),
-        compose_env=parse_compose_env(str(values["compose_env"])),
-        health_timeout=int(values["health_timeout"]),  # type: ignore[call-overload]
-        health_settle=int(values["health_settle"]),  # type: ignore[call-overload]
-        smoke_url=tuple(_http_url("smoke_url", url) for url in _lines(values["smoke_url"])),
-        smoke_status=int(values["smoke_status"]),  # type: ignore[call-overload]
-        smoke_contains=str(values["smoke_contains"]),
-        smoke_timeout=int(values["smoke_timeout"]),  # type: ignore[call-overload]
+        compose_file=text("compose_file"),
+        project_dir=text("project_dir"),
+        project_name=problems.check("project_name",
+                                    lambda: _project_name(text("project_name")), ""),
+        compose_env=problems.check("compose_env",
+                                   lambda: parse_compose_env(text("compose_env")), ()),
+        health_timeout=number("health_timeout"),
+        health_settle=problems.check("health_settle", lambda: _settle_within_timeout(
+            number("health_settle"), number("health_timeout"),
+            checked="health_timeout" not in problems.failed), 0),
+        smoke_url=problems.check("smoke_url", lambda: tuple(
+            _http_url("smoke_url", url) for url in _lines(values["smoke_url"])), ()),
+        smoke_status=number("smoke_status"),
+        smoke_contains=text("smoke_contains"),
+        smoke_timeout=number("smoke_timeout"),
         rollback_on_failure=bool(values["rollback_on_failure"]),
-        lock_timeout=int(values["lock_timeout"]),  # type: ignore[call-overload]
-        state_dir=str(values["state_dir"]) or env.get("DEPLOYKIT_STATE_DIR", ""),
-        github_token=str(values["github_token"]),
-        github_records=str(values["github_records"]),
+        lock_timeout=number("lock_timeout"),
+        state_dir=text("state_dir") or env.get("DEPLOYKIT_STATE_DIR", ""),
+        github_token=text("github_token"),
+        github_records=text("github_records"),
         summary=bool(values["summary"]),
-        environment_url=_http_url("environment_url", str(values["environment_url"]).strip())
-        if str(values["environment_url"]).strip() else "",
+        environment_url=problems.check("environment_url", lambda: _http_url(
+            "environment_url", text("environment_url").strip())
+            if text("environment_url").strip() else "", ""),
         github=github,
-        build_date=_build_date(env),
-        orchestrator=str(values["orchestrator"]),
+        build_date=problems.check("SOURCE_DATE_EPOCH", lambda: _build_date(env),
+                                  datetime.now(UTC)),
+        orchestrator=text("orchestrator"),
     )
+    if gate and mode in RUN:
+        _gate(problems, settings)
+    problems.raise_any()
+    return settings
+
+
+def _fallback(spec: InputSpec) -> object:
+    """A value of the right type for an input that failed (the run stops anyway)."""
+    if spec.kind == "bool":
+        return False
+    if spec.kind == "int":
+        return spec.minimum
+    return spec.choices[0] if spec.kind == "choice" else ""
+
+
+def _kebab_refused(spec: InputSpec) -> None:
+    raise InputError(spec.name, f"is spelled `{spec.kebab}`, which action.yml does not "
+                     f"declare: the runner also passes the default of `{spec.name}`, and "
+                     "deploykit will not guess which one you meant.",
+                     hint=f"Rename `{spec.kebab}` to `{spec.name}` in the step's `with:`.")
+
+
+def _bounded(spec: InputSpec, value: str) -> None:
+    if len(value) > spec.length_limit:
+        raise InputError(spec.name, f"is {len(value)} characters long; at most "
+                         f"{spec.length_limit}.", hint="Shorten it: no valid "
+                         f"`{spec.name}` is that long.")
+
+
+def _settle_within_timeout(settle: int, timeout: int, *, checked: bool) -> int:
+    """A settle longer than the timeout could never pass: the containers would be
+    replaced for a deploy that fails by construction."""
+    if checked and settle > timeout:
+        raise InputError("health_settle", f"is {settle} s, longer than `health_timeout` "
+                         f"({timeout} s): no container could pass the health check.",
+                         hint="Lower `health_settle` or raise `health_timeout`.")
+    return settle
+
+
+_UNKNOWN_ENVIRONMENT = "?"  # not an environment name: never production, never shown
+
+
+def _gate(problems: _Problems, settings: Settings) -> None:
+    """What ``settings.mode`` needs, and the production gate, with the other problems."""
+    needs = MODE_REQUIRES[settings.mode]
+    if "environment" in needs and not settings.environment:
+        problems.check("environment", lambda: check_deploy_target(
+            environment="", image_tag="", production_environments=()), None)
+    if "environment" in problems.failed:  # the gate's verdict depends on the environment
+        if settings.image_tag or "image_tag" in needs:
+            problems.check("image_tag", lambda: _tag_alone(settings), None)
+        return
+    if settings.image_tag or "image_tag" in needs:
+        problems.check("image_tag", lambda: check_deploy_target(
+            environment=settings.environment, image_tag=settings.image_tag,
+            production_environments=settings.production_environments), None)
+
+
+def _tag_alone(settings: Settings) -> None:
+    """The tag's own checks when the environment is unknown (never a policy verdict)."""
+    with suppress(PolicyError):
+        check_deploy_target(environment=_UNKNOWN_ENVIRONMENT, image_tag=settings.image_tag,
+                            production_environments=())
+
+
+def unused_inputs(env: Mapping[str, str], overrides: Mapping[str, str] | None,
+                  mode: str) -> tuple[str, ...]:
+    """Inputs set to something else than their default that ``mode`` never reads."""
+    raw = {**read_inputs(env), **{k: v for k, v in (overrides or {}).items() if v}}
+    return tuple(spec.name for spec in INPUTS if mode not in spec.modes
+                 and spec.name in raw and raw[spec.name].strip() != spec.default.strip())
 
 
 def _parse(spec: InputSpec, value: str) -> object:
@@ -449,24 +634,30 @@ def _http_url(name: str, value: str) -> str:
     return value
 
 
-def _paths_inside_workspace(workspace: str, mode: str, values: Mapping[str, object]) -> None:
+def _paths_inside_workspace(problems: _Problems, workspace: str, mode: str,
+                            values: Mapping[str, object]) -> None:
     """In Actions, the workspace-relative paths of ``mode`` must stay inside the workspace.
 
-    Lexical (this module does no I/O): ``..`` and absolute paths are what escape it.
+    Lexical (this module does no I/O): ``..`` and absolute paths are what escape it. A
+    symbolic link that leads out is caught where the path is used
+    (:func:`deploykit.deploy_command.check_local`).
     """
     root = posixpath.normpath(workspace or ".")
+    workspace_relative = "relative to the workspace (GITHUB_WORKSPACE)"
     if mode in RUN:
-        directory = _inside(root, root, "project_dir", str(values["project_dir"]) or ".",
-                            "relative to the workspace (GITHUB_WORKSPACE)")
-        if values["compose_file"]:
-            _inside(root, directory, "compose_file", str(values["compose_file"]),
-                    "relative to `project_dir`")
+        directory = problems.check("project_dir", lambda: _inside(
+            root, root, "project_dir", str(values["project_dir"]) or ".",
+            workspace_relative), "")
+        if values["compose_file"] and directory:
+            problems.check("compose_file", lambda: _inside(
+                root, directory, "compose_file", str(values["compose_file"]),
+                "relative to `project_dir`"), "")
     elif mode == BUILD:
-        _inside(root, root, "context", str(values["context"]) or ".",
-                "relative to the workspace (GITHUB_WORKSPACE)")
+        problems.check("context", lambda: _inside(
+            root, root, "context", str(values["context"]) or ".", workspace_relative), "")
         if values["dockerfile"]:
-            _inside(root, root, "dockerfile", str(values["dockerfile"]),
-                    "relative to the workspace (GITHUB_WORKSPACE)")
+            problems.check("dockerfile", lambda: _inside(
+                root, root, "dockerfile", str(values["dockerfile"]), workspace_relative), "")
 
 
 def _inside(root: str, base: str, name: str, value: str, relative_to: str) -> str:
@@ -539,6 +730,13 @@ def parse_compose_env(text: str) -> tuple[tuple[str, str], ...]:
             raise InputError("compose_env", f"line {number} sets {key}, which deploykit "
                              "controls.", hint="Pass the image through `registry`, "
                              "`image_repo` and `image_tag` instead.")
+        if key.startswith(COMPOSE_OWN_PREFIXES):
+            raise InputError("compose_env", f"line {number} sets {key}, which would change "
+                             "how docker compose itself runs (compose_env is its environment "
+                             "too), not only the services.", hint=f"For a service, use another "
+                             f"name (e.g. APP_{key}) and map it in the compose file "
+                             f"(`{key}: ${{APP_{key}}}`); for compose itself, set {key} in the "
+                             "step's `env:`.")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
@@ -570,3 +768,49 @@ def _build_date(env: Mapping[str, str]) -> datetime:
                          f"{_EPOCH_MAX}), got {shown(epoch)}.",
                          hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
     return datetime.fromtimestamp(int(epoch), tz=UTC)
+
+
+# -- naming an input for the context: `image_repo:` in a workflow, --image-repo on a terminal
+_INPUT_NAMES = "|".join(sorted(SPECS, key=len, reverse=True))
+# `name` or `name: value` in backticks (messages and hints write inputs the workflow way)
+_QUOTED_INPUT_RE = re.compile(rf"`({_INPUT_NAMES})(?:: ([^`\n]*))?`")
+_INPUT_LEAD_RE = re.compile(rf"\bInput '({_INPUT_NAMES})'")
+_TITLE_RE = re.compile(r"^(Invalid inputs?: )(.*)$")
+_VALUE_NAMES = frozenset({"latest"})  # bare `latest` in a text is the tag, not the input
+
+
+def terminal_name(name: str, flags: frozenset[str]) -> str:
+    """How a terminal user sets input ``name``: its flag when the command has it, else
+    its ``INPUT_*`` variable (secrets, inputs of other commands)."""
+    if name == "mode":
+        return "the command"
+    spec = SPECS.get(name)
+    if spec is None:
+        return name
+    return spec.flag if name in flags else f"INPUT_{name.upper()}"
+
+
+def for_terminal(text: str, flags: frozenset[str]) -> str:
+    """``text`` (a message, hint or title written for a workflow) with every input named
+    the way a terminal sets it: `image_repo: <org>/<app>` becomes `--image-repo <org>/<app>`
+    and `registry_password` becomes `INPUT_REGISTRY_PASSWORD`."""
+    def quoted(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if value is None:
+            if name in _VALUE_NAMES:
+                return match.group(0)
+            return f"`{terminal_name(name, flags)}`"
+        if name == "mode":
+            return f"`deploykit {value}`"
+        if name not in flags:
+            return f"`INPUT_{name.upper()}={value}`"
+        return f"`{SPECS[name].flag} {value}`"
+
+    text = _QUOTED_INPUT_RE.sub(quoted, text)
+    text = _INPUT_LEAD_RE.sub(lambda m: terminal_name(m.group(1), flags), text)
+    title = _TITLE_RE.match(text)
+    if title:
+        names = ", ".join(terminal_name(name.strip(), flags) for name in title.group(2)
+                          .split(","))
+        text = title.group(1) + names
+    return text

@@ -4,12 +4,13 @@ import base64
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import responses
 
-from deploykit.cli import build_parser, main
+from deploykit.cli import COMMANDS, build_parser, main
 from deploykit.settings import INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,10 @@ def test_bad_boolean_changes_nothing_and_writes_no_output(tmp_path: Path) -> Non
     result = run_entrypoint({"INPUT_MODE": "deploy", "INPUT_DRY_RUN": "yes",
                              "GITHUB_OUTPUT": str(output), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
-    assert "::error title=Invalid input%3A dry_run::" in result.stdout
+    # every problem in one ::error: the bad boolean and what deploy needs (issue 23)
+    assert result.stdout.startswith("::error title=Invalid inputs%3A dry_run%2C image_repo%2C "
+                                    "environment%2C image_tag::4 inputs are invalid:")
+    assert result.stdout.count("::error") == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert not output.exists()
 
@@ -89,13 +93,14 @@ def test_the_process_ends_with_mains_code_and_flushed_output(command: list[str])
     """exit_process skips the interpreter's teardown: the code and every line still
     arrive (stdout is a pipe here, so it is block-buffered until the flush)."""
     result = subprocess.run([sys.executable, *command, "deploy", "--image-repo", "org/app",
-                             "--environment", "production", "--image-tag", "latest"],
+                             "--environment", "staging", "--image-tag", "v1",
+                             "--project-dir", "/nonexistent/project"],
                             capture_output=True, text=True, check=False, cwd=ROOT,
                             env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 1
     assert result.stdout.startswith("duration_seconds=")
-    assert result.stderr.startswith("error: Refused by policy: Refusing to deploy `latest` "
-                                    "to production environment production")
+    assert result.stderr.startswith("error: Invalid input: --project-dir: --project-dir: "
+                                    "/nonexistent/project is not a directory.")
 
 
 def test_action_yml_and_readme_tables_are_generated_from_settings() -> None:
@@ -270,6 +275,7 @@ def test_compose_env_masks_by_rule_before_anything_is_printed() -> None:
 def test_compose_env_that_does_not_parse_is_masked_whole() -> None:
     result = run_entrypoint({"INPUT_MODE": "deploy", "PATH": "/usr/bin:/bin",
                              "GITHUB_REPOSITORY": "o/a",
+                             "INPUT_ENVIRONMENT": "staging", "INPUT_IMAGE_TAG": "v1",
                              "INPUT_COMPOSE_ENV": "PORT=8080\nnot a pair s3cr3t"})
     assert result.returncode == 1
     assert "::add-mask::not a pair s3cr3t" in result.stdout.splitlines()
@@ -291,3 +297,174 @@ def test_history_filters_by_image_only_when_asked(tmp_path: Path,
     for flags, tags in cases.items():
         assert main(["history", "--state-dir", str(tmp_path), "--json", *flags], env=env) == 0
         assert [entry["tag"] for entry in json.loads(capsys.readouterr().out)] == tags, flags
+
+
+# -- issue 23: a terminal that speaks CLI ----------------------------------------------
+def test_a_terminal_hint_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Hints said ``Set `image_repo: <org>/<app>` `` to a terminal user."""
+    assert main(["deploy", "--environment", "staging", "--image-tag", "v1"], env={}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid input: --image-repo: --image-repo: is empty and "
+                          "GITHUB_REPOSITORY is not set.\n  Hint: Set `--image-repo <org>/<app>`.")
+    assert "image_repo" not in err
+
+
+def test_a_terminal_hint_names_a_secret_by_its_variable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret has no flag: the hint names INPUT_COMPOSE_ENV, not `compose_env`."""
+    env = {"INPUT_COMPOSE_ENV": "DOCKER_HOST=tcp://10.0.0.9:2375"}
+    assert main(["deploy", "--image-repo", "org/app", "--environment", "staging",
+                 "--image-tag", "v1"], env=env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid input: INPUT_COMPOSE_ENV: INPUT_COMPOSE_ENV: line 1 "
+                          "sets DOCKER_HOST")
+    assert "10.0.0.9" not in err
+
+
+def test_the_action_hint_names_the_input(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"INPUT_MODE": "deploy", "INPUT_ENVIRONMENT": "staging", "INPUT_IMAGE_TAG": "v1",
+           "GITHUB_OUTPUT": str(tmp_path / "out")}
+    assert main([], env=env, from_action=True) == 1
+    assert capsys.readouterr().out == (
+        "::error title=Invalid input%3A image_repo::Input 'image_repo': is empty and "
+        "GITHUB_REPOSITORY is not set.%0AHint: Set `image_repo: <org>/<app>`.\n")
+
+
+def test_every_missing_input_is_reported_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """They came one per run: image_repo, then environment, then image_tag."""
+    assert main(["deploy", "--health-timeout", "0"], env={}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid inputs: --health-timeout, --image-repo, --environment, "
+                          "--image-tag: 4 inputs are invalid:\n")
+    for fragment in ("  - --health-timeout: must be from 1 to 86400, got '0'.",
+                     "  - --image-repo: is empty and GITHUB_REPOSITORY is not set.",
+                     "    Hint: Set `--image-repo <org>/<app>`.",
+                     "  - --environment: is empty: deploykit must know where it deploys.",
+                     "    Hint: Set `--environment staging` or `--environment production`.",
+                     "  - --image-tag: is empty."):
+        assert fragment + "\n" in err
+
+
+def test_all_at_once_is_one_annotation_in_actions(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"INPUT_MODE": "deploy", "INPUT_ENVIRONMENT": "production",
+           "INPUT_SMOKE_URL": "ftp://x/", "GITHUB_REPOSITORY": "o/a",
+           "GITHUB_OUTPUT": str(tmp_path / "out")}
+    assert main([], env=env, from_action=True) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1
+    assert out[0].startswith("::error title=Invalid inputs%3A smoke_url%2C image_tag::2 inputs "
+                             "are invalid:%0A- Input 'smoke_url': 'ftp://x/' is not an http")
+    assert "%0A- No image tag given for production environment production." in out[0]
+    assert "%0A  Hint: Pass a release tag such as `image_tag: v1.4.2`" in out[0]
+
+
+def test_a_mistyped_flag_gets_the_closest_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploy --enviroment` printed the top-level usage and no suggestion."""
+    with pytest.raises(SystemExit) as caught:
+        main(["deploy", "--enviroment", "staging"], env={})
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: deploykit deploy ")
+    assert err.endswith("deploykit deploy: error: unrecognized arguments: --enviroment staging\n"
+                        "did you mean --environment? (--enviroment is no flag of deploykit "
+                        "deploy)\n")
+
+
+def test_an_unknown_flag_with_nothing_close_has_no_suggestion(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--zzzz"], env={})
+    err = capsys.readouterr().err
+    assert err.endswith("deploykit build: error: unrecognized arguments: --zzzz\n")
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_fits_100_columns_without_markdown(
+        command: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Help lines ran to 144 characters, with Markdown backticks."""
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit):
+        main([*filter(None, [command]), "--help"], env={})
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "`" not in text
+    if command:  # what it does, and an example of it
+        assert COMMANDS[command].summary.split()[0] in text
+        assert "examples:\n  " in text and f"deploykit {command}" in text
+
+
+def test_unused_inputs_get_one_warning(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A build with smoke_url and environment said nothing about them."""
+    env = {"INPUT_MODE": "build", "GITHUB_REPOSITORY": "o/a", "GITHUB_WORKSPACE": str(tmp_path),
+           "INPUT_CONTEXT": "missing", "INPUT_SMOKE_URL": "http://127.0.0.1/",
+           "INPUT_ENVIRONMENT": "staging", "INPUT_HEALTH_TIMEOUT": "120",  # its default
+           "GITHUB_OUTPUT": str(tmp_path / "out")}
+    assert main([], env=env, from_action=True) == 1
+    warnings = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("::warning")]
+    assert warnings == [
+        "::warning title=Inputs unused in mode build::`environment`, `smoke_url` are set, but "
+        "mode build never reads them (they apply to deploy and rollback). Remove them from "
+        "this step, or run the mode they are for."]
+
+
+def test_no_warning_when_every_input_is_used(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"INPUT_MODE": "build", "GITHUB_REPOSITORY": "o/a", "GITHUB_WORKSPACE": str(tmp_path),
+           "INPUT_CONTEXT": "missing", "GITHUB_OUTPUT": str(tmp_path / "out"),
+           **{f"INPUT_{spec.name.upper()}": spec.default for spec in INPUTS
+              if spec.default and spec.name != "mode"}}
+    assert main([], env=env, from_action=True) == 1
+    assert "::warning" not in capsys.readouterr().out
+
+
+def test_local_checks_run_before_any_network_call(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`--project-dir /nonexistent` waited 55 s on the registry before the path was checked."""
+    started = time.monotonic()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        code = main(["deploy", "--image-repo", "org/app", "--environment", "staging",
+                     "--image-tag", "v1", "--registry", "127.0.0.1:9",
+                     "--project-dir", str(tmp_path / "nonexistent")], env=NO_ENGINE)
+        assert not rsps.calls
+    assert code == 1
+    assert time.monotonic() - started < 5
+    assert "error: Invalid input: --project-dir: --project-dir: " in capsys.readouterr().err
+
+
+def test_a_build_checks_its_context_before_the_registry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        code = main(["build", "--image-repo", "org/app", "--registry", "127.0.0.1:9",
+                     "--context", "missing"], env={"GITHUB_WORKSPACE": str(tmp_path),
+                                                   "PATH": "/nonexistent"})
+        assert not rsps.calls
+    assert code == 1
+    assert "error: Invalid input: --context: --context: " in capsys.readouterr().err
+
+
+def test_an_over_long_secret_is_refused_in_milliseconds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 100 kB compose_env took 36-111 s in the masking and parsing patterns."""
+    env = {"INPUT_MODE": "deploy", "GITHUB_REPOSITORY": "o/a", "INPUT_ENVIRONMENT": "staging",
+           "INPUT_IMAGE_TAG": "v1", "INPUT_COMPOSE_ENV": "A=" + "x" * 100_000,
+           "GITHUB_OUTPUT": str(tmp_path / "out")}
+    started = time.monotonic()
+    assert main([], env=env, from_action=True) == 1
+    assert time.monotonic() - started < 2
+    assert capsys.readouterr().out == (
+        "::error title=Invalid input%3A compose_env::Input 'compose_env': is 100002 characters "
+        "long; at most 65536.%0AHint: Shorten it: no valid `compose_env` is that long.\n")
+
+
+def test_a_flag_of_another_command_is_named_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--environment", "staging"], env={})
+    assert capsys.readouterr().err.endswith(
+        "deploykit build: error: unrecognized arguments: --environment staging\n"
+        "--environment is a flag of deploykit deploy, rollback, history, not of deploykit "
+        "build\n")

@@ -217,6 +217,7 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
     def runner(command: str, *flags: str, **inputs: str) -> tuple[int, dict[str, str], str]:
         output = tmp_path / "github_output"
         output.write_text("")
+        (tmp_path / "compose.yaml").touch()  # the workspace's project (checked before all)
         env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output),
                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "GITHUB_REPOSITORY": "org/app",
                "GITHUB_RUN_ID": "42", "GITHUB_ACTOR": "ana", "GITHUB_WORKSPACE": str(tmp_path),

@@ -129,6 +129,11 @@ def test_describe_names_run_actor_and_since() -> None:
         "pid 100 on runner (actor ana, since 2026-01-01T11:59:00Z)"
 
 
+def test_describe_without_an_actor_names_none() -> None:
+    """Issue 23: "actor unknown actor" read as a name; no actor, no actor wording."""
+    assert holder(actor="").describe() == "https://gh/run/1 (since 2026-01-01T11:59:00Z)"
+
+
 def test_free_lock_is_acquired_and_released(make_actions) -> None:  # type: ignore[no-untyped-def]
     engine, clock = FakeEngine(), FakeClock()
     lock = make_lock(engine, holder(), clock, make_actions())

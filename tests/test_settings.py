@@ -2,12 +2,20 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from deploykit.errors import InputError
-from deploykit.settings import INPUTS, load_settings, parse_compose_env, read_inputs
+from deploykit.settings import (
+    INPUTS,
+    InvalidInputs,
+    load_settings,
+    parse_compose_env,
+    read_inputs,
+    unused_inputs,
+)
 
 BASE = {"INPUT_MODE": "build", "GITHUB_REPOSITORY": "Org/App", "GITHUB_ACTOR": "octocat"}
 
@@ -34,10 +42,21 @@ def test_defaults_come_from_the_inputs_table() -> None:
     assert s.image_name == "ghcr.io/org/app"
 
 
-def test_both_input_spellings_are_read() -> None:
-    env = {**BASE, "INPUT_IMAGE-TAG": "v1.2.3", "INPUT_DRY_RUN": "true"}
-    assert read_inputs(env)["image_tag"] == "v1.2.3"
-    assert load_settings(env).dry_run is True
+def test_a_kebab_spelling_is_refused_naming_the_snake_case_input() -> None:
+    """Issue 20: the runner exports INPUT_DRY_RUN=false beside INPUT_DRY-RUN=true and the
+    default won (a real deploy). The undeclared spelling is never read: it is refused."""
+    env = {**BASE, "INPUT_DRY-RUN": "true", "INPUT_DRY_RUN": "false"}
+    assert "dry_run" not in read_inputs(env) or read_inputs(env)["dry_run"] == "false"
+    with pytest.raises(InputError) as caught:
+        load_settings(env)
+    assert caught.value.input_name == "dry_run"
+    assert "`dry-run`" in str(caught.value)
+    assert "Rename `dry-run` to `dry_run`" in caught.value.hint
+
+
+def test_a_kebab_spelling_is_refused_even_alone() -> None:
+    with pytest.raises(InputError, match="spelled `image-tag`"):
+        load_settings({**BASE, "INPUT_IMAGE-TAG": "v1.2.3"})
 
 
 def test_settings_are_frozen() -> None:
@@ -153,7 +172,7 @@ def deploy_settings(env: dict[str, str] | None = None, **inputs: str):
         ("health_timeout", "86401", "must be from 1 to 86400, got '86401'"),
         ("lock_timeout", "1" + "0" * 30, "must be from 0 to 86400, got '1000000000000000000000000"
          "000000'"),
-        ("lock_timeout", "9" * 5000, f"must be from 0 to 86400, got '{'9' * 80}'... (5000 "
+        ("lock_timeout", "9" * 4000, f"must be from 0 to 86400, got '{'9' * 80}'... (4000 "
          "characters)"),
         ("health_settle", "3601", "must be from 0 to 3600, got '3601'"),
         ("smoke_status", "99", "must be from 100 to 599, got '99'"),
@@ -347,3 +366,104 @@ def test_a_long_bad_value_is_cut_short_in_the_error() -> None:
         deploy_settings(environment="e" * 300 + "\n::error::x")
     assert caught.value.message == (f"Input 'environment': '{'e' * 80}'... (311 characters) "
                                     "is not an environment name.")
+
+
+# -- issue 20: inputs that do something else than they say ------------------------------
+@pytest.mark.parametrize("spec", INPUTS, ids=[spec.name for spec in INPUTS])
+def test_every_input_has_a_length_bound(spec) -> None:  # type: ignore[no-untyped-def]
+    """A 100 kB compose_env made regexes crawl for 36-111 s: no value is that long."""
+    value = "a" * (spec.length_limit + 1)
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        deploy_settings(**{spec.name: value})
+    assert time.monotonic() - started < 1
+    assert caught.value.input_name == spec.name
+    assert caught.value.message == (f"Input '{spec.name}': is {len(value)} characters long; "
+                                    f"at most {spec.length_limit}.")
+    assert spec.length_limit <= 65536
+
+
+def test_a_compose_env_of_a_whole_env_file_fits() -> None:
+    text = "\n".join(f"KEY_{n}=" + "v" * 60 for n in range(600))  # ~40 kB
+    assert len(deploy_settings(compose_env=text).compose_env) == 600
+
+
+@pytest.mark.parametrize("key", ["DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_TLS_VERIFY",
+                                 "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"])
+def test_compose_env_cannot_steer_compose_itself(key: str) -> None:
+    """A DOCKER_HOST meant for a service redirected compose itself (dockercli.py:71)."""
+    with pytest.raises(InputError) as caught:
+        parse_compose_env(f"PORT=8080\n{key}=tcp://10.1.2.3:2375")
+    assert caught.value.input_name == "compose_env"
+    assert caught.value.message.startswith(f"Input 'compose_env': line 2 sets {key}, which "
+                                           "would change how docker compose itself runs")
+    assert f"APP_{key}" in caught.value.hint
+    assert "10.1.2.3" not in str(caught.value)
+
+
+def test_compose_env_keys_that_only_contain_docker_are_fine() -> None:
+    assert parse_compose_env("MY_DOCKER_HOST=x\nDOCKERFILE_NAME=y") == (
+        ("MY_DOCKER_HOST", "x"), ("DOCKERFILE_NAME", "y"))
+
+
+def test_a_settle_longer_than_the_timeout_is_refused() -> None:
+    """It was accepted and replaced the containers before failing by construction."""
+    with pytest.raises(InputError) as caught:
+        deploy_settings(health_settle="60", health_timeout="30")
+    assert caught.value.input_name == "health_settle"
+    assert caught.value.message == ("Input 'health_settle': is 60 s, longer than "
+                                    "`health_timeout` (30 s): no container could pass the "
+                                    "health check.")
+    assert deploy_settings(health_settle="30", health_timeout="30").health_settle == 30
+
+
+def test_a_bad_timeout_is_not_blamed_on_the_settle() -> None:
+    with pytest.raises(InputError) as caught:
+        deploy_settings(health_settle="60", health_timeout="0")
+    assert caught.value.input_name == "health_timeout"
+
+
+def test_several_bad_inputs_are_one_error_listing_them_all() -> None:
+    with pytest.raises(InvalidInputs) as caught:
+        deploy_settings(health_timeout="x", smoke_url="ftp://x/", **{"DRY-RUN": "true"})
+    assert [error.input_name for error in caught.value.errors] == [  # type: ignore[attr-defined]
+        "dry_run", "health_timeout", "smoke_url"]
+    assert caught.value.title == "Invalid inputs: dry_run, health_timeout, smoke_url"
+    assert str(caught.value).startswith("3 inputs are invalid:\n- Input 'dry_run': is spelled")
+
+
+def test_a_bad_mode_is_reported_alone() -> None:
+    """What else is required or unused depends on the mode."""
+    with pytest.raises(InputError) as caught:
+        load_settings({"INPUT_MODE": "bogus", "INPUT_HEALTH_TIMEOUT": "x"})
+    assert caught.value.input_name == "mode"
+
+
+@pytest.mark.parametrize(("mode", "inputs", "names"), [
+    ("deploy", {}, ["image_repo", "environment", "image_tag"]),
+    ("rollback", {}, ["image_repo", "environment"]),
+    ("deploy", {"environment": "staging\n::x"}, ["image_repo", "environment", "image_tag"]),
+    ("deploy", {"image_tag": "a b"}, ["image_repo", "environment", "image_tag"]),
+    ("build", {}, ["image_repo"]),
+])
+def test_the_gate_checks_what_the_mode_needs(mode: str, inputs: dict[str, str],
+                                             names: list[str]) -> None:
+    env = {"INPUT_MODE": mode, **{f"INPUT_{k.upper()}": v for k, v in inputs.items()}}
+    with pytest.raises(InputError) as caught:
+        load_settings(env, gate=True)
+    assert caught.value.input_name == ", ".join(names)
+
+
+def test_without_the_gate_the_deploy_target_is_not_required() -> None:
+    """`deploykit history`, `resolve` and the tests' settings: no environment needed."""
+    assert load_settings({**BASE, "INPUT_MODE": "deploy"}).environment == ""
+
+
+def test_unused_inputs_are_those_set_that_the_mode_never_reads() -> None:
+    env = {"INPUT_MODE": "build", "INPUT_SMOKE_URL": "http://x/", "INPUT_ENVIRONMENT": "st",
+           "INPUT_HEALTH_TIMEOUT": "120", "INPUT_PLATFORMS": "linux/amd64",
+           "INPUT_LOCK_TIMEOUT": " "}
+    assert unused_inputs(env, None, "build") == ("environment", "smoke_url")
+    assert unused_inputs(env, {"force_redeploy": "true"}, "build") == (
+        "environment", "force_redeploy", "smoke_url")
+    assert unused_inputs(env, None, "deploy") == ("platforms",)

@@ -241,3 +241,38 @@ def test_rollback_from_a_fresh_runner_reads_the_history_on_the_engine(
         ("deployed", digests["v1"], "v1"), ("deployed", digests["v2"], "v2"),
         ("rolled_back", digests["v1"], "v1")]
     assert "(from the labels of the running containers)." in runs[2]
+
+
+def test_unused_inputs_warn_and_a_kebab_spelling_is_refused(
+    act: str, job_image: str, open_registry: Registry, pushed_repositories: list[str],
+    push_demo: Callable[[str, str], str], compose_project: str, tmp_path: Path,
+) -> None:
+    """Issue 23: a build with `environment` and `smoke_url` said nothing about them.
+    Issue 20: `dry-run: "true"` lost to the runner's INPUT_DRY_RUN=false: a real deploy."""
+    repository = open_registry.repo("act-inputs")
+    pushed_repositories.append(repository)
+    push_demo(f"{open_registry.host}/{repository}", "staging-latest")
+    action_image = build_action_image(copy_project(tmp_path / "image"), job_image)
+    try:
+        project = make_repo(tmp_path / "repo", "inputs.yml", base=job_image, branch="deploy",
+                            action_image=action_image)
+        output = run_act(act, project, job_image, {
+            "DK_REGISTRY": open_registry.host, "DK_IMAGE_REPO": repository,
+            "DK_IMAGE_TAG": "staging-latest", "DK_PROJECT": compose_project,
+            "DK_PORT": str(free_port())})
+    finally:
+        docker("rmi", "--force", action_image, check=False)
+
+    seen = later_step(output)
+    assert seen["build_status"] == "planned"
+    assert seen["kebab_outcome"] == "failure"
+    assert seen.get("kebab_status", "") == ""  # refused before the run: no status at all
+    warnings = re.findall(r"::warning title=Inputs unused in mode build::(.*)", output)
+    assert warnings == ["`environment`, `smoke_url` are set, but mode build never reads them "
+                        "(they apply to deploy and rollback). Remove them from this step, or "
+                        "run the mode they are for."]
+    assert re.search(r"::error title=Invalid input%3A dry_run::Input 'dry_run': is spelled "
+                     r"`dry-run`, which action\.yml does not declare", output), output[-4000:]
+    # Nothing deployed: the compose project has no container at all.
+    assert docker("ps", "--all", "--quiet", "--filter",
+                  f"label=com.docker.compose.project={compose_project}").stdout.split() == []

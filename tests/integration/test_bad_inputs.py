@@ -149,6 +149,23 @@ CASES = [
     bad("environment", "staging\n::stop-commands::pwned", "rollback-environment-injection",
         mode="rollback"),
     bad("lock_timeout", "\u0661", "rollback-non-ascii-digit", mode="rollback"),
+    # issue 20: inputs that did something else than they said
+    # the runner exports the declared default beside the kebab spelling: it won (a real deploy)
+    Case("kebab-dry-run-is-refused", {"dry-run": "true"}, "Invalid input%3A dry_run",
+         env={"INPUT_DRY_RUN": "false"}),
+    Case("kebab-force-redeploy", {"force-redeploy": "true"}, "Invalid input%3A force_redeploy",
+         env={"INPUT_FORCE_REDEPLOY": "false"}),
+    bad("health_settle", "31", "settle-above-timeout"),  # the table's health_timeout is 30
+    bad("compose_env", "DOCKER_HOST=tcp://127.0.0.1:9", "compose-env-docker-host"),
+    bad("compose_env", "COMPOSE_PROJECT_NAME=other", "compose-env-compose-project-name"),
+    bad("compose_env", "A=" + "x" * 100_000, "compose-env-100-kb"),
+    bad("smoke_contains", "x" * 5000, "smoke-contains-5000-chars"),
+    bad("project_dir", "a/" * 3000, "project-dir-6000-chars"),
+    bad("registry_password", "p" * 70_000, "registry-password-70-kb"),
+    # issue 23: every problem at once, in one ::error
+    Case("several-bad-inputs", {"health_timeout": "0", "environment": "",
+                                "smoke_url": "ftp://x/"},
+         "Invalid inputs%3A health_timeout%2C smoke_url%2C environment"),
 ]
 
 
@@ -320,3 +337,31 @@ def test_hostile_container_output_never_drives_the_runner(
     errors = [line for line in outside if line.startswith("::error")]
     assert len(errors) == 1
     assert errors[0].startswith("::error title=Deploy failed and was rolled back::")
+
+
+def test_a_project_dir_linked_out_of_the_workspace_changes_nothing(
+        project: Project, tmp_path: Path) -> None:
+    """Issue 20: `project_dir` through a symbolic link leaving the workspace deployed from
+    outside it (the check was lexical). The link's target is a valid project: only the
+    real path is wrong."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "compose.yaml").write_text(COMPOSE)
+    link = project.directory / f"linked-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(outside)
+    before = host_state(project)
+    try:
+        result = run_entrypoint(project.env("deploy", {"project_dir": link.name,
+                                                       "force_redeploy": "true"}, {},
+                                            tmp_path / "out"), project.directory)
+        after = host_state(project)
+    finally:
+        link.unlink()
+    printed = result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert result.returncode == 1, printed
+    assert len(errors) == 1, printed
+    assert errors[0].startswith("::error title=Invalid input%3A project_dir::Input "
+                                f"'project_dir': '{link.name}' leads to {outside}, outside the "
+                                "workspace"), errors[0]
+    assert after == before
