@@ -3,10 +3,12 @@ and 23), on the fakes of tests/test_deploy.py."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from deploykit import actions as actions_module
 from deploykit.cli import main
 from tests.conftest import parse_github_output
 from tests.runner_log import live_commands
@@ -62,3 +64,49 @@ def test_smoke_url_credentials_reach_no_output_and_not_github(
     assert parse_github_output(output.read_text())["status"] == "deployed"
     assert [line for line in live_commands(captured.out)
             if line.startswith(("::error", "::warning"))] == []
+
+
+@pytest.mark.parametrize("command", ["deploy", "rollback"])
+def test_an_unwritable_github_output_is_an_error_never_a_traceback(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Before: OSError out of main() (a traceback, no ::error). A rollback with nothing to
+    roll back to fails before any output: its status is the first write."""
+    world.running = {"app": D1, "worker": D1}
+    env = base_env(tmp_path, image_tag="v2.0.0") if command == "deploy" else base_env(tmp_path)
+    env.update({"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary")})
+    code = main([command], env=env)
+    errors = [line for line in live_commands(capsys.readouterr().out)
+              if line.startswith("::error")]
+    assert code == 1
+    assert errors[0].startswith(
+        f"::error title=Cannot write GITHUB_OUTPUT::Cannot write to GITHUB_OUTPUT ({tmp_path}): "
+        "Is a directory.")
+    if command == "rollback":
+        assert errors[1].startswith("::error title=Nothing to roll back to::")
+
+
+def test_a_disk_full_at_the_last_output_is_a_warning_and_no_torn_block(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy's own outputs are written; `duration_seconds` (set after the command)
+    meets a full disk: a warning, nothing half-written, exit 0."""
+    real_append = actions_module.append_whole
+
+    def full_at_duration(path: str, text: str) -> None:
+        if text.startswith("duration_seconds<<"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(path, text)
+
+    monkeypatch.setattr(actions_module, "append_whole", full_at_duration)
+    world.running = {"app": D1, "worker": D1}
+    output = tmp_path / "output"
+    env = base_env(tmp_path, image_tag="v2.0.0")
+    env.update({"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary")})
+    code = main(["deploy"], env=env)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "::warning title=Cannot write GITHUB_OUTPUT::Cannot write to GITHUB_OUTPUT" in out
+    outputs = parse_github_output(output.read_text())
+    assert outputs["status"] == "deployed" and "duration_seconds" not in outputs
