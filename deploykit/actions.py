@@ -15,22 +15,46 @@ every cell inside its cell.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
+import os
 import re
 import secrets as _random
+import string
 import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import contextmanager, suppress
 from typing import TextIO
 
+from deploykit.errors import OutputFileError
+
 REDACTED = "***"
-# A line the runner would take as a command: `::name::` after leading blanks, or the
-# legacy `##[name]` anywhere in the line.
-_COMMAND_LIKE = re.compile(r"^\s*::|##\[", re.MULTILINE)
+# A line the runner would take as a command: `::name::` after leading blanks (the runner
+# trims Unicode whitespace), or the legacy `##[name]` anywhere in the line.
+_COMMAND_START = re.compile(r"\s*::")
+_LEGACY_COMMAND = "##["
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!~])")
+_SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
+# What follows `scheme://` up to the `@` of a userinfo: possessive, anchored at the `://`
+# found by str.find, so a long value is scanned once (no backtracking, no rescans).
+_USERINFO = re.compile(r"([^:/?#@\s]*+)(?::([^/?#@\s]++))?@")
+
+
+def _url_userinfos(text: str) -> Iterator[re.Match[str]]:
+    """The ``user[:password]@`` part of every ``scheme://`` URL in ``text``, in linear
+    time: each character is looked at a bounded number of times, whatever the input."""
+    start = 0
+    while (colon := text.find("://", start)) != -1:
+        start = colon + 3
+        first = colon
+        while first > 0 and text[first - 1] in _SCHEME_CHARS:
+            first -= 1
+        if not any(char in string.ascii_letters for char in text[first:colon]):
+            continue  # a scheme starts with a letter: `1://x@y` is no URL
+        if (match := _USERINFO.match(text, start)) is not None:
+            yield match
 
 
 def url_passwords(texts: list[str]) -> set[str]:
@@ -38,8 +62,9 @@ def url_passwords(texts: list[str]) -> set[str]:
     decoded: a program that prints the URL's parts shows them alone."""
     found = set()
     for text in texts:
-        for match in re.finditer(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:([^@/?#\s]+)@", text):
-            found.update({match.group(1), urllib.parse.unquote(match.group(1))})
+        for match in _url_userinfos(text):
+            if match.group(2):
+                found.update({match.group(2), urllib.parse.unquote(match.group(2))})
     return found
 
 
@@ -48,10 +73,30 @@ def url_tokens(texts: list[str]) -> set[str]:
     (``https://ghp_xxx@github.com``), as written and decoded; ``git@`` is a user."""
     found = set()
     for text in texts:
-        for match in re.finditer(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^:/?#@\s]+)@", text):
-            if len(match.group(1)) >= SECRET_MIN_LENGTH:
+        for match in _url_userinfos(text):
+            if match.group(2) is None and len(match.group(1)) >= SECRET_MIN_LENGTH:
                 found.update({match.group(1), urllib.parse.unquote(match.group(1))})
     return found
+
+
+def redact_url_credentials(text: str) -> str:
+    """Every URL's password as ``***``: a password written into a URL (``smoke_url:
+    http://u:PW@host/``) never reaches a log, an annotation, an output or the summary,
+    whoever prints the URL. (A user part alone stays: ``docker-image://name@sha256:...``
+    is no credential; the smoke test shows its URLs without any user part.)"""
+    spans = [match.span(2) for match in _url_userinfos(text) if match.group(2)]
+    for begin, end in reversed(spans):
+        text = text[:begin] + REDACTED + text[end:]
+    return text
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with no userinfo (``http://u:PW@host/x`` -> ``http://host/x``): the URL
+    to show or to hand to anyone but the request that needs the credentials."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 # The masking rule of compose_env (docs/deploy.md, "Which compose_env values are masked"):
@@ -89,8 +134,20 @@ def escape_property(value: str) -> str:
 
 
 def looks_like_command(text: str) -> bool:
-    """Whether a line of ``text`` could be read as a workflow command by the runner."""
-    return bool(_COMMAND_LIKE.search(text))
+    """Whether a line of ``text`` could be read as a workflow command by the runner.
+
+    The runner ends a line at ``\\r`` as well as ``\\n``; every line break Python knows
+    (``str.splitlines``: also ``\\v``, ``\\f``, ``\\x1c``-``\\x1e``, ``\\x85``, U+2028,
+    U+2029) counts here, a superset of the runner's."""
+    return _LEGACY_COMMAND in text or any(
+        _COMMAND_START.match(line) for line in text.splitlines())
+
+
+def one_line(value: str) -> str:
+    """A value from outside inside our own sentence: control characters (line breaks
+    included) shown escaped, as ``repr`` shows them, so it cannot start a line."""
+    return "".join(char if char.isprintable() or char == " " else
+                   repr(char)[1:-1] for char in value)
 
 
 def stop_commands_token(text: str) -> str:
@@ -130,6 +187,7 @@ class Actions:
         self.outputs: dict[str, str] = {}
         self.summary_parts: list[str] = []
         self._data_printed = False
+        self._broken_files: set[str] = set()  # reported once; not written to again
         self.summary_enabled = True  # the `summary` input
 
     # -- secrets -----------------------------------------------------------
@@ -162,7 +220,7 @@ class Actions:
     def redact(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return text
+        return redact_url_credentials(text)
 
     # -- logs and annotations -----------------------------------------------
     @property
@@ -170,10 +228,15 @@ class Actions:
         return self._stdout if self.in_actions else self._stderr
 
     def info(self, message: str) -> None:
+        """A log line. On a terminal a Markdown table (:func:`markdown_table`) is shown as
+        aligned columns; in a workflow a line that looks like a command is made inert."""
+        message = self.redact(message)
+        if not self.in_actions and is_markdown_table(message):
+            message = plain_text(message).rstrip("\n")
         if self.in_actions and looks_like_command(message):
             self.untrusted("", message)  # a value from outside made a line look like one
             return
-        self._log.write(self.redact(message) + "\n")
+        self._log.write(message + "\n")
         self._log.flush()
 
     def untrusted(self, title: str, text: str) -> None:
@@ -233,11 +296,13 @@ class Actions:
 
     # -- outputs -------------------------------------------------------------
     def set_output(self, name: str, value: str) -> None:
+        """Record an output; in a workflow, append its whole ``name<<DELIMITER`` block to
+        GITHUB_OUTPUT. A file that cannot take it raises :class:`OutputFileError` once
+        (later outputs are kept in :attr:`outputs` only: the step has failed already)."""
         value = self.redact(value)
         self.outputs[name] = value
-        if self._output_file:
-            with Path(self._output_file).open("a", encoding="utf-8") as handle:
-                handle.write(heredoc_block(name, value))
+        if self._output_file and "GITHUB_OUTPUT" not in self._broken_files:
+            self._append("GITHUB_OUTPUT", self._output_file, heredoc_block(name, value))
 
     def set_outputs(self, outputs: Mapping[str, str]) -> None:
         for name, value in outputs.items():
@@ -254,6 +319,8 @@ class Actions:
             return
         if self._json_outputs:
             self._stdout.write(json.dumps(self.outputs, indent=2, sort_keys=True) + "\n")
+        elif self.in_actions and looks_like_command(text := plain_outputs(self.outputs)):
+            self.untrusted("", text)  # no GITHUB_OUTPUT, and a value reads as a command
         else:
             self._stdout.write(plain_outputs(self.outputs))
         self._stdout.flush()
@@ -270,12 +337,48 @@ class Actions:
             return
         markdown = self.redact(markdown).rstrip("\n") + "\n"
         self.summary_parts.append(markdown)
-        if self._summary_file:
-            with Path(self._summary_file).open("a", encoding="utf-8") as handle:
-                handle.write(markdown + "\n")
-        elif not self._json_outputs:
-            self._stderr.write("\n" + markdown + "\n")
-            self._stderr.flush()
+        if not self._summary_file:
+            if not self.in_actions and not self._json_outputs:  # a person at a terminal
+                self._stderr.write("\n" + plain_text(without_details(markdown)))
+                self._stderr.flush()
+            return
+        if "GITHUB_STEP_SUMMARY" in self._broken_files:
+            return
+        try:
+            self._append("GITHUB_STEP_SUMMARY", self._summary_file, markdown + "\n")
+        except OutputFileError as exc:  # a summary is a report, not the deploy's result
+            self.warning(f"{exc.message} The job summary is left out.", title=exc.title)
+
+    def _append(self, variable: str, path: str, text: str) -> None:
+        """Append ``text`` whole or not at all: a short write (a full disk) is cut back,
+        so the runner never reads half a heredoc block."""
+        try:
+            append_whole(path, text)
+        except OSError as exc:
+            self._broken_files.add(variable)
+            raise OutputFileError(variable, path, exc.strerror or str(exc)) from exc
+
+
+def append_whole(path: str, text: str) -> None:
+    """Append ``text`` to the file at ``path`` in one piece: on a short write (ENOSPC,
+    EDQUOT, EFBIG) the file is truncated back to where it ended, then OSError."""
+    data = text.encode("utf-8")
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.lseek(descriptor, 0, os.SEEK_END)
+        written = 0
+        try:
+            while written < len(data):
+                count = os.write(descriptor, data[written:])
+                if count <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += count
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(descriptor, end)
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def plain_outputs(outputs: Mapping[str, str]) -> str:
@@ -288,6 +391,69 @@ def plain_outputs(outputs: Mapping[str, str]) -> str:
         else:
             lines.append(f"{name}={value}")
     return "".join(line + "\n" for line in lines)
+
+
+def is_markdown_table(text: str) -> bool:
+    """Whether ``text`` is one table as :func:`markdown_table` writes it."""
+    lines = text.strip("\n").split("\n")
+    return len(lines) >= 2 and all(line.startswith("|") and line.endswith("|")
+                                   for line in lines) and _is_table_rule(lines[1])
+
+
+def _is_table_rule(line: str) -> bool:
+    cells = line.strip().removeprefix("|").removesuffix("|").split("|")
+    return all(_TABLE_RULE.fullmatch(cell) for cell in cells)
+
+
+def without_details(markdown: str) -> str:
+    """The summary without its ``####`` sections: the tables there (health, services)
+    were in the log already when the summary is written."""
+    kept, skipping = [], False
+    for line in markdown.splitlines():
+        if line.startswith(("#### ", "### ", "## ", "# ")):
+            skipping = line.startswith("#### ")
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def plain_text(markdown: str) -> str:
+    """Our summary Markdown as a terminal shows it: headings as lines, tables as aligned
+    columns, links as ``text (url)``; no ``#``, ``|``, ``---``, ``**``, escapes or
+    entities (code spans keep their backquotes, as the log lines do)."""
+    lines: list[str] = []
+    table: list[list[str]] = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if not _is_table_rule(line):
+                table.append([_plain_inline(cell.strip().replace("<br>", " / ")) for cell
+                              in line.strip().removeprefix("|").removesuffix("|").split("|")])
+            continue
+        lines.extend(_aligned(table))
+        table = []
+        lines.append(_plain_inline(_HEADING.sub("", line)))
+    lines.extend(_aligned(table))
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+_TABLE_RULE = re.compile(r"\s*:?-{3,}:?\s*")
+_HEADING = re.compile(r"^#{1,6} ")
+_LINK = re.compile(r"\[([^\]\n]*)\]\(([^)\s]*)\)")
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+!~])")
+
+
+def _plain_inline(text: str) -> str:
+    text = _LINK.sub(r"\1 (\2)", text).replace("**", "")
+    return html.unescape(_ESCAPED.sub(r"\1", text))
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in rows)
+              for i in range(max(len(row) for row in rows))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            .rstrip() for row in rows]
 
 
 def markdown_text(value: str) -> str:

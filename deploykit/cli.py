@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from deploykit import __version__
 from deploykit.actions import Actions
-from deploykit.errors import DeployError, DeploykitError
+from deploykit.errors import DeployError, DeploykitError, OutputFileError
 from deploykit.reference import parse_reference
 from deploykit.settings import (
     BUILD,
@@ -333,7 +333,7 @@ def main(
         return 0
     except DeploykitError as exc:
         if isinstance(exc, DeployError) and "status" not in actions.outputs:
-            actions.set_output("status", exc.status)
+            _late_output(actions, "status", exc.status, actions.error)
         actions.error(naming(str(exc)), title=naming(exc.title))
         return 1
     except KeyboardInterrupt:
@@ -341,7 +341,8 @@ def main(
         return 130
     finally:
         if settings_loaded and args.command in ("build", "deploy", "rollback", None):
-            actions.set_output("duration_seconds", f"{time.monotonic() - started:.1f}")
+            _late_output(actions, "duration_seconds", f"{time.monotonic() - started:.1f}",
+                         actions.warning)  # the command's own outputs are written already
         actions.print_outputs()
 
 
@@ -358,6 +359,16 @@ def _mask_secret_inputs(actions: Actions, env: Mapping[str, str]) -> None:
                 _mask_compose_env(actions, value)
             else:
                 actions.mask(value)
+
+
+def _late_output(actions: Actions, name: str, value: str,
+                 report: Callable[..., None]) -> None:
+    """An output set once the command has ended: a GITHUB_OUTPUT that cannot take it is
+    reported (``report``), never a traceback."""
+    try:
+        actions.set_output(name, value)
+    except OutputFileError as exc:
+        report(str(exc), title=exc.title)
 
 
 def _mask_compose_env(actions: Actions, text: str) -> None:

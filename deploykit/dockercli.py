@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from deploykit.actions import Actions
+from deploykit.actions import Actions, one_line
 from deploykit.cliplugins import ORIGINAL_CLI, docker_binary, plugin_binary
 from deploykit.errors import (
     DockerError,
@@ -245,7 +245,7 @@ class DockerCLI:
         if result.returncode != 0:
             detail = self.actions.redact((result.stderr or result.stdout).strip())
             raise login_error(registry, username, detail)
-        self.actions.info(f"Logged in to {registry} as {username}.")
+        self.actions.info(f"Logged in to {registry} as {one_line(username)}.")
 
 
 # -- why a login failed ----------------------------------------------------------------

@@ -132,3 +132,19 @@ def shown(value: str, limit: int = 80) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+class OutputFileError(DeploykitError):
+    """A file the runner gave the step (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY) cannot be
+    written: missing folder, a directory, no space left."""
+
+    title = "Cannot write a step file"
+
+    def __init__(self, variable: str, path: str, reason: str) -> None:
+        super().__init__(
+            f"Cannot write to {variable} ({path}): {reason}. Nothing half-written was left "
+            "in it.",
+            hint=f"{variable} must name a writable file on a file system with free space: "
+            "the runner sets it for every step; outside a workflow, unset it or point it at "
+            "such a file.", title=f"Cannot write {variable}")
+        self.variable = variable

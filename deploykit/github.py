@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import semver
 
-from deploykit.actions import Actions, markdown_table
+from deploykit.actions import Actions, markdown_table, without_credentials
 from deploykit.errors import InputError
 from deploykit.settings import Settings
 from deploykit.tags import is_release_tag, parse_version
@@ -85,10 +85,12 @@ class GitHubRecorder:
 
 # -- glue for build.py and deploy.py --------------------------------------------------
 def environment_url_for(settings: Settings) -> str:
-    """The URL shown on the deployment: ``environment_url``, else the first ``smoke_url``."""
+    """The URL shown on the deployment: ``environment_url``, else the first ``smoke_url``
+    without its credentials (``http://u:PW@host/`` -> ``http://host/``): they are for the
+    smoke request only, never for a page anyone with read access sees."""
     if settings.environment_url:
         return settings.environment_url
-    return settings.smoke_url[0] if settings.smoke_url else ""
+    return without_credentials(settings.smoke_url[0]) if settings.smoke_url else ""
 
 
 def deployment_ref(settings: Settings, image_tag: str, revision: str = "") -> str:

@@ -1,20 +1,36 @@
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 from pathlib import Path
 
+import pytest
+import responses
+
 from deploykit.actions import (
+    REDACTED,
     Actions,
     env_secrets,
     escape_property,
     heredoc_block,
+    is_markdown_table,
     looks_like_command,
     markdown_cell,
     markdown_table,
     markdown_text,
+    one_line,
+    plain_text,
+    redact_url_credentials,
+    url_passwords,
+    url_tokens,
+    without_credentials,
 )
+from deploykit.cli import main
+from deploykit.errors import OutputFileError
 from tests.conftest import parse_github_output
+from tests.runner_log import live_commands
 
 
 def test_outputs_use_random_heredoc_delimiters(make_actions, tmp_path: Path) -> None:
@@ -222,3 +238,183 @@ def test_registry_password_is_masked_whole_at_any_length(make_actions) -> None:
     actions = make_actions()
     actions.mask("p4")
     assert actions.redact("login with p4") == "login with ***"
+
+
+# -- issue 20: a `\r` (or another line break) starts a line for the runner --------------
+CARRIAGE_RETURN_ATTACKS = [
+    "x\r::error title=X::y", "x\r\n::warning::y", "ok\x85::error::y", "ok\u2028::error::y",
+    "ok\x0b::error::y", "ok\x0c::error::y", "ok\x1e::error::y", "done\r  ::add-mask::y",
+]
+
+
+@pytest.mark.parametrize("text", CARRIAGE_RETURN_ATTACKS)
+def test_a_command_after_any_line_break_is_seen(text: str) -> None:
+    assert looks_like_command(text)
+
+
+@pytest.mark.parametrize("text", CARRIAGE_RETURN_ATTACKS)
+def test_info_after_a_carriage_return_is_no_live_command(make_actions, text: str) -> None:
+    actions = make_actions()
+    actions.info(text)
+    assert live_commands(actions.out.getvalue()) == []
+    assert "::" in actions.out.getvalue()  # shown, inert
+
+
+def test_live_commands_reads_the_log_as_the_runner_does() -> None:
+    assert live_commands("a\r::error::x\n::warning::y\r\n") == ["::error::x", "::warning::y"]
+    assert live_commands("::stop-commands::t\n::error::x\r::t::\r::notice::z") == [
+        "::notice::z"]
+
+
+def test_one_line_escapes_control_characters() -> None:
+    assert one_line("bob\r::error::x\n") == "bob\\r::error::x\\n"
+    assert one_line("ok user.name-1 é") == "ok user.name-1 é"
+
+
+# -- issue 20: credentials inside a URL -------------------------------------------------
+def test_a_url_password_is_redacted_wherever_it_is_printed(make_actions, tmp_path) -> None:
+    actions = make_actions()
+    url = "http://smoke:Sm0ke-PW@127.0.0.1:8080/health"
+    actions.info(f"Smoke test: {url} answered 200.")
+    actions.warning(f"{url} is slow", title=f"Slow {url}")
+    actions.error(f"{url} failed")
+    actions.set_output("url", url)
+    actions.add_summary(f"| {url} |")
+    written = (actions.out.getvalue() + (tmp_path / "github_output").read_text()
+               + (tmp_path / "step_summary").read_text())
+    assert "Sm0ke-PW" not in written
+    assert "http://smoke:***@127.0.0.1:8080/health" in actions.out.getvalue()
+
+
+def test_redact_url_credentials_and_without_credentials() -> None:
+    assert redact_url_credentials("a https://u:p%40ss@h/x b redis://:pw@r:6379/0") == (
+        "a https://u:***@h/x b redis://:***@r:6379/0")
+    assert redact_url_credentials("docker-image://reg:5000/base@sha256:ab git@github.com") \
+        == "docker-image://reg:5000/base@sha256:ab git@github.com"
+    assert without_credentials("http://u:pw@host:8080/p?q=1") == "http://host:8080/p?q=1"
+    assert without_credentials("http://host/") == "http://host/"
+
+
+LONG = 100_000
+
+
+@pytest.mark.parametrize("value", [
+    "a" * LONG,                               # one long scheme-like run, no `://`
+    "a://" + "b" * LONG,                      # a URL with a huge userinfo and no `@`
+    "a://" + "b:" * (LONG // 2),              # many `:` in what could be a userinfo
+    "a:/" * (LONG // 3),                      # almost-URLs everywhere
+    "x://" * (LONG // 4),                     # `://` everywhere
+    "postgres://u:" + "p" * LONG + "@db/x",   # a real URL with a long password
+])
+def test_url_scans_of_a_100_kb_value_are_linear(value: str) -> None:
+    """Before: 36-111 s per value (quadratic regexes). The time is measured in the
+    report; here the results are checked."""
+    password = "p" * LONG if value.startswith("postgres") else None
+    assert url_passwords([value]) == ({password} if password else set())
+    assert url_tokens([value]) == set()
+    assert env_secrets([("LONG_VALUE", value)]) == ({value, password} if password else {value})
+    assert (REDACTED in redact_url_credentials(value)) == bool(password)
+
+
+# -- issue 20: GITHUB_OUTPUT and GITHUB_STEP_SUMMARY that cannot be written ------------
+@pytest.mark.parametrize("where", ["missing folder", "directory"])
+def test_an_output_file_that_cannot_be_opened_is_an_error_naming_it(
+        tmp_path: Path, where: str) -> None:
+    path = tmp_path / "no" / "output" if where == "missing folder" else tmp_path
+    actions = Actions({"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(path)},
+                      stdout=io.StringIO(), stderr=io.StringIO())
+    with pytest.raises(OutputFileError) as caught:
+        actions.set_output("status", "deployed")
+    assert caught.value.message.startswith(f"Cannot write to GITHUB_OUTPUT ({path}): ")
+    assert "GITHUB_OUTPUT must name a writable file" in caught.value.hint
+    assert caught.value.title == "Cannot write GITHUB_OUTPUT"
+    actions.set_output("duration_seconds", "1.0")  # reported once; later outputs are kept
+    assert actions.outputs == {"status": "deployed", "duration_seconds": "1.0"}
+
+
+def short_writes(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """os.write in deploykit.actions as on a file system with ``free`` bytes left."""
+    left, real_write = [free], os.write
+
+    def write(descriptor: int, data: bytes) -> int:
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        count = real_write(descriptor, data[:left[0]])
+        left[0] -= count
+        return count
+
+    monkeypatch.setattr("deploykit.actions.os.write", write)
+
+
+def test_a_full_output_file_keeps_no_half_written_block(
+        make_actions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    actions = make_actions()
+    actions.set_output("digest", "sha256:abc")
+    before = (tmp_path / "github_output").read_text()
+    short_writes(monkeypatch, 20)  # room for `status<<ghadelim`, not for the block
+    with pytest.raises(OutputFileError, match=r"GITHUB_OUTPUT .*No space left on device"):
+        actions.set_output("status", "deployed")
+    assert (tmp_path / "github_output").read_text() == before
+    assert parse_github_output(before) == {"digest": "sha256:abc"}
+
+
+def test_a_summary_that_cannot_be_written_is_one_warning(
+        make_actions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    actions = make_actions()
+    short_writes(monkeypatch, 5)
+    actions.add_summary("### Deploy: deployed")
+    actions.add_summary("### again")
+    assert (tmp_path / "step_summary").read_text() == ""
+    assert actions.out.getvalue().count("::warning title=Cannot write GITHUB_STEP_SUMMARY::") \
+        == 1
+
+
+def test_the_cli_reports_an_unwritable_github_output_as_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a traceback (OSError) and no ::error."""
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "PATH": os.environ["PATH"]}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, "http://127.0.0.1:5000/v2/org/app/tags/list",
+                 json={"name": "org/app", "tags": None})
+        code = main(["tags", "--registry", "127.0.0.1:5000", "--image-repo", "org/app"],
+                    env=env)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"::error title=Cannot write GITHUB_OUTPUT::Cannot write to GITHUB_OUTPUT " \
+           f"({tmp_path})" in out
+
+
+# -- issue 23: the summary's Markdown is for the summary page ---------------------------
+def test_a_terminal_gets_the_summary_as_plain_text_without_its_details(make_actions) -> None:
+    actions = make_actions(in_actions=False)
+    actions.add_summary("### Deploy: deployed\n\n" + markdown_table(
+        ["", "value"], [["status", "deployed"], ["image", "`r/app@sha256:ab`"],
+                        ["note", markdown_text("a|b <c> *d*")]])
+        + "\n\n#### Health of the new containers\n\n"
+        + markdown_table(["service", "verdict"], [["app", "healthy"]])
+        + "\n\n**Note:** see [the docs](https://x.test/d).")
+    assert actions.err.getvalue() == (
+        "\nDeploy: deployed\n\n"
+        "        value\n"
+        "status  deployed\n"
+        "image   `r/app@sha256:ab`\n"
+        "note    a|b <c> *d*\n")
+    assert actions.out.getvalue() == ""
+
+
+def test_a_terminal_log_shows_a_table_as_columns(make_actions) -> None:
+    actions = make_actions(in_actions=False)
+    table = markdown_table(["service", "verdict"], [["app", "healthy"], ["worker", "-"]])
+    actions.info(table)
+    assert actions.err.getvalue() == "service  verdict\napp      healthy\nworker   -\n"
+    in_actions = make_actions()
+    in_actions.info(table)
+    assert in_actions.out.getvalue() == table + "\n"
+
+
+def test_plain_text_of_markdown() -> None:
+    assert plain_text("## A\n\n- x: [t](u)\n\n| a | b |\n|---|---|\n| 1 | 2<br>3 |") == (
+        "A\n\n- x: t (u)\n\na  b\n1  2 / 3\n")
+    assert not is_markdown_table("| a |")
+    assert is_markdown_table(markdown_table(["a"], [["1"]]))

@@ -25,6 +25,7 @@ from deploykit.errors import (
     UnauthorizedError,
 )
 from deploykit.lock import process_start
+from tests.runner_log import live_commands
 
 
 @pytest.fixture
@@ -276,3 +277,30 @@ def test_compose_and_buildx_run_their_plugin_without_the_docker_cli(
     assert cli.run(["compose", "version"]).stdout == f"{docker} compose version\n"
     docker.write_text("#!/bin/sh\necho wrapper\n")  # a wrapper is respected
     assert cli.argv(["compose", "config"]) == ["docker", "compose", "config"]
+
+
+# -- issue 20: a `\r` in what a child prints, or in the user name ----------------------
+def test_a_carriage_return_in_streamed_output_starts_no_command(make_actions,
+                                                                make_fake_docker) -> None:
+    """A failing one-shot's logs (`compose logs`, streamed): `printf 'x\\r::error ...'`."""
+    executable, _ = make_fake_docker(stdout="x\\r::error title=X::y\\nplain\\n  \\r::warning::z")
+    actions = make_actions()
+    cli = DockerCLI(actions, env={"PATH": os.environ["PATH"]}, executable=executable)
+    cli.run(["compose", "logs"], stream=True)
+    out = actions.out.getvalue()
+    assert [line for line in live_commands(out) if not line.startswith("::debug::")] == []
+    assert "::error title=X::y" in out and "::warning::z" in out and "plain\n" in out
+
+
+def test_a_carriage_return_in_the_user_name_is_shown_escaped(make_actions,
+                                                             make_fake_docker) -> None:
+    executable, _ = make_fake_docker()
+    actions = make_actions()
+    cli = DockerCLI(actions, env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"},
+                    executable=executable)
+    with cli.logged_in("127.0.0.1:5001", "bob\r::error title=X::y", "pat-secret-123"):
+        pass
+    out = actions.out.getvalue()
+    assert [line for line in live_commands(out)
+            if not line.startswith(("::debug::", "::add-mask::"))] == []
+    assert "Logged in to 127.0.0.1:5001 as bob\\r::error title=X::y.\n" in out

@@ -820,6 +820,9 @@ def test_glue_environment_url_and_deployment_ref() -> None:
                                              smoke_url="https://a.example.com")) == (
         "https://app.example.com")
     assert environment_url_for(make_settings()) == ""
+    assert environment_url_for(make_settings(  # the credentials are the smoke request's only
+        smoke_url="https://smoke:Sm0ke-PW@a.example.com:8443/health")) == (
+        "https://a.example.com:8443/health")
     assert deployment_ref(settings, "v1.2.0") == "v1.2.0"
     assert deployment_ref(settings, "staging-latest") == SHA
     assert deployment_ref(settings, "v1.2.0", revision="abc123") == "abc123"
