@@ -19,6 +19,7 @@ HEALTH_HEADER = "service  container   state    health  restarts  verdict"
 
 
 def base_env(tmp_path: Path, **inputs: str) -> dict[str, str]:
+    (tmp_path / "compose.yaml").touch()  # the workspace's project (checked before all)
     env = {"GITHUB_REPOSITORY": "org/app", "GITHUB_RUN_ID": "42", "GITHUB_ACTOR": "ana",
            "GITHUB_WORKSPACE": str(tmp_path), "INPUT_REGISTRY": "127.0.0.1:5000",
            "INPUT_STATE_DIR": str(tmp_path / "state"), "INPUT_ENVIRONMENT": "staging",
