@@ -136,6 +136,15 @@ INPUTS: tuple[InputSpec, ...] = (
               "summary printed to stderr).", "true", kind="bool"),
     InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
               "the first `smoke_url`.", modes=RUN),
+    InputSpec("verify_provenance", "Before any pull, verify the image's GitHub build "
+              "provenance attestation (Sigstore): built by `provenance_repository`'s workflow "
+              "from the tag `vX.Y.Z` (any tag for a digest). Recommended for production; "
+              "see docs/provenance.md.", "false", kind="bool", modes=RUN),
+    InputSpec("trusted_root", "File of Sigstore trusted roots, one JSON a line (`gh "
+              "attestation trusted-root`), all tried. Default: the public-good root, "
+              "updated over the network.", modes=RUN),
+    InputSpec("provenance_repository", "Repository whose workflows must have built the "
+              "image, `<owner>/<repo>`. Default: `GITHUB_REPOSITORY`.", modes=RUN),
 )
 
 OUTPUTS: dict[str, str] = {
@@ -233,6 +242,9 @@ class Settings:
     github: GitHubContext
     build_date: datetime
     orchestrator: str = "compose"
+    verify_provenance: bool = False
+    trusted_root: str = ""
+    provenance_repository: str = ""
 
     @property
     def image_name(self) -> str:
@@ -322,6 +334,9 @@ def load_settings(
         github=github,
         build_date=_build_date(env),
         orchestrator=str(values["orchestrator"]),
+        verify_provenance=bool(values["verify_provenance"]),
+        trusted_root=str(values["trusted_root"]).strip(),
+        provenance_repository=_provenance_repository(str(values["provenance_repository"])),
     )
 
 
@@ -570,3 +585,11 @@ def _build_date(env: Mapping[str, str]) -> datetime:
                          f"{_EPOCH_MAX}), got {shown(epoch)}.",
                          hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
     return datetime.fromtimestamp(int(epoch), tz=UTC)
+
+
+def _provenance_repository(value: str) -> str:
+    value = value.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]{1,100}", value):
+        raise InputError("provenance_repository", f"{shown(value)} is not a GitHub "
+                         "repository.", hint="Write `<owner>/<repo>`, e.g. `octo-org/shop`.")
+    return value
