@@ -288,7 +288,7 @@ def _get(http: requests.Session, url: str, headers: dict[str, str], params: dict
     Retry-After."""
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(ATTEMPTS), reraise=True,
-        wait=wait or _retry_after,
+        retry_error_callback=_last_answer, wait=wait or _retry_after,
         retry=tenacity.retry_if_exception_type(requests.RequestException)
         | tenacity.retry_if_result(lambda r: r.status_code == 429 or r.status_code >= 500))
     try:
@@ -297,6 +297,13 @@ def _get(http: requests.Session, url: str, headers: dict[str, str], params: dict
     except requests.RequestException as exc:
         raise ProvenanceError("attestations", f"cannot reach GitHub's attestations API: "
                               f"{type(exc).__name__}.", hint="Run the deploy again.") from None
+    return response
+
+
+def _last_answer(state: tenacity.RetryCallState) -> requests.Response:
+    """Out of attempts: the last answer (a 5xx or 429) is reported; an exception is raised."""
+    assert state.outcome is not None
+    response: requests.Response = state.outcome.result()
     return response
 
 
