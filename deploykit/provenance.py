@@ -153,7 +153,7 @@ def summary(claims: Claims, expected: Expected, root: str) -> str:
              " (transparency log)"],
             ["trust root", markdown_text(root)]]
     return (f"### Build provenance verified: {markdown_text(expected.digest)}\n\n"
-            + markdown_table(["", ""], rows) + "\n")
+            + markdown_table(["", "proven"], rows) + "\n")
 
 
 # -- the statement and the certificate, read ----------------------------------------------
