@@ -351,7 +351,7 @@ def public_good_root() -> list[TrustedRoot]:
 
     try:
         return [ClientTrustConfig.production().trusted_root]
-    except Error as exc:
+    except (Error, OSError) as exc:  # OSError: its cache directory
         raise ProvenanceError("trust root", f"cannot update the public-good Sigstore trust "
                               f"root: {exc}", hint="The runner needs network to "
                               "tuf-repo-cdn.sigstore.dev, or set `trusted_root` to a file "

@@ -362,3 +362,22 @@ def test_an_unreachable_api_is_reported_after_the_retries() -> None:
                        "ConnectionError"):
         fetch_bundles(API, REPO, DIGEST, "", wait=NO_WAIT)
     assert len(responses.calls) == 3
+
+
+@pytest.mark.parametrize("failure", ["tuf", "disk"])
+def test_the_public_good_root_that_cannot_be_updated_fails_clearly(
+        monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    from sigstore.errors import TUFError
+    from sigstore.models import ClientTrustConfig
+
+    from deploykit.provenance import public_good_root
+
+    def production(offline: bool = False) -> Any:
+        raise TUFError("Failed to refresh TUF metadata") if failure == "tuf" else \
+            PermissionError("/root/.cache/sigstore-python")
+
+    monkeypatch.setattr(ClientTrustConfig, "production", production)
+    with pytest.raises(ProvenanceError) as caught:
+        public_good_root()
+    assert caught.value.check == "trust root"
+    assert "tuf-repo-cdn.sigstore.dev" in caught.value.hint
