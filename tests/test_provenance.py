@@ -29,6 +29,7 @@ from deploykit.provenance import (
     expected_for,
     fetch_bundles,
     load_roots,
+    snappy_block,
     statement_digests,
     verify_bundle,
 )
@@ -293,6 +294,54 @@ def test_server_errors_and_rate_limits_are_retried() -> None:
     responses.replace(responses.GET, ATTESTATIONS, status=502)
     with pytest.raises(ProvenanceError, match="GitHub answered 502"):
         fetch_bundles(API, REPO, DIGEST, "", wait=NO_WAIT)
+
+
+def snappy_literals(data: bytes) -> bytes:
+    """A valid snappy block of literals only (what a simple encoder may write)."""
+    out, size = bytearray(), len(data)
+    while True:  # the length as a varint
+        out.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            break
+    for start in range(0, len(data), 256):
+        chunk = data[start:start + 256]
+        out += bytes([61 << 2]) + (len(chunk) - 1).to_bytes(2, "little") + chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("block", "plain"), [
+    (b"\x0c\x08abc\x15\x03", b"abcabcabcabc"),  # a copy with a 1-byte offset, overlapping
+    (b"\x06\x04xy\x0e\x02\x00", b"xyxyxy"),  # 2-byte offset
+    (b"\x05\x00z\x0f\x01\x00\x00\x00", b"zzzzz"),  # 4-byte offset
+    (b"\x64\xf0\x63" + b"q" * 100, b"q" * 100),  # a literal of 100 (length in 1 byte)
+])
+def test_snappy_blocks_decode(block: bytes, plain: bytes) -> None:
+    assert snappy_block(block) == plain
+    assert snappy_block(snappy_literals(plain * 5)) == plain * 5
+
+
+@pytest.mark.parametrize("block", [
+    b"", b"\x80", b"\x0c\x08abc", b"\x0c\x08abc\x15", b"\x03\x08abc\x15\x03",
+    b"\x06\x04xy\x0e\x05\x00", b"\x06\x00x\x0d\x00\x00", b"\x05\x10ab",
+    b"\xff\xff\xff\xff\x0f"])
+def test_broken_snappy_blocks_are_value_errors(block: bytes) -> None:
+    with pytest.raises(ValueError, match="snappy"):
+        snappy_block(block)
+
+
+@responses.activate
+def test_a_bundle_url_may_serve_snappy_compressed_json() -> None:
+    bundle = {"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "x": "y" * 400}
+    responses.get(ATTESTATIONS, json={"attestations": [
+        {"bundle_url": "https://blobs.test/a"}, {"bundle_url": "https://blobs.test/b"}]})
+    responses.get("https://blobs.test/a", body=snappy_literals(json.dumps(bundle).encode()))
+    responses.get("https://blobs.test/b", body=b"\x00\x01garbage")
+    with pytest.raises(ProvenanceError, match="neither JSON nor snappy-compressed JSON"):
+        fetch_bundles(API, REPO, DIGEST, "", wait=NO_WAIT)
+    responses.replace(responses.GET, ATTESTATIONS,
+                      json={"attestations": [{"bundle_url": "https://blobs.test/a"}]})
+    assert fetch_bundles(API, REPO, DIGEST, "", wait=NO_WAIT) == [bundle]
 
 
 # -- the step ------------------------------------------------------------------------------------
