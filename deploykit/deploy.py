@@ -80,6 +80,7 @@ from deploykit.history import (
 )
 from deploykit.lock import EngineLock, Holder, Timeouts, engine_lock, this_holder
 from deploykit.policy import DeployTarget
+from deploykit.provenance import check_provenance
 from deploykit.reference import parse_reference
 from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
@@ -307,6 +308,7 @@ class Deployment:
         orchestrator = self.orchestrator
         orchestrator.check_engine()
         target = self.resolve(gate)  # the registry, after the gate
+        check_provenance(self.settings, self.actions, gate.tag, target.digest)  # issue 25
         orchestrator.validate(target)
         if self.settings.dry_run:
             orchestrator.plan(target)

@@ -126,6 +126,17 @@ class GitHubError(DeploykitError):
     title = "GitHub API error"
 
 
+class ProvenanceError(DeploykitError):
+    """The build provenance of the image to deploy failed a check (``verify_provenance``)."""
+
+    title = "Build provenance not verified"
+
+    def __init__(self, check: str, message: str, *, hint: str = "") -> None:
+        super().__init__(f"Provenance check '{check}' failed: {message}", hint=hint,
+                         title=f"Build provenance not verified: {check}")
+        self.check = check
+
+
 def shown(value: str, limit: int = 80) -> str:
     """``repr`` of a value from outside for an error message, cut short: one bad input
     must not flood the log (a 5000-digit number, a 300-character name)."""

@@ -157,6 +157,15 @@ INPUTS: tuple[InputSpec, ...] = (
               "summary printed to stderr).", "true", kind="bool"),
     InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
               "the first `smoke_url`.", modes=RUN),
+    InputSpec("verify_provenance", "Before any pull, verify the image's GitHub build "
+              "provenance attestation (Sigstore): built by `provenance_repository`'s workflow "
+              "from the tag `vX.Y.Z` (any tag for a digest). Recommended for production; "
+              "see docs/provenance.md.", "false", kind="bool", modes=RUN),
+    InputSpec("trusted_root", "File of Sigstore trusted roots, one JSON a line (`gh "
+              "attestation trusted-root`), all tried. Default: the public-good root, "
+              "updated over the network.", modes=RUN),
+    InputSpec("provenance_repository", "Repository whose workflows must have built the "
+              "image, `<owner>/<repo>`. Default: `GITHUB_REPOSITORY`.", modes=RUN),
 )
 
 OUTPUTS: dict[str, str] = {
@@ -257,6 +266,9 @@ class Settings:
     github: GitHubContext
     build_date: datetime
     orchestrator: str = "compose"
+    verify_provenance: bool = False
+    trusted_root: str = ""
+    provenance_repository: str = ""
 
     @property
     def image_name(self) -> str:
@@ -436,6 +448,10 @@ def load_settings(
         build_date=problems.check("SOURCE_DATE_EPOCH", lambda: _build_date(env),
                                   datetime.now(UTC)),
         orchestrator=text("orchestrator"),
+        verify_provenance=bool(values["verify_provenance"]),
+        trusted_root=text("trusted_root").strip(),
+        provenance_repository=problems.check("provenance_repository", lambda: (
+            _provenance_repository(text("provenance_repository"))), ""),
     )
     if gate and mode in RUN:
         _gate(problems, settings)
@@ -768,6 +784,14 @@ def _build_date(env: Mapping[str, str]) -> datetime:
                          f"{_EPOCH_MAX}), got {shown(epoch)}.",
                          hint="Unset it, or set it to e.g. `$(git log -1 --format=%ct)`.")
     return datetime.fromtimestamp(int(epoch), tz=UTC)
+
+
+def _provenance_repository(value: str) -> str:
+    value = value.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]{1,100}", value):
+        raise InputError("provenance_repository", f"{shown(value)} is not a GitHub "
+                         "repository.", hint="Write `<owner>/<repo>`, e.g. `octo-org/shop`.")
+    return value
 
 
 # -- naming an input for the context: `image_repo:` in a workflow, --image-repo on a terminal

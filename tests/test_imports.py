@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("docker", "paramiko", "github")
+HEAVY = ("docker", "paramiko", "github", "sigstore")  # sigstore: verify_provenance only
 LOADED = f"""
 import sys, importlib
 for name in sys.argv[1:]:

@@ -152,6 +152,20 @@ def test_build_push_uses_the_pat_and_defaults_to_two_platforms() -> None:
     assert step["with"]["registry_password"] == "${{ secrets.GHCR_PAT }}"
 
 
+def test_build_push_attests_the_digest_it_built() -> None:
+    """Issue 25: the build provenance of the index digest, only for what this run built."""
+    workflow = ROOT / ".github/workflows/build-push.yml"
+    (attest,) = [s for s in steps(workflow)
+                 if s.get("uses", "").startswith("actions/attest-build-provenance@")]
+    assert re.fullmatch(r"actions/attest-build-provenance@[0-9a-f]{40}", attest["uses"])
+    assert attest["if"] == "steps.build.outputs.status == 'built'"
+    assert attest["with"]["subject-digest"] == "${{ steps.build.outputs.digest }}"
+    assert attest["with"]["subject-name"] == "${{ fromJSON(steps.build.outputs.metadata).image }}"
+    assert attest["with"]["push-to-registry"] == "${{ inputs.provenance_push_to_registry }}"
+    permissions = reusable("build-push.yml")["jobs"]["build-push"]["permissions"]
+    assert (permissions["id-token"], permissions["attestations"]) == ("write", "write")
+
+
 def test_deploy_runs_per_environment_on_its_labelled_runner_with_approval() -> None:
     document = reusable("deploy.yml")
     call = document["on"]["workflow_call"]

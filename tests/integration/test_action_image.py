@@ -112,6 +112,15 @@ def test_the_image_can_reach_a_remote_engine_over_ssh(action_image: str) -> None
     assert (code, out) == (0, "")
 
 
+def test_the_image_can_verify_provenance(action_image: str) -> None:
+    """verify_provenance: sigstore and its compiled dependencies (pydantic-core,
+    rfc3161-client) from requirements.lock load on the image's Python (issue 25)."""
+    code, out, err = run(action_image, "-c", "from sigstore.verify import Verifier; "
+                         "import pydantic_core, rfc3161_client; print('ok')",
+                         entrypoint="/opt/deploykit/bin/python")
+    assert (code, out, err) == (0, "ok\n", "")
+
+
 def test_the_mounted_socket_reaches_the_engine(action_image: str) -> None:
     host = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
     code, out, err = run(action_image, "version", "--format", "{{.Server.Version}}",
