@@ -332,21 +332,22 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_never_tears_a_line(tiny_filesystem: Path) -> None:
     warnings: list[str] = []
     history = History(tiny_filesystem / "state", warn=warnings.append)
-    written, refused = [], 0
+    written, refused = [], []
     for number in range(60):  # ~380 bytes a line: the disk is full long before
         line = entry(f"sha256:{number:064x}", tag=f"v{number}")
         try:
             history.append(line)
         except DeploykitError as error:
-            refused += 1
-            assert "the line was not written (nothing was left half-written)" in error.message
+            refused.append(error.message)
             continue
         written.append(line)
     assert refused and written
+    assert history.entries() == written and warnings == []  # no line torn, none lost
     text = history.path.read_text()
     assert text.endswith("\n")
     assert [json.loads(raw)["tag"] for raw in text.splitlines()] == [e.tag for e in written]
-    assert warnings == [] and history.entries() == written
+    assert all("the line was not written (nothing was left half-written)" in message
+               for message in refused)
     # The next deploy still knows the last verified release and the one below it.
     assert history.releases("staging", "shop")[-1] == written[-1]
     assert history.previous_successful("staging", "shop") == written[-2]
