@@ -79,6 +79,7 @@ from deploykit.history import (
     mark_verified,
     next_release_labels,
     now_iso,
+    stack_from_labels,
     state_directory,
 )
 from deploykit.lock import (
@@ -397,6 +398,8 @@ class Deployment:
         if not running.digest:
             return running
         stack = self.history.releases(self.settings.environment, project.name)
+        if not stack:  # a fresh runner: the releases the engine knows verified
+            stack = stack_from_labels(self.running_labels)
         if not stack or stack[-1].digest == running.digest:
             return running
         verified = stack[-1]
