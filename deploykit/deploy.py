@@ -757,7 +757,7 @@ class Rollout:
         back = f"{self.d.image_name}@{previous.digest}"
         missing = not image_present(self.api, back)
         why = ("its image is no longer on this engine and could not be pulled"
-               if missing else "its `docker compose up` failed")
+               if missing else "it could not be brought back")
         detail = failed.failure.message.strip()
         raise DeployError(
             f"{what} The restore of {back} failed too ({why}): {detail}\n"

@@ -305,7 +305,8 @@ def next_release_labels(running: Mapping[str, str], entry: HistoryEntry) -> dict
     compose sees no change and recreates nothing."""
     trail = trail_from_labels(running)
     stack = release_stack(trail)
-    if stack and stack[-1].digest == entry.digest and stack[-1] == _release_of(running):
+    release = _release_of(running)
+    if stack and stack[-1].digest == entry.digest and release and release.digest == entry.digest:
         return {key: running[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in running}
     return labels_for_trail([*trail, entry], entry)
 

@@ -247,6 +247,8 @@ def test_a_deploy_pushes_and_a_rollback_pops() -> None:
     assert trail_from_labels(back) == [entry(D1, tag="v1"), entry(D2, tag="v2"),
                                        entry(D3, tag="v3"), rollback]  # the whole trail
     assert next_release_labels(running, entry(D2, tag="again")) == running  # same release
+    # ... also after a rollback (its release label is the rollback's own entry)
+    assert next_release_labels(back, entry(D2, tag="again")) == back
 
 
 def test_a_restore_brings_back_the_labels_of_the_release_it_restores() -> None:
