@@ -533,6 +533,7 @@ class Rollout:
         self.health_reports: list[tuple[str, HealthReport]] = []
         self.one_shots_done: tuple[str, ...] = ()
         self.phase = "the login"
+        self.recorded = False  # this run's history line is written
 
     def run(self, target: Target, previous: Previous) -> None:
         self.d._outputs(target)
@@ -540,6 +541,8 @@ class Rollout:
         try:
             self._rollout(target, previous)
         except (DeploykitError, Cancelled) as failure:
+            if not self.recorded:  # e.g. the login failed: every ending has its line
+                self.record_history(target, previous, FAILED)
             # The deploy's own error stays the one reported, even if GitHub also fails.
             with suppress(GitHubError):
                 self.d.finish_github_deployment(
@@ -865,6 +868,7 @@ class Rollout:
                             f"{target.reference(self.d.image_name)}.", title=status)
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
+        self.recorded = True
         self.d.record_history(self.project.name, target, previous, status)
 
     def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:

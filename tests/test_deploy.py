@@ -28,6 +28,7 @@ from deploykit.errors import (
     DockerError,
     LockError,
     OneShotError,
+    UnauthorizedError,
 )
 from deploykit.health import ContainerHealth, HealthReport, RunningService
 from deploykit.history import History, HistoryEntry, stack_from_labels, trail_from_labels
@@ -630,6 +631,18 @@ def test_signal_during_the_login_stops_before_anything(world: World, run: Any,
     assert "Cancelled (SIGTERM) before anything was changed." in log
     assert not any(call.startswith(("pull", "up")) for call in world.calls)
     assert world.calls[-1] == "unlock"
+
+
+def test_a_failed_login_under_the_lock_writes_its_history_line(
+        world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: every ending past the lock has its history line and its status."""
+    def refused(self: Any, registry: str, username: str, password: str) -> None:
+        raise UnauthorizedError("docker login to 127.0.0.1:5000 as ana failed: denied")
+
+    monkeypatch.setattr(deploy_module.DockerCLI, "login", refused)
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", registry_password="pw")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert [(e.tag, e.status) for e in history(tmp_path)] == [("v2.0.0", "failed")]
 
 
 @pytest.mark.parametrize(("phase", "signum", "during"), [
