@@ -102,7 +102,10 @@ def test_a_cancel_at_any_moment_of_up_restores_the_verified_release(
         run.wait_for_child("compose", "up")
         time.sleep(moment)
         run.process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
         code, outputs, log = run.finish()
+        print(f"replicas {replicas}, SIGINT {moment} s into up: exit after "
+              f"{time.monotonic() - signalled:.1f} s")
         assert code == 1, log
         assert "Traceback" not in log and "Cancelled (SIGINT) during " in log, log
         ends_with(project, outputs, "v1b", "rolled_back")
