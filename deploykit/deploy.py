@@ -694,6 +694,7 @@ class Rollout:
                 self.bring_back(engine_compose, back)
         except DeploykitError as failure:
             raise RestoreFailed(failure) from failure
+        self.mark_verified(back)  # the last verified release runs again, whatever its health
         try:
             with self.cancel.interruptible():
                 health = self.check_health("Health after the rollback", restored=True,
@@ -705,8 +706,6 @@ class Rollout:
             return back, None
         except DeploykitError as failure:
             raise RestoreFailed(failure) from failure
-        if health.ok:
-            self.mark_verified(back)
         return back, health
 
     def bring_back(self, compose: Compose, back: Target) -> None:
