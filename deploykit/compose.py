@@ -245,13 +245,21 @@ class Compose:
                        if labels else {})
 
     def _run(self, *command: str, stream: bool = False, timeout: float | None = None,
-             give_up_at: Callable[[], float | None] | None = None) -> str:
+             give_up_at: Callable[[], float | None] | None = None,
+             detached: bool = False) -> str:
+        """``detached``: a step that must finish even if deploykit dies (``up``): its
+        output goes through a file, not a pipe (:meth:`DockerCLI.run_detached`)."""
         try:
             with label_override(self.labels) as override:
-                result = self.docker.run(self.args(*command, override=override),
-                                         extra_env=self.env, cwd=str(self.directory),
-                                         stream=stream, timeout=timeout,
-                                         give_up_at=give_up_at)
+                args = self.args(*command, override=override)
+                if detached:
+                    result = self.docker.run_detached(args, extra_env=self.env,
+                                                      cwd=str(self.directory),
+                                                      timeout=timeout, give_up_at=give_up_at)
+                else:
+                    result = self.docker.run(args, extra_env=self.env, cwd=str(self.directory),
+                                             stream=stream, timeout=timeout,
+                                             give_up_at=give_up_at)
         except DockerError as exc:  # name the compose command, not its global flags
             detail = exc.message.partition("\n")[2] or exc.message
             raise DockerError(f"`docker compose {command[0]}` failed for project "
@@ -310,7 +318,7 @@ class Compose:
     def up(self, *, force_recreate: bool = False, timeout: float | None = None,
            give_up_at: Callable[[], float | None] | None = None) -> None:
         recreate = ["--force-recreate"] if force_recreate else []
-        self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, stream=True,
+        self._run("up", "-d", "--no-build", "--remove-orphans", *recreate, detached=True,
                   timeout=timeout, give_up_at=give_up_at)
 
     def up_release(self, project: ComposeProject, *, force_recreate: bool = False,
@@ -331,13 +339,13 @@ class Compose:
             self.up(force_recreate=force_recreate, timeout=timeout, give_up_at=give_up_at)
             return ()
         one_shots = project.one_shot_services
-        self._run("up", "-d", "--no-build", *one_shots, stream=True, timeout=timeout,
+        self._run("up", "-d", "--no-build", *one_shots, detached=True, timeout=timeout,
                   give_up_at=give_up_at)
         self.wait_for_one_shots(one_shots, timeout=one_shot_timeout, clock=clock, sleep=sleep,
                                 cancelled=give_up_at)
         recreate = ["--force-recreate"] if force_recreate else []
         self._run("up", "-d", "--no-build", "--remove-orphans", "--no-deps", *recreate,
-                  *project.long_running, stream=True, timeout=timeout, give_up_at=give_up_at)
+                  *project.long_running, detached=True, timeout=timeout, give_up_at=give_up_at)
         return one_shots
 
     def wait_for_one_shots(self, services: Sequence[str], *, timeout: float,
@@ -402,7 +410,7 @@ class Compose:
             self.up(timeout=timeout, give_up_at=give_up_at)
             return
         self._run("up", "-d", "--no-build", "--no-deps", *project.image_services,
-                  stream=True, timeout=timeout, give_up_at=give_up_at)
+                  detached=True, timeout=timeout, give_up_at=give_up_at)
 
     def ps(self) -> list[dict[str, Any]]:
         output = self._run("ps", "--all", "--format", "json").strip()

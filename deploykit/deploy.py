@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.cancel import CancelGuard, Cancelled
@@ -36,6 +36,7 @@ from deploykit.compose import (
     image_environment,
     start_project_load,
 )
+from deploykit.docker_sdk import docker
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
     DeployError,
@@ -61,6 +62,7 @@ from deploykit.health import (
     image_present,
     own_container,
     own_container_candidates,
+    remove_leftovers,
     report_failures,
     restore_settle,
     running_services,
@@ -71,14 +73,23 @@ from deploykit.history import (
     ROLLBACK,
     History,
     HistoryEntry,
-    engine_labels,
+    checked_labels,
     engine_stack,
     labels_of_release,
+    mark_verified,
     next_release_labels,
     now_iso,
+    stack_from_labels,
     state_directory,
 )
-from deploykit.lock import EngineLock, Holder, Timeouts, engine_lock, this_holder
+from deploykit.lock import (
+    EngineLock,
+    Holder,
+    Timeouts,
+    create_config_only_network,
+    engine_lock,
+    this_holder,
+)
 from deploykit.policy import DeployTarget
 from deploykit.provenance import check_provenance
 from deploykit.reference import parse_reference
@@ -239,14 +250,19 @@ class Deployment:
                 f"history {self.history.path}.",
                 hint="Pass the release to go back to: `image_tag: vX.Y.Z` (or a digest).",
                 title="Nothing to roll back to")
-        self.actions.info(f"Rolling back to {entry.tag or entry.digest} ({entry.digest}), "
-                          f"deployed {entry.time} (from {source}).")
+        # The labels' and the file's values are text from outside: never a command.
+        self.actions.untrusted("", f"Rolling back to {entry.tag or entry.digest} "
+                               f"({entry.digest}), deployed {entry.time} (from {source}).")
         return f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
 
     def _previous_release(self, project: ComposeProject) -> tuple[HistoryEntry | None, str]:
         """The release below the current one: from the engine (release labels, which
-        outlive any runner), else from the history file."""
+        outlive any runner), else from the history file. Only verified releases are in
+        the engine's stack: when what runs is not its top (a failed deploy left it), the
+        top is the target."""
         stack, source = self.orchestrator.engine_history()
+        if stack and stack[-1].digest != self.orchestrator.running().digest:
+            return stack[-1], source
         if len(stack) >= 2:
             return stack[-2], source
         entry = self.history.previous_successful(self.settings.environment, project.name)
@@ -384,6 +400,8 @@ class Deployment:
         if not running.digest:
             return running
         stack = self.history.releases(self.settings.environment, project.name)
+        if not stack:  # a fresh runner: the releases the engine knows verified
+            stack = stack_from_labels(self.running_labels)
         if not stack or stack[-1].digest == running.digest:
             return running
         verified = stack[-1]
@@ -460,7 +478,7 @@ class ComposeOrchestrator:
     def running(self) -> Previous:
         _, project = self.d.project()
         api = self.d.engine.api
-        self.d.running_labels = engine_labels(api, project.name).get(project.name, {})
+        self.d.running_labels = checked_labels(api, project.name)
         return Previous.of(running_services(api, project.name, self.d.image_name,
                                             project.image_services), self.d.image_name)
 
@@ -517,6 +535,7 @@ class Rollout:
         self.health_reports: list[tuple[str, HealthReport]] = []
         self.one_shots_done: tuple[str, ...] = ()
         self.phase = "the login"
+        self.recorded = False  # this run's history line is written
 
     def run(self, target: Target, previous: Previous) -> None:
         self.d._outputs(target)
@@ -524,6 +543,8 @@ class Rollout:
         try:
             self._rollout(target, previous)
         except (DeploykitError, Cancelled) as failure:
+            if not self.recorded:  # e.g. the login failed: every ending has its line
+                self.record_history(target, previous, FAILED)
             # The deploy's own error stays the one reported, even if GitHub also fails.
             with suppress(GitHubError):
                 self.d.finish_github_deployment(
@@ -658,26 +679,98 @@ class Rollout:
                               f"{shown.strip(', ')}.")
         self.actions.info(f"Every service of {self.d.image_name} runs {target.digest}.")
 
-    def restore(self, previous: Previous, *,
+    def restore(self, target: Target, previous: Previous, status: str, *,
                 health_timeout: float | None = None) -> tuple[Target, HealthReport | None]:
-        """Bring the last verified release back (it is on the host: no pull). The health
-        report is None when a signal cut its wait short."""
+        """Bring the last verified release back (normally still on the host: no pull).
+        Its labels record the deploy being undone (``target``, ending ``status``). The
+        health report is None when a signal cut its wait short; a restore that cannot
+        run raises :class:`RestoreFailed`."""
         back = Target(previous.tag, previous.digest)
         compose = self.compose.with_env(self.d.service_env, self.d._image_env(back)) \
             .with_labels(self.project.image_services,
-                         labels_of_release(self.d.running_labels, previous.digest))
-        with compose.for_engine(self.mounts) as engine_compose, \
-                self.actions.group(f"Restore {back.reference(self.d.image_name)}"):
-            engine_compose.restore(self.project, timeout=self.timeouts.up)
+                         labels_of_release(self.d.running_labels, previous.digest,
+                                           self.entry(target, previous, status)))
+        try:
+            with compose.for_engine(self.mounts) as engine_compose, \
+                    self.actions.group(f"Restore {back.reference(self.d.image_name)}"):
+                self.bring_back(engine_compose, back)
+        except DeploykitError as failure:
+            raise RestoreFailed(failure) from failure
+        self.mark_verified(back)  # the last verified release runs again, whatever its health
         try:
             with self.cancel.interruptible():
-                return back, self.check_health("Health after the rollback", restored=True,
-                                               timeout=health_timeout)
+                health = self.check_health("Health after the rollback", restored=True,
+                                           timeout=health_timeout)
         except Cancelled as cancelled:
             self.actions.warning(f"{cancelled.signal_name}: stopped waiting for the health "
                                  f"of the restored {back.reference(self.d.image_name)}.",
                                  title="Deploy cancelled")
             return back, None
+        except DeploykitError as failure:
+            raise RestoreFailed(failure) from failure
+        return back, health
+
+    def bring_back(self, compose: Compose, back: Target) -> None:
+        """The restore's ``up``. What an interrupted ``up`` left (compose's temporary
+        containers of a recreate, containers created and never started) is removed
+        first, and once more before a second try when the first one fails."""
+        for attempt in (1, 2):
+            removed = remove_leftovers(self.api, self.project.name, self.project.image_services)
+            if removed:
+                self.actions.info(f"Removed what the interrupted `docker compose up` left: "
+                                  f"{', '.join(removed)}.")
+            try:
+                compose.restore(self.project, timeout=self.timeouts.up)
+                return
+            except DockerError as failure:
+                present = image_present(self.api, f"{self.d.image_name}@{back.digest}")
+                if attempt == 2 or not present:
+                    raise
+                self.actions.warning(f"{failure.message.splitlines()[0]} Trying once more.",
+                                     title="Restore failed")
+
+    def mark_verified(self, release: Target) -> None:
+        """On the engine: ``release`` runs verified (the labels, set before the verdict,
+        cannot say it). A failure is a warning: the deploy's status stays the truth."""
+        try:
+            mark_verified(self.api, self.project.name, release.digest,
+                          create_config_only_network)
+        except docker.errors.DockerException as exc:
+            self.actions.warning(f"Could not record on the engine that {release.label} was "
+                                 f"verified ({exc}): `mode: rollback` from another runner may "
+                                 "skip it.", title="Engine history")
+
+    def _running_now(self) -> str:
+        """What runs now, per service, for an error that must say it."""
+        try:
+            running = running_services(self.api, self.project.name, self.d.image_name,
+                                       self.project.image_services)
+        except DeploykitError:
+            return "unknown (the engine did not answer)"
+        shown = [f"{s.service}: {self.d.image_name}@{s.digest}" if s.digest
+                 else f"{s.service}: {s.reference}" for s in running]
+        missing = sorted(set(self.project.image_services) - {s.service for s in running})
+        shown += [f"{name}: no container" for name in missing]
+        return "; ".join(shown) or "nothing"
+
+    def restore_failed(self, target: Target, previous: Previous, what: str,
+                       failed: RestoreFailed) -> NoReturn:
+        """The restore could not run: say what runs and what to do; history, summary."""
+        self.record_history(target, previous, FAILED)
+        self.actions.add_summary(self.summary(target, previous, FAILED))
+        back = f"{self.d.image_name}@{previous.digest}"
+        missing = not image_present(self.api, back)
+        why = ("its image is no longer on this engine and could not be pulled"
+               if missing else "it could not be brought back")
+        detail = failed.failure.message.strip()
+        raise DeployError(
+            f"{what} The restore of {back} failed too ({why}): {detail}\n"
+            f"Running now (not verified): {self._running_now()}.",
+            hint=(f"Push {back} to the registry again and deploy it (`image_tag`), or deploy "
+                  "a fixed release; " if missing else
+                  "Deploy a verified release again (`image_tag`), or a fixed one; ")
+            + f"`docker compose -p {self.project.name} ps -a` shows the containers.",
+            status=FAILED, title="Deploy failed and the restore failed") from failed.failure
 
     def _now_runs(self, back: Target, health: HealthReport | None, cancelled: bool) -> str:
         name = f"{self.d.image_name}@{back.digest}"
@@ -708,7 +801,11 @@ class Rollout:
         self.verify_lock(target, previous, "before the rollback")
         self.actions.warning(f"{what} Rolling back to {self.d.image_name}@{previous.digest}.",
                              title="Deploy failed, rolling back")
-        back, health = self.restore(previous)
+        undone = FAILED if self.d.action == ROLLBACK else ROLLED_BACK
+        try:
+            back, health = self.restore(target, previous, undone)
+        except RestoreFailed as failed:
+            self.restore_failed(target, previous, what, failed)
         healthy = health is None or health.ok
         status = FAILED if self.d.action == ROLLBACK or not healthy else ROLLED_BACK
         self.record_history(target, previous, status)
@@ -732,8 +829,12 @@ class Rollout:
         self.verify_lock(target, previous, "before the rollback")
         self.actions.warning(f"{what}: {reference} was not verified. Rolling back to "
                              f"{self.d.image_name}@{previous.digest}.", title="Deploy cancelled")
-        back, health = self.restore(previous, health_timeout=max(self.cancel.left(), 1.0))
         status = FAILED if self.d.action == ROLLBACK else ROLLED_BACK
+        try:
+            back, health = self.restore(target, previous, status,
+                                        health_timeout=max(self.cancel.left(), 1.0))
+        except RestoreFailed as failed:
+            self.restore_failed(target, previous, f"{what}.", failed)
         self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
         raise DeployError(f"{what}. Rolled back: {self._now_runs(back, health, True)}.",
@@ -758,13 +859,17 @@ class Rollout:
             self.actions.info(f"{self.cancel.signal_name} came after "
                               f"{target.reference(self.d.image_name)} was verified: the "
                               "deploy is complete, there is nothing to undo.")
-        self.actions.set_output("status", status)
+        self.mark_verified(target)
+        # The history line before the status output: an output file that fails (a full
+        # disk) must not cost the record of a release that runs.
         self.record_history(target, previous, status)
+        self.actions.set_output("status", status)
         self.actions.add_summary(self.summary(target, previous, status))
         self.actions.notice(f"{self.project.name} in {self.settings.environment} runs "
                             f"{target.reference(self.d.image_name)}.", title=status)
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
+        self.recorded = True
         self.d.record_history(self.project.name, target, previous, status)
 
     def entry(self, target: Target, previous: Previous, status: str) -> HistoryEntry:
@@ -775,6 +880,14 @@ class Rollout:
         for title, report in self.health_reports:
             text += f"\n\n#### {title}\n\n" + report.table()
         return text
+
+
+class RestoreFailed(Exception):
+    """The restore's ``up`` (or its health wait) raised: ``failure``."""
+
+    def __init__(self, failure: DeploykitError) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 # The status a release's labels carry: set at `up`, before the verdict (a release that

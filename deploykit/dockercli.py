@@ -147,6 +147,81 @@ class DockerCLI:
             raise self._failure(args, stderr or stdout)
         return result
 
+    def run_detached(
+        self,
+        args: Sequence[str],
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        give_up_at: Callable[[], float | None] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """:meth:`run` with ``stream=True`` for a command that must finish its step even
+        if deploykit dies (``docker compose up``): its output goes to a file that is
+        followed here, not to a pipe, so a SIGKILLed deploykit does not take the child
+        down through a closed pipe. Same session, environment, timeout and stopping."""
+        argv = self.argv(args)
+        env = child_environment(self.env, extra_env)
+        if argv[0] != self.executable:
+            env[ORIGINAL_CLI] = docker_binary(self.env, self.executable) or self.executable
+        limit = timeout if timeout is not None else STREAM_TIMEOUT
+        self.actions.debug("$ " + " ".join(argv))
+        directory = private_directory("output")
+        path = directory / "output.log"
+        try:
+            with path.open("wb") as output:
+                try:
+                    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                               stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                               start_new_session=True)
+                except FileNotFoundError as exc:
+                    raise DockerError(f"`{self.executable}` was not found.",
+                                      hint="Install the Docker CLI with the buildx and "
+                                      "compose plugins (scripts/provision-debian.sh).") from exc
+            try:
+                stdout, why = self._follow(process, path, time.monotonic() + limit,
+                                           give_up_at)
+            except BaseException:
+                stop_group(process)
+                raise
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        if why:
+            stop_group(process)
+            why = f"timed out after {limit:g} s" if why == "timed out" else why
+            raise DockerError(f"`docker {' '.join(args[:2])}` {why}; it was stopped.",
+                              hint="A registry or engine that does not answer, or a "
+                              "container that does not stop: see the output above.")
+        if process.returncode != 0:
+            raise self._failure(args, stdout)
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stdout)
+
+    def _follow(self, process: subprocess.Popen[bytes], path: Path, deadline: float,
+                give_up_at: Callable[[], float | None] | None) -> tuple[str, str]:
+        """Stream ``path`` while the child writes it, until the child exits: (output, ''
+        or why it was given up)."""
+        chunks: list[bytes] = []
+        pending = b""
+        with path.open("rb") as reader:
+            while True:
+                done = process.poll() is not None
+                data = reader.read()
+                if data:
+                    chunks.append(data)
+                    pending = self._stream_lines(pending + data)
+                if done:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    return "", "timed out"
+                early = give_up_at() if give_up_at else None
+                if early is not None and now >= early:
+                    return "", "was still running when the deploy was cancelled"
+                time.sleep(_POLL)
+        if pending:
+            self.actions.info(pending.decode("utf-8", "replace"))
+        return b"".join(chunks).decode("utf-8", "replace"), ""
+
     def _communicate(
         self, process: subprocess.Popen[bytes], stdin: str | None, stream: bool,
         deadline: float, give_up_at: Callable[[], float | None] | None,

@@ -15,6 +15,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -160,6 +161,43 @@ def image_digests(api: Any, image_id: str, image_name: str) -> list[str]:
         if name == image_name and digest not in digests:
             digests.append(digest)
     return digests
+
+
+# compose names the container it creates to replace another `<12 hex of the old ID>_<name>`
+# until the old one is removed, then renames it.
+_TEMPORARY_NAME = re.compile(r"^/?[0-9a-f]{12}_")
+
+
+def leftover_containers(api: Any, project: str,
+                        services: Iterable[str]) -> list[dict[str, Any]]:
+    """Containers of ``services`` an interrupted ``up`` left (a cancel or a kill in the
+    middle of a recreate): compose's temporary replacements, and containers created but
+    never started. They make the next ``up`` fail ("container name already in use")."""
+    wanted = set(services)
+    found = []
+    for container in api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+        labels = container.get("Labels") or {}
+        if labels.get(SERVICE_LABEL) not in wanted or labels.get(ONEOFF_LABEL) == "True":
+            continue
+        names = container.get("Names") or []
+        if container.get("State") == "created" or any(_TEMPORARY_NAME.match(str(name))
+                                                      for name in names):
+            found.append(container)
+    return found
+
+
+def remove_leftovers(api: Any, project: str, services: Iterable[str]) -> list[str]:
+    """Remove :func:`leftover_containers` (by ID, forced): the names of those removed."""
+    removed = []
+    try:
+        for container in leftover_containers(api, project, services):
+            with suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True)
+            removed.append(str((container.get("Names") or [container["Id"]])[0]).lstrip("/"))
+    except docker.errors.APIError as exc:
+        raise DockerError(f"Cannot remove the containers an interrupted `docker compose up` "
+                          f"left in project {project!r}: {exc.explanation}") from exc
+    return removed
 
 
 def image_present(api: Any, reference: str) -> bool:

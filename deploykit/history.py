@@ -10,9 +10,13 @@ releases down the stack instead of bouncing between the last two.
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,20 +112,29 @@ class History:
                 "write, kept between runs (not the workspace).") from exc
 
     def append(self, entry: HistoryEntry) -> None:
+        """One whole line or nothing: a short write (a full disk) is cut back off."""
+        line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            line = json.dumps(asdict(entry), sort_keys=True) + "\n"
-            # One write on an O_APPEND descriptor: lines from concurrent writers never interleave.
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(descriptor, line.encode("utf-8"))
-            finally:
-                os.close(descriptor)
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            raise DeploykitError(
-                f"Cannot write the deploy history {self.path}: {exc.strerror}.",
-                hint="Set `state_dir` (or DEPLOYKIT_STATE_DIR) to a writable directory.",
-                title="History not writable") from exc
+            raise self._not_written(exc.strerror or str(exc)) from exc
+        try:
+            # Writers take turns (flock), so cutting a short write back off never cuts
+            # another writer's line.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            _append_whole(descriptor, line)
+        except OSError as exc:
+            raise self._not_written(exc.strerror or str(exc)) from exc
+        finally:
+            os.close(descriptor)
+
+    def _not_written(self, why: str) -> DeploykitError:
+        return DeploykitError(
+            f"Cannot write the deploy history {self.path}: {why}; the line was not written "
+            "(nothing was left half-written).",
+            hint="Free space in, or set `state_dir` (or DEPLOYKIT_STATE_DIR) to, a writable "
+            "directory.", title="History not writable")
 
     def entries(self) -> list[HistoryEntry]:
         """Every readable entry; a bad line (cut by a full disk, edited by hand) is
@@ -172,6 +185,29 @@ class History:
         return stack[-2] if len(stack) >= 2 else None
 
 
+def _append_whole(descriptor: int, line: bytes) -> None:
+    """Append ``line`` at the end of the file; on a short write or an error, truncate the
+    file back to its size before, so no line is ever torn. A last line a crash cut off
+    (no newline at its end) gets one first: the new line is never glued to it."""
+    size = os.fstat(descriptor).st_size
+    if size and os.pread(descriptor, 1, size - 1) != b"\n":
+        line = b"\n" + line
+    try:
+        written = os.write(descriptor, line)
+    except OSError:
+        _truncate(descriptor, size)
+        raise
+    if written != len(line):
+        _truncate(descriptor, size)
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (only {written} of "
+                      f"{len(line)} bytes fitted)")
+
+
+def _truncate(descriptor: int, size: int) -> None:
+    with suppress(OSError):
+        os.ftruncate(descriptor, size)
+
+
 def release_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
     stack: list[HistoryEntry] = []
     for entry in entries:
@@ -187,13 +223,19 @@ def release_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
 # -- the engine store: labels on the containers of the release ---------------------
 # The history must survive the runner (the action container, a fresh CI machine): it is
 # kept where the deployment lives, on the containers deploykit starts. Every image
-# service's container carries the release it runs and the releases before it (bounded),
-# set through a compose override file at `up`; `mode: rollback` and `deploykit history`
-# read them back through the engine API. docs/deploy.md explains the choice.
+# service's container carries the release it runs and the trail of events before it
+# (deploys, rollbacks, failures, bounded), set through a compose override file at `up`;
+# `mode: rollback` and `deploykit history` read them back through the engine API.
+# Labels are set at `up`, before the verdict, and cannot change afterwards: which release
+# was verified is kept apart, in a config-only network per project (VERIFIED_LABEL), made
+# after the verdict. docs/deploy.md explains the choice.
 RELEASE_LABEL = "deploykit.release"
 HISTORY_LABEL = "deploykit.history"
-ENGINE_HISTORY_LIMIT = 20  # releases kept below the current one: 20 rollbacks deep
+ENGINE_HISTORY_LIMIT = 20  # releases kept below the current one (20 rollbacks deep), and
+# as many of the latest events (failures included)
 PROJECT_LABEL = "com.docker.compose.project"
+VERIFIED_LABEL = "deploykit.verified"  # on the marker network: the verified digest
+VERIFIED_PROJECT_LABEL = "deploykit.verified.project"
 
 
 def _encode(entry: HistoryEntry) -> dict[str, object]:
@@ -207,21 +249,50 @@ def _decode(text: str) -> object:
         return None
 
 
-def stack_from_labels(labels: Mapping[str, str]) -> list[HistoryEntry]:
-    """The release stack a container's labels carry, oldest first ([] without them)."""
+def _release_of(labels: Mapping[str, str]) -> HistoryEntry | None:
     release = parse_entry(_decode(labels.get(RELEASE_LABEL, "")))
-    if isinstance(release, str):
+    return None if isinstance(release, str) else release
+
+
+def trail_from_labels(labels: Mapping[str, str]) -> list[HistoryEntry]:
+    """Every event a container's labels carry, oldest first ([] without them). Labels of
+    deploykit before the trail held the releases below this one (the release apart)."""
+    release = _release_of(labels)
+    if release is None:
         return []
     earlier = _decode(labels.get(HISTORY_LABEL, "[]"))
     parsed = [parse_entry(raw) for raw in earlier] if isinstance(earlier, list) else []
-    return [*(entry for entry in parsed if isinstance(entry, HistoryEntry)), release]
+    trail = [entry for entry in parsed if isinstance(entry, HistoryEntry)]
+    return trail if release in trail else [*trail, release]
+
+
+def stack_from_labels(labels: Mapping[str, str]) -> list[HistoryEntry]:
+    """The release stack a container's labels carry, oldest first ([] without them)."""
+    return release_stack(trail_from_labels(labels))
+
+
+def bounded_trail(trail: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The last :data:`ENGINE_HISTORY_LIMIT` events, plus the releases of the stack below
+    them (at most that many): its replay gives the same stack, bounded."""
+    stack = release_stack(trail)[-ENGINE_HISTORY_LIMIT - 1:]
+    in_stack = {id(entry) for entry in stack}
+    recent = len(trail) - ENGINE_HISTORY_LIMIT
+    return [entry for number, entry in enumerate(trail)
+            if number >= recent or id(entry) in in_stack]
+
+
+def labels_for_trail(trail: list[HistoryEntry], release: HistoryEntry) -> dict[str, str]:
+    """The labels of containers that run ``release``, after the events of ``trail``."""
+    kept = bounded_trail(trail)
+    if release not in kept:
+        kept.append(release)
+    return {RELEASE_LABEL: _compact(_encode(release)),
+            HISTORY_LABEL: _compact([_encode(entry) for entry in kept])}
 
 
 def labels_for_stack(stack: list[HistoryEntry]) -> dict[str, str]:
     """The labels of the release on top of ``stack`` (the ones below it, bounded)."""
-    earlier = stack[:-1][-ENGINE_HISTORY_LIMIT:]
-    return {RELEASE_LABEL: _compact(_encode(stack[-1])),
-            HISTORY_LABEL: _compact([_encode(entry) for entry in earlier])}
+    return labels_for_trail(stack, stack[-1])
 
 
 def _compact(value: object) -> str:
@@ -232,21 +303,74 @@ def next_release_labels(running: Mapping[str, str], entry: HistoryEntry) -> dict
     """The labels for the containers of ``entry`` (a deploy or a rollback about to run),
     given those of the containers running now. The same release keeps its labels, so
     compose sees no change and recreates nothing."""
-    stack = stack_from_labels(running)
-    if stack and stack[-1].digest == entry.digest:
+    trail = trail_from_labels(running)
+    stack = release_stack(trail)
+    release = _release_of(running)
+    if stack and stack[-1].digest == entry.digest and release and release.digest == entry.digest:
         return {key: running[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in running}
-    return labels_for_stack(release_stack([*stack, entry]))
+    return labels_for_trail([*trail, entry], entry)
 
 
-def labels_of_release(running: Mapping[str, str], digest: str) -> dict[str, str]:
-    """The labels to bring ``digest`` back with (a restore): the running containers' when
-    they are of it, else theirs cut down to it ({} when they do not know it)."""
-    stack = stack_from_labels(running)
-    if stack and stack[-1].digest == digest:
+def labels_of_release(running: Mapping[str, str], digest: str,
+                      failure: HistoryEntry | None = None) -> dict[str, str]:
+    """The labels to bring ``digest`` back with (a restore), given the labels of what ran
+    before the deploy: its trail, plus ``failure`` (the deploy that is undone); {} when
+    they do not know ``digest``."""
+    trail = trail_from_labels(running)
+    if failure is not None:
+        trail.append(failure)
+    stack = release_stack(trail)
+    releases = [entry for entry in stack if entry.digest == digest]
+    if not releases:
+        return {}
+    if failure is None and releases[-1] == _release_of(running):
         return {key: running[key] for key in (RELEASE_LABEL, HISTORY_LABEL) if key in running}
-    while stack and stack[-1].digest != digest:
-        stack.pop()
-    return labels_for_stack(stack) if stack else {}
+    if stack[-1].digest != digest:  # deeper than the trail explains: the stack cut down
+        return labels_for_stack(stack[:stack.index(releases[-1]) + 1])
+    return labels_for_trail(trail, releases[-1])
+
+
+def distrusted(labels: Mapping[str, str], verified: str | None) -> dict[str, str]:
+    """``labels`` with their release marked ``failed`` when it was never verified:
+    ``verified`` (the marker's digest) names another release, or there is no marker
+    (None) under labels of this version (with the trail): a deploy that failed, was
+    killed or cancelled past ``up`` left it."""
+    release = _release_of(labels)
+    if release is None or release.digest == verified or not release.release_changed:
+        return dict(labels)
+    earlier = _decode(labels.get(HISTORY_LABEL, "[]"))
+    with_trail = isinstance(earlier, list) and _encode(release) in earlier
+    if verified is None and not with_trail:
+        return dict(labels)  # labels of an older deploykit, which kept no marker
+    failed = HistoryEntry(**{**asdict(release), "status": Status.FAILED})
+    trail = [failed if entry == release else entry for entry in trail_from_labels(labels)]
+    return {**labels, RELEASE_LABEL: _compact(_encode(failed)),
+            HISTORY_LABEL: _compact([_encode(entry) for entry in trail])}
+
+
+def verified_name(project: str) -> str:
+    return f"deploykit-verified-{project}"
+
+
+def verified_release(api: Any, project: str) -> str | None:
+    """The digest the project's last verdict verified (None: no marker)."""
+    networks = api.networks(filters={"label": [f"{VERIFIED_PROJECT_LABEL}={project}"]})
+    newest = max(networks, key=lambda n: str(n.get("Created") or ""), default=None)
+    return None if newest is None else str((newest.get("Labels") or {}).get(VERIFIED_LABEL,
+                                                                               ""))
+
+
+def mark_verified(api: Any, project: str, digest: str,
+                  create: Callable[[Any, str, Mapping[str, str]], str]) -> None:
+    """Record on the engine that ``digest`` runs verified: a new marker, then the old
+    ones removed (a run killed in between leaves two; the newest counts)."""
+    old = api.networks(filters={"label": [f"{VERIFIED_PROJECT_LABEL}={project}"]})
+    created = create(api, f"{verified_name(project)}-{uuid.uuid4().hex[:8]}",
+                     {VERIFIED_PROJECT_LABEL: project, VERIFIED_LABEL: digest})
+    for network in old:
+        if network.get("Id") != created:
+            with suppress(docker.errors.APIError):
+                api.remove_network(network["Id"])
 
 
 def engine_labels(api: Any, project: str = "") -> dict[str, dict[str, str]]:
@@ -265,9 +389,16 @@ def engine_labels(api: Any, project: str = "") -> dict[str, dict[str, str]]:
     return {name: labels for name, (_, labels) in newest.items()}
 
 
+def checked_labels(api: Any, project: str) -> dict[str, str]:
+    """The project's labels (compose), its release marked failed unless it was verified."""
+    labels = engine_labels(api, project).get(project, {})
+    return distrusted(labels, verified_release(api, project)) if labels else {}
+
+
 def engine_stack(api: Any, project: str) -> list[HistoryEntry]:
-    """The release stack of ``project`` as its containers carry it, oldest first."""
-    return stack_from_labels(engine_labels(api, project).get(project, {}))
+    """The release stack of ``project`` as its containers carry it, oldest first: only
+    verified releases."""
+    return stack_from_labels(checked_labels(api, project))
 
 
 # -- `deploykit history` --------------------------------------------------------
@@ -331,13 +462,15 @@ def read_engine(env: Mapping[str, str], project: str,
     """The releases the engine's containers carry (every project's, or ``project``'s);
     an engine that does not answer leaves the history file alone, with one line."""
     try:
-        labels = engine_labels(docker_client(env).api, project)
+        api = docker_client(env).api
+        labels = {name: distrusted(found, verified_release(api, name))
+                  for name, found in engine_labels(api, project).items()}
     except (DeploykitError, docker.errors.DockerException, requests.RequestException) as exc:
         host = env.get("DOCKER_HOST") or "the default socket"
         say(f"The Docker engine ({host}) did not answer ({type(exc).__name__}): the history "
             "file only.")
         return []
-    return [entry for name in sorted(labels) for entry in stack_from_labels(labels[name])]
+    return [entry for name in sorted(labels) for entry in trail_from_labels(labels[name])]
 
 
 def merge(from_file: list[HistoryEntry], from_engine: list[HistoryEntry]) -> list[HistoryEntry]:

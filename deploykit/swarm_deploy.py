@@ -240,8 +240,8 @@ class SwarmRollout:
         self.actions.info(f"Every replica of {', '.join(self.project.image_services)} runs "
                           f"{target.digest}.")
         status = ROLLED_BACK if self.d.action == ROLLBACK else DEPLOYED
+        self.record_history(target, previous, status)  # before the output: see deploy.py
         self.actions.set_output("status", status)
-        self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
         self.actions.notice(f"Stack {self.project.name} in {self.settings.environment} runs "
                             f"{target.reference(self.d.image_name)}.", title=status)
@@ -316,8 +316,8 @@ class SwarmRollout:
         self.fail(target, previous, status, f"{what}\nRolled back: {now}")
 
     def fail(self, target: Target, previous: Previous, status: str, message: str) -> NoReturn:
+        self.record_history(target, previous, status)  # before the output: see deploy.py
         self.actions.set_output("status", status)
-        self.record_history(target, previous, status)
         self.actions.add_summary(self.summary(target, previous, status))
         title = "Deploy failed and was rolled back" if status == ROLLED_BACK else ""
         raise DeployError(message, status=status, title=title,

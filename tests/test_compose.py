@@ -62,6 +62,11 @@ class FakeDocker:
             raise answer
         return subprocess.CompletedProcess(list(args), 0, answer, "")
 
+    def run_detached(self, args: Sequence[str], **kwargs: Any
+                     ) -> subprocess.CompletedProcess[str]:
+        """`up`: recorded as a streamed run (its output is followed from a file)."""
+        return self.run(args, stream=True, **kwargs)
+
 
 def compose_with(docker: FakeDocker, tmp_path: Path, name: str = "") -> Compose:
     return Compose(docker, tmp_path, tmp_path / "compose.yaml", name)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ import pytest
 import deploykit.compose as compose_module
 import deploykit.deploy as deploy_module
 import deploykit.deploy_command as deploy_command
+from deploykit.actions import Actions
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
@@ -27,9 +28,10 @@ from deploykit.errors import (
     DockerError,
     LockError,
     OneShotError,
+    UnauthorizedError,
 )
 from deploykit.health import ContainerHealth, HealthReport, RunningService
-from deploykit.history import History, HistoryEntry
+from deploykit.history import History, HistoryEntry, stack_from_labels, trail_from_labels
 from tests.conftest import parse_github_output
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -52,6 +54,9 @@ class World:
     lock_lost: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # deploykit's, on the containers
     images: set[str] = field(default_factory=set)  # `registry/repo@digest` on the engine
+    verified: list[str] = field(default_factory=list)  # the engine's verified markers
+    leftovers: list[str] = field(default_factory=list)  # names an interrupted `up` left
+    restore_fails: list[Exception] = field(default_factory=list)  # per restore `up`
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -111,6 +116,9 @@ class FakeCompose:
         return ()
 
     def restore(self, project: ComposeProject, **options: Any) -> None:
+        if self.world.restore_fails:
+            self.world.calls.append(f"restore fails {self.env['IMAGE_TAG']}")
+            raise self.world.restore_fails.pop(0)
         self.up(**options)
 
 
@@ -150,10 +158,26 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
                 raise docker.errors.ImageNotFound(f"No such image: {reference}")
             return {"Id": "sha256:local"}
 
-        def containers(self, all: bool, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        def containers(self, all: bool, filters: dict[str, Any]) -> list[dict[str, Any]]:
             labels = {**world.labels, "com.docker.compose.project": "shop"}
-            return [{"Labels": labels, "State": "running", "Created": 1}] if world.labels \
-                else []
+            left = [{"Id": name, "Names": [f"/{name}"], "State": "created",
+                     "Labels": {"com.docker.compose.project": "shop",
+                                "com.docker.compose.service": "app"}}
+                    for name in world.leftovers]
+            return ([{"Labels": labels, "State": "running", "Created": 1}] if world.labels
+                    else []) + left
+
+        def remove_container(self, container: str, force: bool) -> None:
+            world.calls.append(f"remove {container}")
+            world.leftovers.remove(container)
+
+        def networks(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+            return [{"Id": f"net-{n}", "Created": f"{n:04d}",
+                     "Labels": {"deploykit.verified": digest}}
+                    for n, digest in enumerate(world.verified)]
+
+        def remove_network(self, network: str) -> None:
+            world.verified[int(network.removeprefix("net-"))] = ""
 
     class Client:
         api = Api()
@@ -195,6 +219,12 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
     monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
     monkeypatch.setattr(deploy_module, "smoke_test", smoke)
+
+    def mark(api: Any, name: str, labels: dict[str, str]) -> str:
+        world.verified.append(labels["deploykit.verified"])
+        return f"net-{len(world.verified) - 1}"
+
+    monkeypatch.setattr(deploy_module, "create_config_only_network", mark, raising=False)
     monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: FakeCompose(world))
     for module in (deploy_command, deploy_module):  # the config where its result is taken
         monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
@@ -604,6 +634,18 @@ def test_signal_during_the_login_stops_before_anything(world: World, run: Any,
     assert world.calls[-1] == "unlock"
 
 
+def test_a_failed_login_under_the_lock_writes_its_history_line(
+        world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: every ending past the lock has its history line and its status."""
+    def refused(self: Any, registry: str, username: str, password: str) -> None:
+        raise UnauthorizedError("docker login to 127.0.0.1:5000 as ana failed: denied")
+
+    monkeypatch.setattr(deploy_module.DockerCLI, "login", refused)
+    code, outputs, _ = run("deploy", image_tag="v2.0.0", registry_password="pw")
+    assert (code, outputs["status"]) == (1, "failed")
+    assert [(e.tag, e.status) for e in history(tmp_path)] == [("v2.0.0", "failed")]
+
+
 @pytest.mark.parametrize(("phase", "signum", "during"), [
     ("up", signal.SIGTERM, "`docker compose up`"),
     ("health", signal.SIGINT, "the health wait"),
@@ -799,10 +841,17 @@ def test_a_bare_digest_is_a_valid_reference_with_a_meaningful_tag(world: World, 
 
 
 def _release(world: World) -> tuple[str, list[str]]:
-    """The tag in the containers' release label, and the tags of the releases below."""
+    """The tag in the containers' release label, and the tags of the verified releases
+    below it (the stack the trail of events gives)."""
     release = json.loads(world.labels["deploykit.release"])
-    below = json.loads(world.labels["deploykit.history"])
-    return release["tag"], [entry["tag"] for entry in below]
+    stack = stack_from_labels(world.labels)
+    return release["tag"], [entry.tag for entry in stack[:-1]]
+
+
+def _trail(world: World) -> list[tuple[str, str, str]]:
+    """The events the labels carry: (action, tag, status)."""
+    return [(entry.action, entry.tag, entry.status)
+            for entry in trail_from_labels(world.labels)]
 
 
 def test_rollback_reads_the_engine_when_no_history_file_survived(
@@ -821,6 +870,11 @@ def test_rollback_reads_the_engine_when_no_history_file_survived(
     code, outputs, _ = run("rollback", state_dir=next(fresh))
     assert (code, outputs["digest"]) == (0, D1)
     assert _release(world) == ("v1.0.0", [])
+    # Issue 20: the labels keep the whole trail, rollbacks included.
+    assert _trail(world) == [("deploy", "v1.0.0", "deployed"), ("deploy", "v2.0.0", "deployed"),
+                             ("deploy", "v3.0.0", "deployed"),
+                             ("rollback", "v2.0.0", "rolled_back"),
+                             ("rollback", "v1.0.0", "rolled_back")]
     code, outputs, log = run("rollback", state_dir=next(fresh))
     assert code == 1
     assert "No release before the current one of project 'shop' in staging on the engine" in log
@@ -840,4 +894,119 @@ def test_a_failed_deploy_restores_the_previous_labels(world: World, run: Any) ->
     world.health = [False, True]
     code, outputs, _ = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "rolled_back")
-    assert world.labels == first
+    # The release is v1's, as it ran; the trail also records the deploy that failed.
+    assert world.labels["deploykit.release"] == first["deploykit.release"]
+    assert _trail(world) == [("deploy", "v1.0.0", "deployed"),
+                             ("deploy", "v2.0.0", "rolled_back")]
+    assert _release(world) == ("v1.0.0", [])
+
+
+# -- issue 20: the restore path and the records -----------------------------------------
+def test_a_restore_clears_what_an_interrupted_up_left(world: World, run: Any,
+                                                      tmp_path: Path) -> None:
+    world.running = {"app": D1, "worker": D1}
+    world.images = {f"{NAME}@{D1}"}
+    world.health = [False, True]
+    world.leftovers = ["0123456789ab_shop-app-1"]
+    world.restore_fails = [DockerError("`docker compose up` failed for project shop:\n"
+                                       "Conflict. The container name is already in use")]
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "rolled_back"), log
+    assert world.calls[world.calls.index(f"up v2.0.0@{D2}"):] == [
+        f"up v2.0.0@{D2}", "health shop", "verify lock", "remove 0123456789ab_shop-app-1",
+        f"restore fails v@{D1}", f"up v@{D1}", "health shop", "unlock"]
+    assert "Removed what the interrupted `docker compose up` left: 0123456789ab_shop-app-1." \
+        in log
+    assert f"{NAME}@{D1} runs again and is healthy" in log
+    assert [e.status for e in history(tmp_path)] == ["rolled_back"]
+
+
+@pytest.mark.parametrize("signal_at", [None, "health"])
+def test_a_restore_that_cannot_pull_says_what_runs_and_records_it(
+        world: World, run: Any, tmp_path: Path, signal_at: str | None) -> None:
+    """The previous image is gone from the engine and the registry."""
+    world.running = {"app": D1, "worker": D1}
+    world.health = [False]
+    if signal_at:
+        world.signal_at = {signal_at: signal.SIGINT}
+    world.restore_fails = [DockerError("`docker compose up` failed for project shop:\n"
+                                       "manifest unknown")]
+    code, outputs, log = run("deploy", image_tag="v2.0.0")
+    assert (code, outputs["status"]) == (1, "failed"), log
+    assert "Traceback" not in log
+    assert (f"The restore of {NAME}@{D1} failed too (its image is no longer on this engine "
+            "and could not be pulled): `docker compose up` failed for project shop:\n"
+            "manifest unknown") in log.replace("%0A", "\n")
+    assert f"Running now (not verified): app: {NAME}@{D2}; worker: {NAME}@{D2}." in log
+    assert f"Push {NAME}@{D1} to the registry again and deploy it" in log
+    assert [(e.status, e.digest) for e in history(tmp_path)] == [("failed", D2)]
+    assert world.verified == []  # the failed release is never marked verified
+    assert "restore fails" in " ".join(world.calls)
+
+
+def test_a_failed_release_left_running_is_never_the_rollback_target(
+        world: World, run: Any, tmp_path: Path) -> None:
+    """Fresh runners only: v1, v2 verified; v3 fails and cannot be restored (its labels,
+    set at `up`, say `deployed`); v3 is not what `mode: rollback` goes back over."""
+    fresh = iter(str(tmp_path / f"fresh-{n}") for n in range(10))
+    for tag in ("v1.0.0", "v2.0.0"):
+        assert run("deploy", image_tag=tag, state_dir=next(fresh))[0] == 0
+    world.health = [False]
+    world.restore_fails = [DockerError("`docker compose up` failed:\nmanifest unknown")]
+    code, outputs, _ = run("deploy", image_tag="v3.0.0", state_dir=next(fresh))
+    assert (code, outputs["status"]) == (1, "failed")
+    assert world.running == {"app": D3, "worker": D3}
+    code, outputs, log = run("rollback", state_dir=next(fresh))
+    assert (code, outputs["status"], outputs["digest"]) == (0, "rolled_back", D2), log
+    assert _trail(world)[-2:] == [("deploy", "v3.0.0", "failed"),
+                                  ("rollback", "v2.0.0", "rolled_back")]
+    code, outputs, _ = run("rollback", state_dir=next(fresh))
+    assert (code, outputs["digest"]) == (0, D1)
+
+
+def test_a_fresh_runner_restores_the_release_the_engine_verified(
+        world: World, run: Any, tmp_path: Path) -> None:
+    """v3 failed and stayed; the next deploy fails too: back to v2, not to v3."""
+    fresh = iter(str(tmp_path / f"fresh-{n}") for n in range(10))
+    for tag in ("v1.0.0", "v2.0.0"):
+        assert run("deploy", image_tag=tag, state_dir=next(fresh))[0] == 0
+    world.health = [False, False, True]
+    world.restore_fails = [DockerError("`docker compose up` failed:\nmanifest unknown")]
+    assert run("deploy", image_tag="v3.0.0", state_dir=next(fresh))[0] == 1
+    code, outputs, log = run("deploy", image_tag="v1.0.0", state_dir=next(fresh))
+    assert (code, outputs["status"]) == (1, "rolled_back"), log
+    assert outputs["previous_image"] == f"{NAME}@{D2}"
+    assert f"Running now: {NAME}@{D3}, which no deploy verified" in log
+    assert world.running == {"app": D2, "worker": D2}
+
+
+def test_the_history_line_comes_before_the_status_output(
+        world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An output file that fails when `status` is written (a full disk) keeps the line."""
+    written = Actions.set_output
+    failed: list[str] = []
+
+    def set_output(self: Actions, name: str, value: str) -> None:
+        if name == "status" and not failed:
+            failed.append(value)
+            raise DeployError("GITHUB_OUTPUT is full")
+        written(self, name, value)
+
+    monkeypatch.setattr(Actions, "set_output", set_output)
+    code, _, log = run("deploy", image_tag="v2.0.0")
+    assert code == 1 and "GITHUB_OUTPUT is full" in log
+    assert failed == ["deployed"]
+    assert [e.status for e in history(tmp_path)] == ["deployed"]
+
+
+def test_a_label_time_is_printed_as_text(world: World, run: Any, tmp_path: Path) -> None:
+    assert run("deploy", image_tag="v1.0.0")[0] == 0
+    assert run("deploy", image_tag="v2.0.0")[0] == 0
+    labels = json.loads(world.labels["deploykit.history"])
+    labels[0]["time"] = "2026\r::error title=X::forged"
+    world.labels["deploykit.history"] = json.dumps(labels)
+    code, _, log = run("rollback", state_dir=str(tmp_path / "fresh"))
+    assert code == 0, log
+    lines = log.split("\n")
+    said = next(n for n, line in enumerate(lines) if line.startswith("Rolling back to"))
+    assert lines[said - 1].startswith("::stop-commands::")

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
+import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,9 +18,12 @@ from deploykit.history import (
     RELEASE_LABEL,
     History,
     HistoryEntry,
+    bounded_trail,
+    distrusted,
     engine_labels,
     engine_stack,
     labels_for_stack,
+    labels_for_trail,
     labels_of_release,
     merge,
     next_release_labels,
@@ -25,6 +32,8 @@ from deploykit.history import (
     stack_from_labels,
     state_directory,
     text_table,
+    trail_from_labels,
+    verified_release,
 )
 from deploykit.settings import load_settings
 
@@ -209,8 +218,17 @@ def test_labels_carry_the_release_and_the_ones_below_it() -> None:
     stack = [entry(D1, tag="v1"), entry(D2, tag="v2")]
     labels = labels_for_stack(stack)
     assert json.loads(labels[RELEASE_LABEL]) == asdict(entry(D2, tag="v2"))
-    assert json.loads(labels[HISTORY_LABEL]) == [asdict(entry(D1, tag="v1"))]
+    assert json.loads(labels[HISTORY_LABEL]) == [asdict(entry(D1, tag="v1")),
+                                                 asdict(entry(D2, tag="v2"))]
     assert stack_from_labels(labels) == stack
+
+
+def test_labels_of_an_older_deploykit_still_read() -> None:
+    """Before the trail: the history label held the releases below the release only."""
+    old = {RELEASE_LABEL: json.dumps(asdict(entry(D2, tag="v2"))),
+           HISTORY_LABEL: json.dumps([asdict(entry(D1, tag="v1"))])}
+    assert stack_from_labels(old) == [entry(D1, tag="v1"), entry(D2, tag="v2")]
+    assert distrusted(old, None) == old  # it kept no marker: taken as verified
 
 
 def test_the_label_history_is_bounded() -> None:
@@ -222,10 +240,15 @@ def test_a_deploy_pushes_and_a_rollback_pops() -> None:
     running = labels_for_stack([entry(D1, tag="v1"), entry(D2, tag="v2")])
     deployed = next_release_labels(running, entry(D3, tag="v3"))
     assert [e.tag for e in stack_from_labels(deployed)] == ["v1", "v2", "v3"]
-    back = next_release_labels(deployed, entry(D2, action="rollback", status="rolled_back",
-                                               tag="v2", rolled_back_from=D3))
-    assert back == running  # the release as it ran before: the same labels
+    rollback = entry(D2, action="rollback", status="rolled_back", tag="v2",
+                     rolled_back_from=D3)
+    back = next_release_labels(deployed, rollback)
+    assert stack_from_labels(back) == stack_from_labels(running)
+    assert trail_from_labels(back) == [entry(D1, tag="v1"), entry(D2, tag="v2"),
+                                       entry(D3, tag="v3"), rollback]  # the whole trail
     assert next_release_labels(running, entry(D2, tag="again")) == running  # same release
+    # ... also after a rollback (its release label is the rollback's own entry)
+    assert next_release_labels(back, entry(D2, tag="again")) == back
 
 
 def test_a_restore_brings_back_the_labels_of_the_release_it_restores() -> None:
@@ -249,9 +272,16 @@ def test_bad_entries_below_the_release_are_skipped() -> None:
 
 
 class FakeApi:
-    def __init__(self, containers: list[dict[str, object]]) -> None:
+    def __init__(self, containers: list[dict[str, object]],
+                 verified: dict[str, str] | None = None) -> None:
         self.listed = containers
         self.filters: list[object] = []
+        self.verified = verified or {}  # project -> the digest its marker names
+
+    def networks(self, filters: dict[str, list[str]]) -> list[dict[str, object]]:
+        project = filters["label"][0].partition("=")[2]
+        return [{"Id": "n", "Created": "t", "Labels": {"deploykit.verified": digest}}
+                for name, digest in self.verified.items() if name == project]
 
     def containers(self, all: bool, filters: dict[str, list[str]]) -> list[dict[str, object]]:
         self.filters.append((all, filters))
@@ -270,7 +300,7 @@ def test_engine_labels_prefer_a_running_container_then_the_newest() -> None:
     api = FakeApi([container("shop", [entry(D1)], state="exited", created=9),
                    container("shop", [entry(D2)], created=5),
                    container("shop", [entry(D3)], created=2),
-                   container("blog", [entry(D1, project="blog")])])
+                   container("blog", [entry(D1, project="blog")])], verified={"shop": D2})
     assert engine_stack(api, "shop") == [entry(D2)]
     assert api.filters[-1] == (True, {"label": [RELEASE_LABEL,
                                                 "com.docker.compose.project=shop"]})
@@ -282,3 +312,116 @@ def test_merge_adds_the_engine_releases_the_file_does_not_know() -> None:
     in_file = HistoryEntry(**{**asdict(entry(D1, tag="v1")), "time": "2026-01-02T00:00:00Z"})
     on_engine = [entry(D1, tag="v1"), entry(D2, tag="v2")]
     assert merge([in_file], on_engine) == [entry(D2, tag="v2"), in_file]
+
+
+# -- issue 20: whole lines only, and the trail on the engine --------------------------------
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of two pages (8 KiB): a history on it fills up after a few lines."""
+    if os.geteuid() != 0:  # the test bed and CI run as root: there it must run
+        if os.environ.get("CI") == "true":
+            pytest.fail("mounting a tmpfs needs root", pytrace=False)
+        pytest.skip("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mountpoint)],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True,
+                       timeout=30)
+
+
+def test_a_full_disk_never_tears_a_line(tiny_filesystem: Path) -> None:
+    warnings: list[str] = []
+    history = History(tiny_filesystem / "state", warn=warnings.append)
+    written, refused = [], []
+    for number in range(60):  # ~380 bytes a line: the disk is full long before
+        line = entry(f"sha256:{number:064x}", tag=f"v{number}")
+        try:
+            history.append(line)
+        except DeploykitError as error:
+            refused.append(error.message)
+            continue
+        written.append(line)
+    assert refused and written
+    assert history.entries() == written and warnings == []  # no line torn, none lost
+    text = history.path.read_text()
+    assert text.endswith("\n")
+    assert [json.loads(raw)["tag"] for raw in text.splitlines()] == [e.tag for e in written]
+    assert all("the line was not written (nothing was left half-written)" in message
+               for message in refused)
+    # The next deploy still knows the last verified release and the one below it.
+    assert history.releases("staging", "shop")[-1] == written[-1]
+    assert history.previous_successful("staging", "shop") == written[-2]
+
+
+def test_a_line_a_crash_cut_off_does_not_swallow_the_next(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.append(entry(D1))
+    with history.path.open("a") as handle:
+        handle.write('{"time": "cut')  # no newline: the write of an older version was cut
+    history.append(entry(D2))
+    assert [e.digest for e in history.entries()] == [D1, D2]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_bounded_trail_replays_to_the_same_stack(seed: int) -> None:
+    chooser = random.Random(seed)
+    digests = [f"sha256:{n:064x}" for n in range(6)]
+    trail: list[HistoryEntry] = []
+    for _ in range(chooser.randint(0, 80)):
+        stack = release_stack(trail)
+        kind = chooser.random()
+        if kind < 0.15 and len(stack) >= 2:
+            trail.append(entry(stack[-2].digest, action="rollback", status="rolled_back",
+                               rolled_back_from=stack[-1].digest))
+        elif kind < 0.3:
+            trail.append(entry(chooser.choice(digests), status=chooser.choice(
+                ["failed", "rolled_back"])))
+        else:
+            trail.append(entry(chooser.choice(digests), tag=f"t{len(trail)}"))
+    kept = bounded_trail(trail)
+    assert release_stack(kept) == release_stack(trail)[-ENGINE_HISTORY_LIMIT - 1:]
+    assert kept[-ENGINE_HISTORY_LIMIT:] == trail[-ENGINE_HISTORY_LIMIT:]
+
+
+def test_a_release_never_verified_is_not_a_rollback_target() -> None:
+    """Labels are set at `up`: a release whose deploy failed without a restore (or was
+    killed) says `deployed`; the engine's marker names the release verified last."""
+    v1, v2, v3 = entry(D1, tag="v1"), entry(D2, tag="v2"), entry(D3, tag="v3")
+    left = labels_for_trail([v1, v2, v3], v3)  # v3's deploy failed, its restore too
+    checked = distrusted(left, D2)
+    assert [e.status for e in trail_from_labels(checked)] == ["deployed", "deployed", "failed"]
+    assert stack_from_labels(checked) == [v1, v2]
+    assert distrusted(left, D3) == left
+    assert stack_from_labels(distrusted(left, None)) == [v1, v2]  # no marker at all
+    v4 = entry(sha256(4), tag="v4")
+    later = next_release_labels(checked, v4)  # a deploy after it records it failed
+    assert [(e.tag, e.status) for e in trail_from_labels(later)] == [
+        ("v1", "deployed"), ("v2", "deployed"), ("v3", "failed"), ("v4", "deployed")]
+    assert [e.tag for e in stack_from_labels(later)] == ["v1", "v2", "v4"]
+
+
+def test_a_restore_records_the_failed_deploy_in_the_trail() -> None:
+    v1, v2 = entry(D1, tag="v1"), entry(D2, tag="v2")
+    failed = entry(D3, tag="v3", status="rolled_back")
+    restored = labels_of_release(labels_for_trail([v1, v2], v2), D2, failed)
+    assert json.loads(restored[RELEASE_LABEL]) == asdict(v2)
+    assert trail_from_labels(restored) == [v1, v2, failed]
+    assert stack_from_labels(restored) == [v1, v2]
+
+
+def test_verified_release_reads_the_newest_marker() -> None:
+    class Networks:
+        def networks(self, filters: dict[str, list[str]]) -> list[dict[str, object]]:
+            assert filters == {"label": ["deploykit.verified.project=shop"]}
+            return [{"Created": "2026-01-02T00:00:00Z", "Labels": {"deploykit.verified": D2}},
+                    {"Created": "2026-01-01T00:00:00Z", "Labels": {"deploykit.verified": D1}}]
+
+    assert verified_release(Networks(), "shop") == D2
+
+
+def sha256(number: int) -> str:
+    return f"sha256:{number:064x}"

@@ -115,3 +115,10 @@ def test_rollback_twice_from_fresh_runners_reads_the_engine(
     assert f"No release before the current one of project {name!r} in staging" \
         in result.stderr
     assert serves() == "release r1"
+
+    # Issue 20: the labels carry the whole trail, the rollbacks too (not only the stack).
+    listed = deploykit("history", "--project-name", name, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(e["action"], e["tag"], e["status"]) for e in json.loads(listed.stdout)] == [
+        *[("deploy", tag, "deployed") for tag in RELEASES],
+        ("rollback", "r2", "rolled_back"), ("rollback", "r1", "rolled_back")]
