@@ -18,11 +18,15 @@ from responses import matchers
 from deploykit import registry
 from deploykit.cli import main
 from deploykit.errors import (
+    BadCredentialsError,
     DeniedError,
     InputError,
+    InsecureRealmError,
+    LoginRequiredError,
     ManifestUnknownError,
     RegistryError,
     RegistryUnreachableError,
+    RepositoryUnknownError,
     UnauthorizedError,
 )
 from deploykit.registry import (
@@ -212,15 +216,21 @@ def test_token_service_rejecting_credentials_is_unauthorized(rsps: Any) -> None:
     assert "`registry_password`" in error.value.hint
 
 
-def test_401_after_a_token_is_unauthorized(rsps: Any) -> None:
+def test_401_after_a_fresh_token_is_no_permission_not_bad_credentials(rsps: Any) -> None:
+    """The token service accepted the password: a 401 with that token means the account
+    lacks the right (issue 23: it was reported as "rejected the credentials")."""
     add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
     add_token(rsps)
-    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
-    with pytest.raises(UnauthorizedError) as error:
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list",
+                  GHCR_CHALLENGE + ',error="insufficient_scope"')
+    with pytest.raises(DeniedError) as error:
         ghcr().tags()
-    assert error.value.message == ("ghcr.io rejected the credentials of octocat for "
-                                   "ghcr.io/org/app (tag list): UNAUTHORIZED: authentication "
-                                   "required")
+    assert error.value.message == (
+        "ghcr.io accepted the credentials of octocat but denied pull access to ghcr.io/org/app "
+        "(tag list): UNAUTHORIZED: authentication required (insufficient_scope)")
+    assert "Manage Actions access" in error.value.hint
+    assert "`permissions: packages: read`" in error.value.hint
+    assert len(rsps.calls) == 3  # no second token for the same answer
 
 
 # -- Basic ------------------------------------------------------------------------------
@@ -266,7 +276,8 @@ def test_403_denied_names_the_ghcr_fix(rsps: Any) -> None:
     rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1.0.0", status=403)
     with pytest.raises(DeniedError) as error:
         ghcr().resolve("v1.0.0")
-    assert error.value.message == "ghcr.io denied access to ghcr.io/org/app:v1.0.0"
+    assert error.value.message == ("ghcr.io accepted the credentials of octocat but denied pull "
+                                   "access to ghcr.io/org/app:v1.0.0.")
     assert "Manage Actions access" in error.value.hint
     assert "`write:packages`" in error.value.hint
 
@@ -283,7 +294,8 @@ def test_denied_error_recognises_write_package_anywhere() -> None:
 
 
 @pytest.mark.parametrize(("status", "error_type"), [
-    (401, UnauthorizedError), (403, DeniedError), (400, RegistryError), (405, RegistryError),
+    (401, UnauthorizedError), (403, LoginRequiredError), (400, RegistryError),
+    (405, RegistryError),
 ])
 def test_no_other_error_is_ever_read_as_tag_absent(rsps: Any, status: int,
                                                    error_type: type[Exception]) -> None:
@@ -305,12 +317,12 @@ def test_a_404_whose_reason_is_not_unknown_is_not_tag_absent(rsps: Any) -> None:
 
 def test_unreachable_registry_is_never_tag_absent(rsps: Any, clock: FakeClock) -> None:
     url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
-    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("Connection reset by peer"))
     with pytest.raises(RegistryUnreachableError) as error:
         RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=5).find("v1")
     assert error.value.message == (
         "127.0.0.1:5000 did not answer for 127.0.0.1:5000/org/app:v1: ConnectionError: "
-        "connection refused (gave up after 4 attempts).")
+        "Connection reset by peer (gave up after 4 attempts).")
     assert clock.sleeps == [0.5, 1.0, 2.0]
 
 
@@ -361,8 +373,7 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(rsps: Any, clock: FakeCl
 def test_token_service_errors_are_retried_too(rsps: Any, clock: FakeClock) -> None:
     add_challenge(rsps)
     rsps.add(responses.GET, TOKEN_URL, status=503, headers={"Retry-After": "3"})
-    add_challenge(rsps)
-    add_token(rsps)
+    add_token(rsps)  # the challenge is known now: the token first, then the request
     add_head(rsps)
     assert ghcr().resolve("v1.0.0") == DIGEST
     assert clock.sleeps == [3.0]
@@ -373,7 +384,7 @@ def test_each_retry_is_announced_with_the_wait_it_honours(rsps: Any, clock: Fake
     rsps.add(responses.HEAD, url, status=503, headers={"Retry-After": "2"})
     rsps.add(responses.HEAD, url, status=429, headers={"Retry-After": "7"})
     rsps.add(responses.HEAD, url, status=502)
-    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("Connection aborted."))
     rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
     lines: list[str] = []
     client = RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=30, on_retry=lines.append)
