@@ -596,13 +596,14 @@ class RegistryClient:
         scope = scope or self.pull_scope
         sent = self._credentials(scope, what)
         response = self._send(method, url, sent, headers, params, body=body)
-        if response.status_code not in (401, 403):
-            return response
-        if self._worth_again(response, sent, scope):
+        for _ in range(2):  # a challenge learned, then maybe a wider scope asked for
+            if response.status_code not in (401, 403) or \
+                    not self._worth_again(response, sent, scope):
+                break
             sent = self._credentials(scope, what, stale=sent.token)
             response = self._send(method, url, sent, headers, params, body=body)
-            if response.status_code not in (401, 403):
-                return response
+        if response.status_code not in (401, 403):
+            return response
         raise self._auth_error(response, sent, scope, what)
 
     def _worth_again(self, response: requests.Response, sent: _Sent, scope: str) -> bool:
@@ -626,7 +627,10 @@ class RegistryClient:
                 not _covers(sent.token.scopes, challenge.scope)
             if wider and challenge is not None:
                 self._extra_scopes[scope] = challenge.scope
-            return wider or not sent.fresh
+                return True
+            # insufficient_scope for the scope the token has: a new one would grant the same
+            lacking = challenge is not None and challenge.error == "insufficient_scope"
+            return not sent.fresh and not lacking
 
     def _ping(self) -> _Challenge | None:
         """The challenge of ``GET /v2/`` (how the registry wants to be authenticated)."""
