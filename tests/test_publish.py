@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -490,8 +491,6 @@ class TokenOCI(FakeOCI):
                           callback=self.token)
 
     def token(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
-        from urllib.parse import parse_qs, urlsplit  # noqa: PLC0415
-
         scopes = parse_qs(urlsplit(str(request.url)).query)["scope"]
         with self.lock:
             self.token_requests.append(scopes)

@@ -6,8 +6,10 @@ import argparse
 import base64
 import hashlib
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -720,14 +722,10 @@ def test_manifest_bytes_refuses_bytes_of_another_digest(rsps: Any) -> None:
 
 # -- connection failures: fail fast, name the cause (issue 23) -----------------------------------
 def socket_error(kind: str, number: int, text: str) -> OSError:
-    import socket  # noqa: PLC0415
-
     return socket.gaierror(number, text) if kind == "gaierror" else OSError(number, text)
 
 
 def refused_port() -> int:
-    import socket  # noqa: PLC0415
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -838,7 +836,9 @@ def blob_head(rsps: Any, digest: str, token: str, status: int = 200) -> None:
              match=[matchers.header_matcher({"Authorization": f"Bearer {token}"})])
 
 
-def test_an_upload_asks_for_pull_push_even_when_challenged_with_pull(rsps: Any) -> None:
+def test_an_upload_asks_for_pull_push_even_when_challenged_with_pull(
+    rsps: Any, tmp_path: Path,
+) -> None:
     """A blob HEAD is challenged with `pull`; the token asked for is the one uploads need."""
     add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
     add_push_token(rsps, "push")
@@ -850,15 +850,12 @@ def test_an_upload_asks_for_pull_push_even_when_challenged_with_pull(rsps: Any) 
              match=[matchers.header_matcher({"Authorization": "Bearer push"})])
     client = ghcr()
     assert client.blob_exists(DIGEST)
-    client.upload_blob(DIGEST, _layer(rsps))
+    client.upload_blob(DIGEST, _layer(tmp_path))
     assert [c.request.method for c in rsps.calls] == ["HEAD", "GET", "HEAD", "POST", "PUT"]
 
 
-def _layer(rsps: Any) -> Any:
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    path = Path(tempfile.mkdtemp()) / "layer"
+def _layer(folder: Path) -> Path:
+    path = folder / "layer"
     path.write_bytes(b"x")
     return path
 
@@ -920,7 +917,7 @@ def test_a_403_to_an_anonymous_request_is_answered_with_the_token_first(rsps: An
 
 
 def test_a_403_to_a_token_of_too_small_a_scope_is_retried_with_the_push_token(
-    rsps: Any,
+    rsps: Any, tmp_path: Path,
 ) -> None:
     """The old client cached the `pull` token as the push token: a registry answering
     403 then made a user who can push see "denied"."""
@@ -933,7 +930,7 @@ def test_a_403_to_a_token_of_too_small_a_scope_is_retried_with_the_push_token(
     rsps.add(responses.PUT, f"{GHCR}/v2/org/app/blobs/uploads/u1", status=201)
     client = ghcr()
     assert client.blob_exists(DIGEST) is False
-    client.upload_blob(DIGEST, _layer(rsps))
+    client.upload_blob(DIGEST, _layer(tmp_path))
 
 
 def test_a_stale_token_answered_with_403_is_renewed_once_then_denied(rsps: Any) -> None:
@@ -989,7 +986,7 @@ def test_basic_credentials_refused_are_bad_credentials(rsps: Any) -> None:
     assert "GHCR" not in error.value.hint
 
 
-def test_no_push_permission_on_ghcr_names_the_three_fixes(rsps: Any) -> None:
+def test_no_push_permission_on_ghcr_names_the_three_fixes(rsps: Any, tmp_path: Path) -> None:
     add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
     add_push_token(rsps, "pull-only")
     blob_head(rsps, DIGEST, "pull-only", 404)
@@ -999,7 +996,7 @@ def test_no_push_permission_on_ghcr_names_the_three_fixes(rsps: Any) -> None:
     client = ghcr()
     assert client.blob_exists(DIGEST) is False
     with pytest.raises(DeniedError) as error:
-        client.upload_blob(DIGEST, _layer(rsps))
+        client.upload_blob(DIGEST, _layer(tmp_path))
     assert error.value.message == (
         f"ghcr.io accepted the credentials of octocat but denied push access to "
         f"ghcr.io/org/app@{DIGEST} (blob upload): DENIED: permission_denied: write_package "
