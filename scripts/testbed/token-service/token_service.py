@@ -158,10 +158,24 @@ def handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
             else:
                 self.reply(404, {"error": "not found"})
 
-        def issue(self, query: dict[str, list[str]]) -> None:
+        def do_POST(self) -> None:
+            """The OAuth2 form (``grant_type=password``) buildkit and containerd use."""
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode(), keep_blank_values=True)
+            if urlsplit(self.path).path != "/token" or \
+                    (form.get("grant_type") or [""])[0] != "password":
+                self.reply(404, {"error": "unsupported_grant_type"})
+                return
+            user = (form.get("username") or [""])[0]
+            password = (form.get("password") or [""])[0]
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.issue(form, f"Basic {basic}")
+
+        def issue(self, query: dict[str, list[str]], authorization: str = "") -> None:
             scopes = [part for value in query.get("scope", []) for part in value.split(" ")
                       if part]
-            user, entry, ok = service.authenticate(self.headers.get("Authorization", ""))
+            user, entry, ok = service.authenticate(
+                authorization or self.headers.get("Authorization", ""))
             record: dict[str, Any] = {
                 "time": time.time(), "user": user, "scope": scopes,
                 "agent": self.headers.get("User-Agent", "")}
