@@ -69,8 +69,6 @@ class UnauthorizedError(RegistryError):
 class LoginRequiredError(UnauthorizedError):
     """No credentials were given, and the registry wants some for this."""
 
-    title = "Registry login required"
-
 
 class BadCredentialsError(UnauthorizedError):
     """The registry or its token service refused the username and password."""

@@ -782,9 +782,8 @@ class RegistryClient:
         verb = "push to" if scope.endswith("push") else "read"
         return LoginRequiredError(
             f"{self.registry} requires a login to {verb} {what}{suffix}",
-            hint="Set `registry_username` and `registry_password`"
-            + (" (for GHCR a token with `read:packages`, and `write:packages` to build)."
-               if self.registry == "ghcr.io" or not scope.endswith("push") else "."))
+            hint="Set `registry_username` and `registry_password` (for GHCR a token with "
+            "`read:packages`, and `write:packages` to build).")
 
     def _bad_credentials(self, what: str, detail: str) -> BadCredentialsError:
         suffix = f": {detail}" if detail else "."

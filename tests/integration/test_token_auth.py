@@ -282,7 +282,7 @@ def test_resolve_with_and_without_credentials(token_bed: TokenBed,
 
     anonymous_private, _ = cli("resolve", private)
     assert anonymous_private.returncode == 1
-    assert (f"error: Registry login required: {token_bed.host} requires a login to read "
+    assert (f"error: Registry authentication failed: {token_bed.host} requires a login to read "
             f"{private}") in anonymous_private.stderr
     assert "Set `registry_username` and `registry_password`" in anonymous_private.stderr
 
