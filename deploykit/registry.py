@@ -591,8 +591,9 @@ class RegistryClient:
         scope: str = "",
         body: bytes | Path | None = None,
     ) -> requests.Response:
-        """Send with the credentials ``scope`` needs; a 401 or 403 is answered once (a
-        challenge learned, a stale token renewed), then it is the error it names."""
+        """Send with the credentials ``scope`` needs. A 401 or 403 is answered at most twice
+        (a challenge learned, a stale token renewed, a wider scope asked for); then it is
+        the error it names."""
         scope = scope or self.pull_scope
         sent = self._credentials(scope, what)
         response = self._send(method, url, sent, headers, params, body=body)
@@ -734,8 +735,7 @@ class RegistryClient:
             raise RegistryError(f"The token service {realm} sent no token for {what}.",
                                 hint="Check `registry`.")
         lifetime = _lifetime(body.get("expires_in"))
-        return _Token(str(token), scopes, _monotonic() + lifetime - min(30.0, lifetime / 2),
-                      with_credentials=bool(self._password))
+        return _Token(str(token), scopes, _monotonic() + lifetime - min(30.0, lifetime / 2))
 
     def _check_realm(self, realm: str, what: str) -> None:
         """Credentials go over plain HTTP only to a token service on this loopback registry's
@@ -837,7 +837,6 @@ class _Token:
     value: str
     scopes: tuple[str, ...]
     fresh_until: float  # _monotonic() time after which it is renewed before use
-    with_credentials: bool = False
 
 
 @dataclass(frozen=True)
