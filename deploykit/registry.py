@@ -3,14 +3,20 @@
 Reads: resolve a tag to its digest with one ``HEAD``, read manifests,
 platforms and labels, list every tag (paginated). Writes, for Build & Push only:
 upload a blob, PUT a manifest under its digest or a tag. Authentication is anonymous,
-Basic, or the Bearer-token challenge flow GHCR and Docker Hub use; tokens are
-cached per scope. Idempotent calls (reads, content-addressed uploads, a PUT of
-the same bytes) are retried with tenacity on connection errors, 429 and 5xx,
-honouring ``Retry-After``, within ``retry_seconds``; each retry is announced through
-``on_retry`` (the callers pass ``Actions.info``) with the wait it honours.
+Basic, or the Bearer-token challenge flow GHCR and Docker Hub use, as docker does it:
+once the challenge is known, each request carries a token of exactly the scope it needs
+(``pull``, or ``pull,push`` for a build's writes), fetched once per scope, shared by the
+upload threads and renewed before its ``expires_in`` runs out. Idempotent calls (reads,
+content-addressed uploads, a PUT of the same bytes) are retried with tenacity on
+timeouts, dropped connections, 429 and 5xx, honouring ``Retry-After``, within
+``retry_seconds``; each retry is announced through ``on_retry`` (the callers pass
+``Actions.info``) with the wait it honours. A refused connection, a name that does not
+resolve, no route and a failing proxy are tried only twice, an untrusted certificate
+once: no wait cures them.
 
-Every failure is a typed :class:`~deploykit.errors.RegistryError`; only a
-"manifest unknown" answer ever means "this tag does not exist".
+Every failure is a typed :class:`~deploykit.errors.RegistryError`, and says what it is:
+bad credentials, no permission, an unknown repository, an unreachable host and why; only
+a "manifest unknown" answer ever means "this tag does not exist".
 """
 
 from __future__ import annotations
