@@ -151,10 +151,11 @@ def test_a_token_that_expires_mid_upload_is_renewed_before_it_runs_out(
     token_bed: TokenBed, run_build: Callable[..., Run], make_app_context: Callable[..., str],
     faulty_proxy: type[FaultyProxy],
 ) -> None:
-    """USER-short's tokens live 4 s (expires_in says so); the proxy makes each manifest
-    PUT and blob upload take 1 s, so the push outlives its first token."""
+    """USER-short's tokens live 6 s (expires_in says so; deploykit renews them after 3 s);
+    the proxy makes each manifest PUT and blob upload take 1.5 s, so the push (five
+    manifest PUTs one after the other) outlives its first token."""
     proxy = faulty_proxy(token_bed.host)
-    proxy.slow("PUT", r"/manifests/|/blobs/uploads/", 1.0)
+    proxy.slow("PUT", r"/manifests/|/blobs/uploads/", 1.5)
     repo = token_bed.repo("tok-expiry")
     mark = token_bed.log_mark()
 
@@ -176,10 +177,10 @@ def test_a_token_that_expires_sooner_than_it_says_is_fetched_again_after_a_401(
     token_bed: TokenBed, run_build: Callable[..., Run], make_app_context: Callable[..., str],
     faulty_proxy: type[FaultyProxy],
 ) -> None:
-    """USER-stale's tokens die after 4 s though expires_in says 300 (a skewed clock): the
+    """USER-stale's tokens die after 6 s though expires_in says 300 (a skewed clock): the
     registry refuses one, deploykit fetches a new token and sends the request again."""
     proxy = faulty_proxy(token_bed.host)
-    proxy.slow("PUT", r"/manifests/|/blobs/uploads/", 1.0)
+    proxy.slow("PUT", r"/manifests/|/blobs/uploads/", 1.5)
     repo = token_bed.repo("tok-stale")
     mark = token_bed.log_mark()
 

@@ -4,7 +4,7 @@ HTTP proxy, for tests/integration/test_token_auth.py (which imports these fixtur
 
 The token service's users (all log in with the test bed password): USER pushes
 everywhere but ``denied/*``; USER-reader only pulls (nothing on ``denied/*``);
-USER-short gets tokens the registry accepts for 4 s, and ``expires_in`` says so;
+USER-short gets tokens the registry accepts for 6 s, and ``expires_in`` says so;
 USER-stale gets the same short tokens while ``expires_in`` claims 300 s.
 Anonymous clients may pull ``public/*``.
 """
