@@ -54,20 +54,42 @@ class ManifestUnknownError(RegistryError):
     title = "Image not found"
 
 
+class RepositoryUnknownError(ManifestUnknownError):
+    """The repository itself does not exist (no image was ever pushed to it)."""
+
+    title = "Repository not found"
+
+
 class UnauthorizedError(RegistryError):
-    """The registry rejected the credentials (401)."""
+    """The registry wants other credentials (401)."""
 
     title = "Registry authentication failed"
 
 
+class LoginRequiredError(UnauthorizedError):
+    """No credentials were given, and the registry wants some for this."""
+
+
+class BadCredentialsError(UnauthorizedError):
+    """The registry or its token service refused the username and password."""
+
+
 class DeniedError(RegistryError):
-    """Credentials were accepted, but they do not allow the operation (403)."""
+    """Credentials were accepted, but they grant no right to the operation: a 403, a
+    token without the scope asked for (``insufficient_scope``), ``DENIED``."""
 
     title = "Registry permission denied"
 
 
+class InsecureRealmError(RegistryError):
+    """The registry names a token service that would get the credentials over plain HTTP."""
+
+    title = "Insecure token service"
+
+
 class RegistryUnreachableError(RegistryError):
-    """No answer from the registry, or only server errors after retries."""
+    """No answer from the registry: refused, unknown name, no route, TLS, or only
+    server errors after retries."""
 
     title = "Registry unreachable"
 

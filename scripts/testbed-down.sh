@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop what scripts/provision-debian.sh started -- and nothing else: the processes named
-# by its pidfiles (registry-auth, registry-open, dockerd), each only if the pid still
-# belongs to that program. Installed packages, images and registry storage are kept,
+# by its pidfiles (registry-token, token-service, registry-auth, registry-open, dockerd),
+# each only if the pid still belongs to that program. Installed packages, images and registry storage are kept,
 # so a later provision-debian.sh run is fast again.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ usage() {
   cat <<'EOF'
 Usage: scripts/testbed-down.sh [--registries-only]
 
-  --registries-only   stop the two registries, leave dockerd running
+  --registries-only   stop the registries and the token service, leave dockerd running
 
 Environment: DEPLOYKIT_TESTBED_RUN_DIR (pidfiles) [/run/deploykit-testbed]
 EOF
@@ -58,6 +58,8 @@ stop() {
   log "$name: stopped"
 }
 
+stop registry-token "$RUN_DIR/registry-token.pid" docker-registry 10
+stop token-service "$RUN_DIR/token-service.pid" token_service.py 10
 stop registry-auth "$RUN_DIR/registry-auth.pid" docker-registry 10
 stop registry-open "$RUN_DIR/registry-open.pid" docker-registry 10
 if [[ "$REGISTRIES_ONLY" == 0 ]]; then

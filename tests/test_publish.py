@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -470,3 +471,67 @@ def test_a_failed_blob_upload_fails_the_push_before_any_manifest(tmp_path: Path)
         upload_layout(client, tmp_path, manifest, OCI_MANIFEST)  # type: ignore[arg-type]
     assert info.value.message == f"127.0.0.1:5000 answered 500 for {blobs[2]}."
     assert [event for event in client.events if event[0] == "put"] == []
+
+
+# -- the Bearer-token flow of a build's upload ------------------------------------------------
+class TokenOCI(FakeOCI):
+    """FakeOCI behind a token service, as GHCR and distribution's ``auth: token`` do it: a
+    request without a token is challenged with the scope its method needs (``pull`` for a
+    blob HEAD), a token without ``push`` gets ``401 insufficient_scope`` on an upload."""
+
+    REALM = "http://127.0.0.1:5000/token"
+
+    def __init__(self, rsps: responses.RequestsMock) -> None:
+        super().__init__(rsps)
+        self.granted: dict[str, set[str]] = {}  # token -> actions
+        self.token_requests: list[list[str]] = []  # the scopes of each token request
+        self.answers: list[tuple[str, int, str]] = []  # (method path, status, error)
+        self.lock = threading.Lock()
+        rsps.add_callback("GET", re.compile(re.escape(self.REALM) + r"\?.*"),
+                          callback=self.token)
+
+    def token(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        scopes = parse_qs(urlsplit(str(request.url)).query)["scope"]
+        with self.lock:
+            self.token_requests.append(scopes)
+            value = f"tok-{len(self.token_requests)}"
+            self.granted[value] = {action for scope in scopes
+                                   for action in scope.rsplit(":", 1)[1].split(",")}
+        time.sleep(0.02)  # a round trip: long enough for the other threads to ask too
+        return 200, {}, json.dumps({"token": value, "expires_in": 300}).encode()
+
+    def handle(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        needed = "pull" if request.method in ("GET", "HEAD") else "push"
+        token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ")
+        path = str(request.url).split("?")[0].removeprefix(BASE)
+        error = ""
+        if token not in self.granted:
+            error = "invalid_token" if token else ""
+        elif needed not in self.granted[token]:
+            error = "insufficient_scope"
+        if token in self.granted and not error:
+            return super().handle(request)
+        with self.lock:
+            self.answers.append((f"{request.method} {path}", 401, error))
+        scope = "repository:org/app:" + ("pull" if needed == "pull" else "pull,push")
+        challenge = f'Bearer realm="{self.REALM}",service="fake",scope="{scope}"'
+        if error:
+            challenge += f',error="{error}"'
+        body = b"" if request.method == "HEAD" else b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+        return 401, {"WWW-Authenticate": challenge}, body
+
+
+def test_a_build_upload_asks_once_for_pull_push_and_every_thread_shares_the_token(
+    tmp_path: Path,
+) -> None:
+    """Issue 23: the blob HEAD is challenged with `pull`; that token was cached as the push
+    token, so each upload thread got `401 insufficient_scope` and fetched its own."""
+    manifest, blobs = many_blob_layout(tmp_path, 12)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        oci = TokenOCI(rsps)
+        client = RegistryClient("127.0.0.1:5000", "org/app", "deploykit", "pw")
+        assert upload_layout(client, tmp_path, manifest, OCI_MANIFEST) == len(blobs)
+    assert oci.token_requests == [["repository:org/app:pull,push"]]
+    assert [answer for answer in oci.answers if answer[2] == "insufficient_scope"] == []
+    assert oci.answers == [(f"HEAD /blobs/{blobs[0]}", 401, "")]  # the one challenge
+    assert set(oci.blobs) == set(blobs) and puts(oci) == [manifest]

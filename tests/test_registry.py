@@ -6,8 +6,10 @@ import argparse
 import base64
 import hashlib
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +20,15 @@ from responses import matchers
 from deploykit import registry
 from deploykit.cli import main
 from deploykit.errors import (
+    BadCredentialsError,
     DeniedError,
     InputError,
+    InsecureRealmError,
+    LoginRequiredError,
     ManifestUnknownError,
     RegistryError,
     RegistryUnreachableError,
+    RepositoryUnknownError,
     UnauthorizedError,
 )
 from deploykit.registry import (
@@ -212,15 +218,21 @@ def test_token_service_rejecting_credentials_is_unauthorized(rsps: Any) -> None:
     assert "`registry_password`" in error.value.hint
 
 
-def test_401_after_a_token_is_unauthorized(rsps: Any) -> None:
+def test_401_after_a_fresh_token_is_no_permission_not_bad_credentials(rsps: Any) -> None:
+    """The token service accepted the password: a 401 with that token means the account
+    lacks the right (issue 23: it was reported as "rejected the credentials")."""
     add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
     add_token(rsps)
-    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
-    with pytest.raises(UnauthorizedError) as error:
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list",
+                  GHCR_CHALLENGE + ',error="insufficient_scope"')
+    with pytest.raises(DeniedError) as error:
         ghcr().tags()
-    assert error.value.message == ("ghcr.io rejected the credentials of octocat for "
-                                   "ghcr.io/org/app (tag list): UNAUTHORIZED: authentication "
-                                   "required")
+    assert error.value.message == (
+        "ghcr.io accepted the credentials of octocat but denied pull access to ghcr.io/org/app "
+        "(tag list): UNAUTHORIZED: authentication required (insufficient_scope)")
+    assert "Manage Actions access" in error.value.hint
+    assert "`permissions: packages: read`" in error.value.hint
+    assert len(rsps.calls) == 3  # no second token for the same answer
 
 
 # -- Basic ------------------------------------------------------------------------------
@@ -266,7 +278,8 @@ def test_403_denied_names_the_ghcr_fix(rsps: Any) -> None:
     rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1.0.0", status=403)
     with pytest.raises(DeniedError) as error:
         ghcr().resolve("v1.0.0")
-    assert error.value.message == "ghcr.io denied access to ghcr.io/org/app:v1.0.0"
+    assert error.value.message == ("ghcr.io accepted the credentials of octocat but denied pull "
+                                   "access to ghcr.io/org/app:v1.0.0.")
     assert "Manage Actions access" in error.value.hint
     assert "`write:packages`" in error.value.hint
 
@@ -283,7 +296,8 @@ def test_denied_error_recognises_write_package_anywhere() -> None:
 
 
 @pytest.mark.parametrize(("status", "error_type"), [
-    (401, UnauthorizedError), (403, DeniedError), (400, RegistryError), (405, RegistryError),
+    (401, UnauthorizedError), (403, LoginRequiredError), (400, RegistryError),
+    (405, RegistryError),
 ])
 def test_no_other_error_is_ever_read_as_tag_absent(rsps: Any, status: int,
                                                    error_type: type[Exception]) -> None:
@@ -305,12 +319,12 @@ def test_a_404_whose_reason_is_not_unknown_is_not_tag_absent(rsps: Any) -> None:
 
 def test_unreachable_registry_is_never_tag_absent(rsps: Any, clock: FakeClock) -> None:
     url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
-    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("Connection reset by peer"))
     with pytest.raises(RegistryUnreachableError) as error:
         RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=5).find("v1")
     assert error.value.message == (
         "127.0.0.1:5000 did not answer for 127.0.0.1:5000/org/app:v1: ConnectionError: "
-        "connection refused (gave up after 4 attempts).")
+        "Connection reset by peer (gave up after 4 attempts).")
     assert clock.sleeps == [0.5, 1.0, 2.0]
 
 
@@ -361,8 +375,7 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(rsps: Any, clock: FakeCl
 def test_token_service_errors_are_retried_too(rsps: Any, clock: FakeClock) -> None:
     add_challenge(rsps)
     rsps.add(responses.GET, TOKEN_URL, status=503, headers={"Retry-After": "3"})
-    add_challenge(rsps)
-    add_token(rsps)
+    add_token(rsps)  # the challenge is known now: the token first, then the request
     add_head(rsps)
     assert ghcr().resolve("v1.0.0") == DIGEST
     assert clock.sleeps == [3.0]
@@ -373,7 +386,7 @@ def test_each_retry_is_announced_with_the_wait_it_honours(rsps: Any, clock: Fake
     rsps.add(responses.HEAD, url, status=503, headers={"Retry-After": "2"})
     rsps.add(responses.HEAD, url, status=429, headers={"Retry-After": "7"})
     rsps.add(responses.HEAD, url, status=502)
-    rsps.add(responses.HEAD, url, body=requests.ConnectionError("connection refused"))
+    rsps.add(responses.HEAD, url, body=requests.ConnectionError("Connection aborted."))
     rsps.add(responses.HEAD, url, headers={"Docker-Content-Digest": DIGEST})
     lines: list[str] = []
     client = RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=30, on_retry=lines.append)
@@ -705,3 +718,379 @@ def test_manifest_bytes_refuses_bytes_of_another_digest(rsps: Any) -> None:
         RegistryClient("127.0.0.1:5000", "org/app").manifest_bytes(DIGEST)
     assert info.value.message == (f"127.0.0.1:5000 sent a manifest for 127.0.0.1:5000/org/app@"
                                   f"{DIGEST} with another digest.")
+
+
+# -- connection failures: fail fast, name the cause (issue 23) -----------------------------------
+def socket_error(kind: str, number: int, text: str) -> OSError:
+    return socket.gaierror(number, text) if kind == "gaierror" else OSError(number, text)
+
+
+def refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_refused_connection_fails_after_two_attempts_naming_host_cause_and_fix(
+    clock: FakeClock,
+) -> None:
+    port = refused_port()  # a real socket: nothing listens there
+    lines: list[str] = []
+    with pytest.raises(RegistryUnreachableError) as error:
+        RegistryClient(f"127.0.0.1:{port}", "org/app", on_retry=lines.append).tags()
+    assert error.value.title == "Registry refused the connection"
+    assert error.value.message == (
+        f"Nothing accepts connections at 127.0.0.1:{port}: connection refused "
+        f"(127.0.0.1:{port}/org/app (tag list), 2 attempts).")
+    assert "a typo in the host or the port" in error.value.hint
+    assert clock.sleeps == [0.5]
+    assert lines == [f"Registry 127.0.0.1:{port} did not answer for 127.0.0.1:{port}/org/app "
+                     "(tag list) (connection refused); retrying in 0.5 s (attempt 2 of at "
+                     "most 2)."]
+
+
+@pytest.mark.parametrize(("failure", "title", "message", "hint"), [
+    (requests.ConnectionError(socket_error("gaierror", -2, "Name or service not known")),
+     "Registry name not found",
+     "The name ghcr.io does not resolve: no DNS answer for it (ghcr.io/org/app:v1, 2 attempts).",
+     "no network or no DNS"),
+    (requests.ConnectionError("HTTPSConnectionPool(host='ghcr.io', port=443): Max retries "
+                              "exceeded (Caused by NameResolutionError(\"Failed to resolve "
+                              "'ghcr.io' ([Errno -3] Temporary failure in name resolution)\"))"),
+     "Registry name not found",
+     "The name ghcr.io does not resolve: no DNS answer for it (ghcr.io/org/app:v1, 2 attempts).",
+     "a typo: a host such as ghcr.io"),
+    (requests.ConnectionError(OSError(113, "No route to host")), "No route to the registry",
+     "No network route to ghcr.io: the host or its network is unreachable "
+     "(ghcr.io/org/app:v1, 2 attempts).", "a proxy it must use (HTTPS_PROXY)"),
+    (requests.ConnectionError(OSError(101, "Network is unreachable")),
+     "No route to the registry",
+     "No network route to ghcr.io: the host or its network is unreachable "
+     "(ghcr.io/org/app:v1, 2 attempts).", "check its network and firewall"),
+    (requests.exceptions.ProxyError("Unable to connect to proxy"), "Proxy error",
+     "The proxy failed the connection to ghcr.io (ghcr.io/org/app:v1, 2 attempts): "
+     "ProxyError: Unable to connect to proxy", "NO_PROXY"),
+])
+def test_connection_failures_no_wait_cures_are_tried_twice(
+    rsps: Any, clock: FakeClock, failure: Exception, title: str, message: str, hint: str,
+) -> None:
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1", body=failure)
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1", body=failure)
+    with pytest.raises(RegistryUnreachableError) as error:
+        ghcr().resolve("v1")
+    assert (error.value.title, error.value.message) == (title, message)
+    assert hint in error.value.hint
+    assert clock.sleeps == [0.5]
+
+
+def test_an_untrusted_certificate_fails_at_once_and_names_the_ca_fix(
+    rsps: Any, clock: FakeClock,
+) -> None:
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1", body=requests.exceptions.SSLError(
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate"))
+    with pytest.raises(RegistryUnreachableError) as error:
+        ghcr().resolve("v1")
+    assert error.value.title == "Registry TLS error"
+    assert error.value.message.startswith("TLS with ghcr.io failed: [SSL: CERTIFICATE_VERIFY")
+    assert "The certificate of ghcr.io is not trusted here" in error.value.hint
+    assert "REQUESTS_CA_BUNDLE" in error.value.hint
+    assert (len(rsps.calls), clock.sleeps) == (1, [])
+
+
+@pytest.mark.parametrize("failure", [
+    requests.ConnectTimeout("connect timed out"), requests.ReadTimeout("read timed out"),
+    requests.ConnectionError("('Connection aborted.', RemoteDisconnected('closed'))"),
+])
+def test_timeouts_and_dropped_connections_keep_the_bounded_retries(
+    rsps: Any, clock: FakeClock, failure: Exception,
+) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, body=failure)
+    with pytest.raises(RegistryUnreachableError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app", retry_seconds=60).resolve("v1")
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    assert error.value.message.endswith("(gave up after 10 attempts).")
+
+
+def test_a_refused_token_service_is_named_too(rsps: Any, clock: FakeClock) -> None:
+    add_challenge(rsps)
+    refused = requests.ConnectionError(OSError(111, "Connection refused"))
+    rsps.add(responses.GET, TOKEN_URL, body=refused)
+    rsps.add(responses.GET, TOKEN_URL, body=refused)
+    with pytest.raises(RegistryUnreachableError) as error:
+        ghcr().resolve("v1.0.0")
+    assert error.value.message.startswith("Nothing accepts connections at ghcr.io: ")
+
+
+# -- the token dance: scopes, expiry, one token for the threads --------------------------------
+def add_push_token(rsps: Any, token: str, expires_in: int | None = None) -> None:
+    body: dict[str, Any] = {"token": token}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    rsps.add(responses.GET, TOKEN_URL, json=body, match=[matchers.query_param_matcher(
+        {"scope": "repository:org/app:pull,push", "service": "ghcr.io"})])
+
+
+def blob_head(rsps: Any, digest: str, token: str, status: int = 200) -> None:
+    rsps.add(responses.HEAD, f"{GHCR}/v2/org/app/blobs/{digest}", status=status,
+             match=[matchers.header_matcher({"Authorization": f"Bearer {token}"})])
+
+
+def test_an_upload_asks_for_pull_push_even_when_challenged_with_pull(
+    rsps: Any, tmp_path: Path,
+) -> None:
+    """A blob HEAD is challenged with `pull`; the token asked for is the one uploads need."""
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "push")
+    blob_head(rsps, DIGEST, "push")
+    rsps.add(responses.POST, f"{GHCR}/v2/org/app/blobs/uploads/", status=202,
+             headers={"Location": "/v2/org/app/blobs/uploads/u1"},
+             match=[matchers.header_matcher({"Authorization": "Bearer push"})])
+    rsps.add(responses.PUT, f"{GHCR}/v2/org/app/blobs/uploads/u1", status=201,
+             match=[matchers.header_matcher({"Authorization": "Bearer push"})])
+    client = ghcr()
+    assert client.blob_exists(DIGEST)
+    client.upload_blob(DIGEST, _layer(tmp_path))
+    assert [c.request.method for c in rsps.calls] == ["HEAD", "GET", "HEAD", "POST", "PUT"]
+
+
+def _layer(folder: Path) -> Path:
+    path = folder / "layer"
+    path.write_bytes(b"x")
+    return path
+
+
+def test_once_the_challenge_is_known_the_push_token_comes_before_the_first_upload(
+    rsps: Any,
+) -> None:
+    add_challenge(rsps, responses.GET, f"{GHCR}/v2/org/app/tags/list")
+    add_token(rsps, "pull")
+    rsps.add(responses.GET, f"{GHCR}/v2/org/app/tags/list", json={"tags": ["a"]},
+             match=[matchers.header_matcher({"Authorization": "Bearer pull"})])
+    add_push_token(rsps, "push")
+    blob_head(rsps, DIGEST, "push", 404)
+    client = ghcr()
+    assert client.tags() == ["a"]
+    assert client.blob_exists(DIGEST) is False
+    assert [c.response.status_code for c in rsps.calls] == [401, 200, 200, 200, 404]
+
+
+def test_a_token_is_renewed_before_expires_in_runs_out(rsps: Any, clock: FakeClock) -> None:
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "first", expires_in=100)
+    blob_head(rsps, DIGEST, "first")
+    blob_head(rsps, CONFIG, "first")
+    add_push_token(rsps, "second", expires_in=100)
+    blob_head(rsps, ARM_CONFIG, "second")
+    client = ghcr()
+    assert client.blob_exists(DIGEST)
+    clock.now += 69  # within the lifetime less the margin (half of it, at most 30 s)
+    assert client.blob_exists(CONFIG)
+    clock.now += 2  # 71 s of 100: renewed before it is sent, never a 401
+    assert client.blob_exists(ARM_CONFIG)
+    assert [c.response.status_code for c in rsps.calls] == [401, 200, 200, 200, 200, 200]
+
+
+def test_a_token_without_expires_in_lives_the_default_60_seconds(
+    rsps: Any, clock: FakeClock,
+) -> None:
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "first")
+    blob_head(rsps, DIGEST, "first")
+    add_push_token(rsps, "second")
+    blob_head(rsps, CONFIG, "second")
+    client = ghcr()
+    assert client.blob_exists(DIGEST)
+    clock.now += 31
+    assert client.blob_exists(CONFIG)
+
+
+def test_a_403_to_an_anonymous_request_is_answered_with_the_token_first(rsps: Any) -> None:
+    """A registry that answers 403 instead of 401 (no challenge): deploykit asks /v2/ how to
+    authenticate and tries with the push token before it calls anything "denied"."""
+    rsps.add(responses.HEAD, f"{GHCR}/v2/org/app/blobs/{DIGEST}", status=403)
+    rsps.add(responses.GET, f"{GHCR}/v2/", status=401,
+             headers={"WWW-Authenticate": 'Bearer realm="https://ghcr.io/token",service="ghcr.io"'})
+    add_push_token(rsps, "push")
+    blob_head(rsps, DIGEST, "push")
+    assert ghcr().blob_exists(DIGEST)
+
+
+def test_a_403_to_a_token_of_too_small_a_scope_is_retried_with_the_push_token(
+    rsps: Any, tmp_path: Path,
+) -> None:
+    """The old client cached the `pull` token as the push token: a registry answering
+    403 then made a user who can push see "denied"."""
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "push")
+    blob_head(rsps, DIGEST, "push", 404)
+    rsps.add(responses.POST, f"{GHCR}/v2/org/app/blobs/uploads/", status=202,
+             headers={"Location": "/v2/org/app/blobs/uploads/u1"},
+             match=[matchers.header_matcher({"Authorization": "Bearer push"})])
+    rsps.add(responses.PUT, f"{GHCR}/v2/org/app/blobs/uploads/u1", status=201)
+    client = ghcr()
+    assert client.blob_exists(DIGEST) is False
+    client.upload_blob(DIGEST, _layer(tmp_path))
+
+
+def test_a_stale_token_answered_with_403_is_renewed_once_then_denied(rsps: Any) -> None:
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "push")
+    blob_head(rsps, DIGEST, "push")
+    blob_head(rsps, CONFIG, "push", 403)
+    add_push_token(rsps, "push-again")
+    rsps.add(responses.HEAD, f"{GHCR}/v2/org/app/blobs/{CONFIG}", status=403,
+             match=[matchers.header_matcher({"Authorization": "Bearer push-again"})])
+    client = ghcr()
+    assert client.blob_exists(DIGEST)
+    with pytest.raises(DeniedError) as error:
+        client.blob_exists(CONFIG)
+    assert error.value.message == (f"ghcr.io accepted the credentials of octocat but denied "
+                                   f"push access to ghcr.io/org/app@{CONFIG} (blob).")
+
+
+def test_a_challenge_for_a_wider_scope_is_asked_for_with_the_needed_one(rsps: Any) -> None:
+    add_challenge(rsps)
+    add_token(rsps, "pull")
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1.0.0", status=401, headers={
+        "WWW-Authenticate": 'Bearer realm="https://ghcr.io/token",service="ghcr.io",'
+        'scope="repository:org/base:pull",error="insufficient_scope"'})
+    rsps.add(responses.GET, TOKEN_URL, json={"token": "both"}, match=[
+        matchers.query_string_matcher("scope=repository%3Aorg%2Fapp%3Apull&scope=repository"
+                                      "%3Aorg%2Fbase%3Apull&service=ghcr.io")])
+    add_head(rsps, token="both")
+    assert ghcr().resolve("v1.0.0") == DIGEST
+
+
+# -- bad credentials, no permission, unknown repository ----------------------------------------
+def test_bad_credentials_are_the_token_service_refusing_them(rsps: Any) -> None:
+    add_challenge(rsps)
+    rsps.add(responses.GET, TOKEN_URL, status=401, json=UNAUTHORIZED_BODY)
+    with pytest.raises(BadCredentialsError) as error:
+        ghcr().resolve("v1.0.0")
+    assert error.value.title == "Registry authentication failed"
+    assert "wrong, expired or revoked" in error.value.hint
+    assert "`read:packages` (`write:packages` to build)" in error.value.hint
+
+
+def test_basic_credentials_refused_are_bad_credentials(rsps: Any) -> None:
+    url = "http://127.0.0.1:5001/v2/org/app/manifests/v1"
+    rsps.add(responses.HEAD, url, status=401,
+             headers={"WWW-Authenticate": 'Basic realm="deploykit-testbed"'})
+    rsps.add(responses.HEAD, url, status=401,
+             headers={"WWW-Authenticate": 'Basic realm="deploykit-testbed"'})
+    with pytest.raises(BadCredentialsError) as error:
+        RegistryClient("127.0.0.1:5001", "org/app", "deploykit", "wrong").resolve("v1")
+    assert error.value.message == ("127.0.0.1:5001 rejected the credentials of deploykit for "
+                                   "127.0.0.1:5001/org/app:v1.")
+    assert "GHCR" not in error.value.hint
+
+
+def test_no_push_permission_on_ghcr_names_the_three_fixes(rsps: Any, tmp_path: Path) -> None:
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    add_push_token(rsps, "pull-only")
+    blob_head(rsps, DIGEST, "pull-only", 404)
+    rsps.add(responses.POST, f"{GHCR}/v2/org/app/blobs/uploads/", status=401, headers={
+        "WWW-Authenticate": PUSH_CHALLENGE + ',error="insufficient_scope"'},
+        json={"errors": [{"code": "DENIED", "message": "permission_denied: write_package"}]})
+    client = ghcr()
+    assert client.blob_exists(DIGEST) is False
+    with pytest.raises(DeniedError) as error:
+        client.upload_blob(DIGEST, _layer(tmp_path))
+    assert error.value.message == (
+        f"ghcr.io accepted the credentials of octocat but denied push access to "
+        f"ghcr.io/org/app@{DIGEST} (blob upload): DENIED: permission_denied: write_package "
+        "(insufficient_scope)")
+    for fix in ("`write:packages`", "Manage Actions access", "`permissions: packages: write`"):
+        assert fix in error.value.hint
+    assert len([c for c in rsps.calls if c.request.url.startswith(TOKEN_URL)]) == 1
+
+
+def test_no_permission_elsewhere_names_the_account_and_the_repository(rsps: Any) -> None:
+    add_challenge(rsps, responses.GET, "http://127.0.0.1:5002/v2/denied/x/tags/list",
+                  'Bearer realm="http://127.0.0.1:5003/token",service="testbed",'
+                  'scope="repository:denied/x:pull"')
+    rsps.add(responses.GET, "http://127.0.0.1:5003/token", json={"token": "nothing"})
+    add_challenge(rsps, responses.GET, "http://127.0.0.1:5002/v2/denied/x/tags/list",
+                  'Bearer realm="http://127.0.0.1:5003/token",service="testbed",'
+                  'scope="repository:denied/x:pull",error="insufficient_scope"')
+    with pytest.raises(DeniedError) as error:
+        RegistryClient("127.0.0.1:5002", "denied/x", "reader", "pw").tags()
+    assert error.value.message.startswith("127.0.0.1:5002 accepted the credentials of reader "
+                                          "but denied pull access to 127.0.0.1:5002/denied/x")
+    assert "check the account's permissions" in error.value.hint
+    assert "`image_repo`" in error.value.hint
+
+
+def test_without_credentials_a_refused_token_is_a_login_required(rsps: Any) -> None:
+    add_challenge(rsps, url=f"{GHCR}/v2/org/app/blobs/{DIGEST}")
+    rsps.add(responses.GET, TOKEN_URL, status=401, json=UNAUTHORIZED_BODY)
+    with pytest.raises(LoginRequiredError) as error:
+        RegistryClient("ghcr.io", "org/app").blob_exists(DIGEST)
+    assert error.value.message.startswith("ghcr.io requires a login to push to ghcr.io/org/app@")
+
+
+def test_an_unknown_repository_is_its_own_error_but_find_says_none(rsps: Any) -> None:
+    url = "http://127.0.0.1:5000/v2/org/typo"
+    rsps.add(responses.HEAD, f"{url}/manifests/v1", status=404)
+    rsps.add(responses.GET, f"{url}/tags/list", status=404, json={"errors": [
+        {"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
+    rsps.add(responses.HEAD, f"{url}/manifests/v1", status=404)
+    client = RegistryClient("127.0.0.1:5000", "org/typo")
+    with pytest.raises(RepositoryUnknownError) as error:
+        client.resolve("v1")
+    assert error.value.message == ("127.0.0.1:5000/org/typo does not exist: 127.0.0.1:5000 "
+                                   "knows no repository org/typo (so not "
+                                   "127.0.0.1:5000/org/typo:v1).")
+    assert "`image_repo`" in error.value.hint
+    assert client.find("v1") is None
+    assert len(rsps.calls) == 3  # find asks no more than the HEAD
+
+
+def test_a_missing_tag_of_an_existing_repository_stays_manifest_unknown(rsps: Any) -> None:
+    url = "http://127.0.0.1:5000/v2/org/app"
+    rsps.add(responses.HEAD, f"{url}/manifests/v9", status=404)
+    rsps.add(responses.GET, f"{url}/tags/list", json={"tags": ["v1"]})
+    with pytest.raises(ManifestUnknownError) as error:
+        RegistryClient("127.0.0.1:5000", "org/app").resolve("v9")
+    assert not isinstance(error.value, RepositoryUnknownError)
+
+
+# -- where credentials may go ---------------------------------------------------------------------
+@pytest.mark.parametrize(("registry_host", "realm"), [
+    ("ghcr.io", "http://auth.example.com/token"),
+    ("ghcr.io", "http://ghcr.io/token"),
+    ("127.0.0.1:5002", "http://10.1.2.3:5003/token"),
+])
+def test_credentials_never_go_to_a_plain_http_realm_elsewhere(
+    rsps: Any, registry_host: str, realm: str,
+) -> None:
+    base = RegistryClient(registry_host, "org/app").base_url
+    rsps.add(responses.HEAD, f"{base}/v2/org/app/manifests/v1", status=401,
+             headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
+    with pytest.raises(InsecureRealmError) as error:
+        RegistryClient(registry_host, "org/app", "octocat", "secret").resolve("v1")
+    assert error.value.message == (
+        f"{registry_host} sends its token requests for {registry_host}/org/app:v1 to {realm}, "
+        "over plain HTTP on another host: deploykit does not send the credentials of "
+        "octocat there.")
+    assert len(rsps.calls) == 1  # the token service never saw the password
+
+
+def test_a_plain_http_realm_on_the_loopback_registry_host_is_allowed(rsps: Any) -> None:
+    rsps.add(responses.HEAD, "http://127.0.0.1:5002/v2/org/app/manifests/v1", status=401,
+             headers={"WWW-Authenticate": 'Bearer realm="http://127.0.0.1:5003/token",'
+                      'service="testbed"'})
+    rsps.add(responses.GET, "http://127.0.0.1:5003/token", json={"token": "t"},
+             match=[matchers.header_matcher({"Authorization": basic("u", "pw")})])
+    rsps.add(responses.HEAD, "http://127.0.0.1:5002/v2/org/app/manifests/v1",
+             headers={"Docker-Content-Digest": DIGEST})
+    assert RegistryClient("127.0.0.1:5002", "org/app", "u", "pw").resolve("v1") == DIGEST
+
+
+def test_an_anonymous_token_may_come_from_a_plain_http_realm(rsps: Any) -> None:
+    rsps.add(responses.HEAD, f"{MANIFEST_URL}/v1", status=401,
+             headers={"WWW-Authenticate": 'Bearer realm="http://auth.example.com/token"'})
+    rsps.add(responses.GET, "http://auth.example.com/token", json={"token": "anon"})
+    add_head(rsps, "v1", token="anon")
+    assert RegistryClient("ghcr.io", "org/app").resolve("v1") == DIGEST
