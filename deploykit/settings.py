@@ -22,6 +22,7 @@ BOOL_VALUES = ("true", "false")
 
 BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"
 DAY_SECONDS = 86400  # upper bound of every timeout: a day is more than any deploy waits
+KEEP_IMAGES_MAX = 20  # a bound; the engine's labels remember 20 releases below the current
 ALL = (BUILD, DEPLOY, ROLLBACK)
 RUN = (DEPLOY, ROLLBACK)
 
@@ -136,6 +137,10 @@ INPUTS: tuple[InputSpec, ...] = (
               "summary printed to stderr).", "true", kind="bool"),
     InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
               "the first `smoke_url`.", modes=RUN),
+    InputSpec("keep_images", "After a verified deploy, remove this repository's images "
+              "that no container uses, but those of the N most recent releases (the "
+              "running one included: a rollback pulls nothing); `0` keeps every image "
+              "(0 to 20).", "5", kind="int", modes=(DEPLOY,), maximum=KEEP_IMAGES_MAX),
 )
 
 OUTPUTS: dict[str, str] = {
@@ -233,6 +238,7 @@ class Settings:
     github: GitHubContext
     build_date: datetime
     orchestrator: str = "compose"
+    keep_images: int = 5
 
     @property
     def image_name(self) -> str:
@@ -322,6 +328,7 @@ def load_settings(
         github=github,
         build_date=_build_date(env),
         orchestrator=str(values["orchestrator"]),
+        keep_images=int(values["keep_images"]),  # type: ignore[call-overload]
     )
 
 

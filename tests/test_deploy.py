@@ -52,6 +52,7 @@ class World:
     lock_lost: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # deploykit's, on the containers
     images: set[str] = field(default_factory=set)  # `registry/repo@digest` on the engine
+    pruned: list[str] = field(default_factory=list)  # the digests pruning ran after
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -195,6 +196,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
     monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
     monkeypatch.setattr(deploy_module, "smoke_test", smoke)
+    monkeypatch.setattr(deploy_module, "prune_after_deploy",
+                        lambda deployment, project, target: world.pruned.append(target.digest))
     monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: FakeCompose(world))
     for module in (deploy_command, deploy_module):  # the config where its result is taken
         monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
