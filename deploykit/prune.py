@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from deploykit.actions import Actions, markdown_table
+from deploykit.actions import Actions, markdown_table, markdown_text
 from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
 from deploykit.history import RELEASE_LABEL, HistoryEntry, engine_labels, stack_from_labels
@@ -91,12 +91,13 @@ class Removal:
     image: LocalImage
     names: tuple[str, ...]  # the names to remove: this repository's only
 
-    @property
-    def label(self) -> str:
-        """A tag of the image when it has one, else its short digest."""
-        tags = sorted(p.tag for n in self.names if (p := _parsed(n)) is not None and p.tag)
+    def label(self, tags: Mapping[str, str]) -> str:
+        """A tag of the image: its own, else the one the history gave its digest; else
+        its short digest (a pulled image is named ``repo@sha256:...`` only)."""
+        own = sorted(p.tag for n in self.names if (p := _parsed(n)) is not None and p.tag)
         digests = sorted(digests_of(self.names)) or [self.image.id]
-        return tags[0] if tags else digests[0].removeprefix("sha256:")[:12]
+        named = [tags[digest] for digest in digests if tags.get(digest)]
+        return (own or named or [digests[0].removeprefix("sha256:")[:12]])[0]
 
 
 @dataclass(frozen=True)
@@ -133,20 +134,21 @@ class PruneResult:
     failed: tuple[str, ...] = ()  # "name: why" of names the engine refused
 
     def line(self, image_name: str, keep: int) -> str:
-        kept = (f"kept {self.kept} of the {keep} most recent release(s)"
+        kept = (f"kept {self.kept} of the newest releases (keep_images: {keep})"
                 + (f" and {self.in_use} a container uses" if self.in_use else ""))
         if not self.removed:
-            return f"Pruned no image of {image_name}: {kept}."
-        return (f"Pruned {len(self.removed)} image(s) of {image_name} "
+            return f"No old image of {image_name} to prune: {kept}."
+        return (f"Pruned {len(self.removed)} old image(s) of {image_name} "
                 f"({', '.join(self.removed)}): {human_size(self.reclaimed)} reclaimed; "
                 f"{kept}.")
 
     def summary(self, keep: int) -> str:
-        value = (f"{len(self.removed)} removed ({human_size(self.reclaimed)} reclaimed), "
-                 f"{self.kept} kept (`keep_images: {keep}`)"
+        removed = f" ({markdown_text(', '.join(self.removed))})" if self.removed else ""
+        value = (f"{len(self.removed)} removed{removed}, {human_size(self.reclaimed)} "
+                 f"reclaimed; {self.kept} kept (`keep_images: {keep}`)"
                  + (f", {self.in_use} in use" if self.in_use else ""))
         if self.failed:
-            value += f", {len(self.failed)} could not be removed"
+            value += f"; {len(self.failed)} could not be removed"
         return markdown_table(["", "value"], [["old images", value]])
 
 
@@ -187,7 +189,9 @@ def prune_images(api: Any, image_name: str, keep: int, stacks: Iterable[list[His
                  running: str) -> PruneResult:
     """Remove ``image_name``'s images but those of the ``keep`` most recent releases of
     each stack, the ``running`` digest's and those a container uses."""
+    stacks = list(stacks)
     keep_digests = releases_to_keep(stacks, image_name, keep) | {running}
+    tags = {entry.digest: entry.tag for stack in stacks for entry in stack if entry.tag}
     plan = plan_prune((LocalImage.of(raw) for raw in api.images()), image_name,
                       keep_digests, used_image_ids(api))
     if not plan.remove:
@@ -207,7 +211,7 @@ def prune_images(api: Any, image_name: str, keep: int, stacks: Iterable[list[His
         if refused:
             failed.append(refused)
         else:
-            removed.append(removal.label)
+            removed.append(removal.label(tags))
     return PruneResult(tuple(removed), max(before - images_size(api), 0), len(plan.kept),
                        len(plan.in_use), tuple(failed))
 

@@ -3,6 +3,7 @@ API), and when a deploy prunes at all (the deploy fakes of tests/test_deploy.py)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def test_an_image_with_names_in_other_repositories_loses_only_ours() -> None:
                    f"{NAME}@{B}")
     [removal] = plan_prune([shared], NAME, keep_digests={A}, used_image_ids=set()).remove
     assert removal.names == (f"{NAME}:v2", f"{NAME}@{B}")
-    assert removal.label == "v2"
+    assert removal.label({}) == "v2"
 
 
 def test_a_dangling_image_is_known_by_its_repo_digest() -> None:
@@ -86,7 +87,8 @@ def test_a_dangling_image_is_known_by_its_repo_digest() -> None:
                               "RepoDigests": [f"{NAME}@{B}"], "Size": 7})
     [removal] = plan_prune([dangling, image(C, "<none>@<none>")], NAME, {A}, set()).remove
     assert removal.names == (f"{NAME}@{B}",)
-    assert removal.label == B.removeprefix("sha256:")[:12]
+    assert removal.label({}) == B.removeprefix("sha256:")[:12]
+    assert removal.label({B: "v2"}) == "v2"  # the tag the history gave it
     assert plan_prune([dangling], NAME, {B}, set()).kept == (dangling,)
 
 
@@ -146,15 +148,16 @@ def test_prune_removes_by_name_and_measures_the_space_it_freed() -> None:
     api = FakeApi([raw(A, f"{NAME}@{A}"), raw(B, f"{NAME}:v2", f"{NAME}@{B}", size=2_500_000),
                    raw(C, f"{NAME}:v3", f"{NAME}@{C}"), raw(E, "127.0.0.1:5000/other:1")],
                   [{"ImageID": E}])
-    result = prune_images(api, NAME, 1, [[entry(A), entry(B), entry(C)]], running=C)
+    stacks = [[entry(A), entry(B), replace(entry(C), tag="v3")]]
+    result = prune_images(api, NAME, 1, stacks, running=C)
     assert api.removed == [f"{NAME}@{A}", f"{NAME}:v2", f"{NAME}@{B}"]
     assert result == PruneResult(removed=(A.removeprefix("sha256:")[:12], "v2"),
                                  reclaimed=3_500_000, kept=1, in_use=0)
     assert result.line(NAME, 1) == (
-        f"Pruned 2 image(s) of {NAME} (aaaaaaaaaaaa, v2): 3.5 MB reclaimed; kept 1 of the 1 "
-        "most recent release(s).")
-    assert "| old images | 2 removed (3.5 MB reclaimed), 1 kept (`keep_images: 1`) |" in \
-        result.summary(1)
+        f"Pruned 2 old image(s) of {NAME} (aaaaaaaaaaaa, v2): 3.5 MB reclaimed; kept 1 of the "
+        "newest releases (keep_images: 1).")
+    assert ("| old images | 2 removed (aaaaaaaaaaaa, v2), 3.5 MB reclaimed; 1 kept "
+            "(`keep_images: 1`) |") in result.summary(1)
 
 
 def test_the_running_digest_is_kept_even_when_no_stack_knows_it() -> None:
@@ -168,8 +171,8 @@ def test_nothing_to_remove_asks_no_size() -> None:
     api = FakeApi([raw(A, f"{NAME}@{A}"), raw(B, f"{NAME}@{B}")], [{"ImageID": A}])
     result = prune_images(api, NAME, 1, [[entry(B)]], running=B)
     assert (api.removed, api.df_calls) == ([], 0)
-    assert result.line(NAME, 1) == (f"Pruned no image of {NAME}: kept 1 of the 1 most recent "
-                                    "release(s) and 1 a container uses.")
+    assert result.line(NAME, 1) == (f"No old image of {NAME} to prune: kept 1 of the newest "
+                                    "releases (keep_images: 1) and 1 a container uses.")
 
 
 def test_a_name_gone_with_an_earlier_one_is_no_failure_and_a_refusal_is_reported() -> None:
@@ -179,7 +182,7 @@ def test_a_name_gone_with_an_earlier_one_is_no_failure_and_a_refusal_is_reported
     result = prune_images(api, NAME, 1, [[entry(C)]], running=C)
     assert result.removed == ("v1",)
     assert result.failed == (f"{NAME}:v2: conflict: image is being used",)
-    assert "1 could not be removed" in result.summary(1)
+    assert "; 1 could not be removed |" in result.summary(1)
 
 
 def test_the_engines_release_stacks_count_too(tmp_path: Path) -> None:
@@ -236,10 +239,10 @@ def test_a_prune_logs_one_line_and_a_summary_row(tmp_path: Path,
     prune_after_deploy(FakeDeployment(api, actions, "1"), "shop", target)  # type: ignore[arg-type]
     assert api.removed == [f"{NAME}:v1", f"{NAME}@{A}"]
     assert capsys.readouterr().out.splitlines() == [
-        f"Pruned 1 image(s) of {NAME} (v1): 1.0 MB reclaimed; kept 1 of the 1 most recent "
-        "release(s)."]
-    assert "| old images | 1 removed (1.0 MB reclaimed), 1 kept (`keep_images: 1`) |" in \
-        summary.read_text()
+        f"Pruned 1 old image(s) of {NAME} (v1): 1.0 MB reclaimed; kept 1 of the newest "
+        "releases (keep_images: 1)."]
+    assert ("| old images | 1 removed (v1), 1.0 MB reclaimed; 1 kept (`keep_images: 1`) |"
+            in summary.read_text())
 
 
 def test_only_a_deployed_deploy_prunes(world: World, run: Any) -> None:  # noqa: F811
