@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from deploykit import __version__
 from deploykit.actions import Actions
-from deploykit.errors import DeployError, DeploykitError
+from deploykit.errors import DeployError, DeploykitError, InputError
 from deploykit.reference import parse_reference
 from deploykit.settings import (
     BUILD,
@@ -188,7 +188,7 @@ def _handler(path: str) -> Callable[..., None]:
     return handler
 
 
-def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+def _load(args: argparse.Namespace, env: Mapping[str, str], actions: Actions) -> Settings:
     """Settings from INPUT_* and, for a subcommand, its flags (and its mode)."""
     if args.command is None:
         return load_settings(env)
@@ -197,7 +197,25 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         # REF names its repository. Its registry stays apart from `registry`: the
         # credentials belong to `registry` and go to no other host (resolve_command).
         overrides["image_repo"] = parse_reference(args.reference).repository
+    elif args.command != "history" and not (
+            overrides.get("image_repo") or read_inputs(env).get("image_repo")
+            or env.get("GITHUB_REPOSITORY") or env.get("GITHUB_ACTIONS") == "true"):
+        overrides["image_repo"] = _image_repo_from_origin(actions)
     return load_settings(env, overrides, image_required=args.command != "history")
+
+
+def _image_repo_from_origin(actions: Actions) -> str:
+    """On a terminal that names no image repository: the checkout's `origin` remote."""
+    from deploykit.git import origin_repository  # noqa: PLC0415 (only a terminal needs git)
+
+    repository = origin_repository()
+    if repository is None:
+        raise InputError("image_repo", "is not set (no `--image-repo`, no GITHUB_REPOSITORY) "
+                         "and this directory is no git checkout whose `origin` remote names "
+                         "an `<owner>/<repo>`.", hint="Pass `--image-repo <org>/<app>`, or run "
+                         "in a clone of the repository (`git remote -v` shows its origin).")
+    actions.info(f"image_repo: {repository}, from the `origin` remote of this checkout.")
+    return repository
 
 
 def main(
@@ -225,7 +243,7 @@ def main(
     started = time.monotonic()
     settings_loaded = False
     try:
-        settings = _load(args, env)
+        settings = _load(args, env, actions)
         command = args.command or settings.mode
         settings_loaded = True
         actions.summary_enabled = settings.summary
