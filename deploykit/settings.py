@@ -52,7 +52,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("registry", "Registry host and optional port, no scheme: `ghcr.io`, "
               "`127.0.0.1:5000`, `[::1]:5000`.", "ghcr.io"),
     InputSpec("image_repo", "Repository in the registry, `<org>/<app>`. "
-              "Default: `GITHUB_REPOSITORY`, lower-cased."),
+              "Default: `GITHUB_REPOSITORY`, lower-cased; on a terminal without it, the "
+              "`<owner>/<repo>` of the checkout's `origin` remote."),
     InputSpec("registry_username", "User for the registry login. Default: `GITHUB_ACTOR`."),
     InputSpec("registry_password", "Registry token, e.g. the `GHCR_PAT` secret "
               "(`write:packages` to build, `read:packages` to deploy).", kind="secret"),
