@@ -280,3 +280,18 @@ def test_keep_images_refuses_what_is_not_0_to_20(value: str) -> None:
     with pytest.raises(InputError, match="keep_images"):
         load_settings({"GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy",
                                                          "keep_images": value})
+
+
+def test_on_a_swarm_manager_the_stacks_service_labels_count_too() -> None:
+    class Manager(FakeApi):
+        def services(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+            assert filters == {"label": "deploykit.release"}
+            return [{"Spec": {"Labels": labels_for_stack([entry(A), entry(B)])}},
+                    {"Spec": {}}]
+
+    api = Manager([raw(A, f"{NAME}@{A}"), raw(B, f"{NAME}@{B}"), raw(C, f"{NAME}@{C}")], [])
+    assert prune_module.release_stacks(api, swarm=False) == []
+    stacks = prune_module.release_stacks(api, swarm=True)
+    assert [[e.digest for e in stack] for stack in stacks] == [[A, B]]
+    prune_images(api, NAME, 2, stacks, running=B)
+    assert api.removed == [f"{NAME}@{C}"]

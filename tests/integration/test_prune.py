@@ -4,6 +4,8 @@ Ten deploys of ten releases with ``keep_images: 3`` leave exactly the images of 
 release and the two before it; a name of another repository on a pruned image stays; and
 the two rollbacks after that pull nothing: the registry can no longer serve those releases
 (their config blobs are deleted), and the rollbacks still succeed from the engine's images.
+On a single-node Swarm (a throwaway engine, scripts/swarm-engine.sh, with the classic image
+store where the shared engine has the containerd one) the manager is pruned the same way.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def project(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def run(command: str, name: str, directory: Path, registry: str, repo: str,
-        capsys: pytest.CaptureFixture[str], **inputs: str) -> tuple[int, dict[str, str], str]:
+        capsys: pytest.CaptureFixture[str], env: dict[str, str] | None = None,
+        **inputs: str) -> tuple[int, dict[str, str], str]:
     output = directory / f"output-{uuid.uuid4().hex[:6]}"
-    env = {key: value for key, value in os.environ.items()
+    env = {key: value for key, value in {**os.environ, **(env or {})}.items()
            if not key.startswith(("INPUT_", "GITHUB_"))}
     env.update({
         "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output),
@@ -88,11 +91,12 @@ def run(command: str, name: str, directory: Path, registry: str, repo: str,
     return code, outputs, capsys.readouterr().out
 
 
-def images_of(image_name: str) -> dict[str, set[str]]:
+def images_of(image_name: str, docker_host: str = "") -> dict[str, set[str]]:
     """image ID -> the digests its names in ``image_name`` carry, for the engine's images
     with a name in that repository."""
     found: dict[str, set[str]] = {}
-    for image in docker.APIClient().images():
+    api = docker.APIClient(base_url=docker_host) if docker_host else docker.APIClient()
+    for image in api.images():
         names = [*(image.get("RepoTags") or []), *(image.get("RepoDigests") or [])]
         ours = [n for n in names if n.startswith((f"{image_name}:", f"{image_name}@"))]
         if ours:
@@ -159,3 +163,54 @@ def test_ten_deploys_keep_three_images_and_a_rollback_pulls_nothing(
         assert f"{image_name}@{digests[tag]} is on this engine already: nothing to pull." \
             in log
         assert "Pruned" not in log  # never after a rollback
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+STACK = """\
+services:
+  app:
+    image: ${IMAGE_REGISTRY}/${IMAGE_REPO}:${IMAGE_TAG}
+    stop_grace_period: 1s
+    deploy:
+      replicas: 1
+      update_config: {order: stop-first, monitor: 1s}
+"""
+
+
+@pytest.fixture
+def swarm_manager(docker_engine: None, open_registry: TestRegistry) -> Iterator[str]:
+    """A throwaway single-node Swarm manager that keeps one stopped task per replica."""
+    name = f"dk-prune-swarm-{uuid.uuid4().hex[:8]}"
+    try:
+        up = subprocess.run(["bash", str(SCRIPTS / "swarm-engine.sh"), "up", name],
+                            capture_output=True, text=True, timeout=180, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+        docker_host = up.stdout.strip().partition("=")[2]
+        for args in (["swarm", "init", "--advertise-addr", "127.0.0.1"],
+                     ["swarm", "update", "--task-history-limit", "1"]):
+            docker_cli("-H", docker_host, *args)
+        yield docker_host
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "swarm-engine.sh"), "down", name],
+                       capture_output=True, timeout=120, check=False)
+
+
+def test_a_swarm_manager_is_pruned_too(
+        open_registry: TestRegistry, releases: tuple[str, dict[str, str]],
+        swarm_manager: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, digests = releases
+    image_name = f"{open_registry.host}/{repo}"
+    (tmp_path / "compose.yaml").write_text(STACK)
+    name = f"dkp-{uuid.uuid4().hex[:8]}"
+    logs = []
+    for tag in ("v1", "v2", "v3", "v4"):
+        code, outputs, log = run("deploy", name, tmp_path, open_registry.host, repo, capsys,
+                                 env={"DOCKER_HOST": swarm_manager}, image_tag=tag,
+                                 orchestrator="swarm", keep_images="2")
+        assert (code, outputs.get("status")) == (0, "deployed"), log
+        logs.append(log)
+    assert f"No old image of {image_name} to prune: kept 2 of the newest" in logs[1]
+    assert any(f"Pruned 1 old image(s) of {image_name} (v1): " in log for log in logs[2:])
+    left = set().union(*images_of(image_name, swarm_manager).values())
+    # v2 may still be the image of the stopped task Swarm keeps (task_history_limit 1)
+    assert left - {digests["v2"]} == {digests["v3"], digests["v4"]}, left
