@@ -246,7 +246,7 @@ def _handler(path: str) -> Callable[..., None]:
 _RUNS = (BUILD, DEPLOY, ROLLBACK)  # the commands that are a mode's run (the action's own)
 
 
-def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+def _load(args: argparse.Namespace, env: Mapping[str, str], actions: Actions) -> Settings:
     """Settings from INPUT_* and, for a subcommand, its flags (and its mode)."""
     if args.command is None:
         return load_settings(env, gate=True)
@@ -255,8 +255,13 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         # REF names its repository. Its registry stays apart from `registry`: the
         # credentials belong to `registry` and go to no other host (resolve_command).
         overrides["image_repo"] = parse_reference(args.reference).repository
+    origin_read = args.command != "history" and not (
+        overrides.get("image_repo") or read_inputs(env).get("image_repo")
+        or env.get("GITHUB_REPOSITORY") or env.get("GITHUB_ACTIONS") == "true")
+    if origin_read and (repository := _image_repo_from_origin(actions)):
+        overrides["image_repo"] = repository
     return load_settings(env, overrides, image_required=args.command != "history",
-                         gate=args.command in _RUNS)
+                         gate=args.command in _RUNS, origin_read=origin_read)
 
 
 def _naming(args: argparse.Namespace, actions: Actions) -> Callable[[str], str]:
@@ -297,6 +302,17 @@ def _check_locally(command: str, settings: Settings) -> None:
         build_paths(settings)
 
 
+def _image_repo_from_origin(actions: Actions) -> str | None:
+    """On a terminal that names no image repository: the checkout's `origin` remote (None
+    without one: the settings report it with every other problem)."""
+    from deploykit.git import origin_repository  # noqa: PLC0415 (only a terminal needs git)
+
+    repository = origin_repository()
+    if repository is not None:
+        actions.info(f"image_repo: {repository}, from the `origin` remote of this checkout.")
+    return repository
+
+
 def main(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -319,7 +335,7 @@ def main(
     started = time.monotonic()
     settings_loaded = False
     try:
-        settings = _load(args, env)
+        settings = _load(args, env, actions)
         command = args.command or settings.mode
         settings_loaded = True
         actions.summary_enabled = settings.summary

@@ -92,6 +92,7 @@ from deploykit.lock import (
 )
 from deploykit.policy import DeployTarget
 from deploykit.provenance import check_provenance
+from deploykit.prune import prune_after_deploy
 from deploykit.reference import parse_reference
 from deploykit.registry import RegistryClient
 from deploykit.settings import Settings
@@ -867,6 +868,8 @@ class Rollout:
         self.actions.add_summary(self.summary(target, previous, status))
         self.actions.notice(f"{self.project.name} in {self.settings.environment} runs "
                             f"{target.reference(self.d.image_name)}.", title=status)
+        if status == DEPLOYED:
+            prune_after_deploy(self.d, self.project.name, target)
 
     def record_history(self, target: Target, previous: Previous, status: str) -> None:
         self.recorded = True

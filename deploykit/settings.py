@@ -26,6 +26,7 @@ BOOL_VALUES = ("true", "false")
 
 BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"
 DAY_SECONDS = 86400  # upper bound of every timeout: a day is more than any deploy waits
+KEEP_IMAGES_MAX = 20  # a bound; the engine's labels remember 20 releases below the current
 ALL = (BUILD, DEPLOY, ROLLBACK)
 RUN = (DEPLOY, ROLLBACK)
 
@@ -72,7 +73,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("registry", "Registry host and optional port, no scheme: `ghcr.io`, "
               "`127.0.0.1:5000`, `[::1]:5000`.", "ghcr.io"),
     InputSpec("image_repo", "Repository in the registry, `<org>/<app>`. "
-              "Default: `GITHUB_REPOSITORY`, lower-cased."),
+              "Default: `GITHUB_REPOSITORY`, lower-cased; on a terminal without it, the "
+              "`<owner>/<repo>` of the checkout's `origin` remote."),
     InputSpec("registry_username", "User for the registry login. Default: `GITHUB_ACTOR`."),
     InputSpec("registry_password", "Registry token, e.g. the `GHCR_PAT` secret "
               "(`write:packages` to build, `read:packages` to deploy).", kind="secret"),
@@ -166,6 +168,10 @@ INPUTS: tuple[InputSpec, ...] = (
               "updated over the network.", modes=RUN),
     InputSpec("provenance_repository", "Repository whose workflows must have built the "
               "image, `<owner>/<repo>`. Default: `GITHUB_REPOSITORY`.", modes=RUN),
+    InputSpec("keep_images", "After a verified deploy, remove this repository's images "
+              "that no container uses, but those of the N most recent releases (the "
+              "running one included: a rollback pulls nothing); `0` keeps every image "
+              "(0 to 20).", "5", kind="int", modes=(DEPLOY,), maximum=KEEP_IMAGES_MAX),
 )
 
 OUTPUTS: dict[str, str] = {
@@ -269,6 +275,7 @@ class Settings:
     verify_provenance: bool = False
     trusted_root: str = ""
     provenance_repository: str = ""
+    keep_images: int = 5
 
     @property
     def image_name(self) -> str:
@@ -358,7 +365,7 @@ class _Problems:
 
 def load_settings(
     env: Mapping[str, str], overrides: Mapping[str, str] | None = None, *,
-    image_required: bool = True, gate: bool = False,
+    image_required: bool = True, gate: bool = False, origin_read: bool = False,
 ) -> Settings:
     """Read every input once (``INPUT_*`` then CLI overrides) and validate it.
 
@@ -395,7 +402,7 @@ def load_settings(
         registry=problems.check("registry", lambda: _registry(text("registry")), ""),
         image_repo=problems.check("image_repo", lambda: _image_repo(
             text("image_repo") or github.repository.lower(),
-            required=image_required), ""),
+            required=image_required, origin_read=origin_read), ""),
         registry_username=text("registry_username") or github.actor,
         registry_password=text("registry_password"),
         image_tag=text("image_tag").strip(),
@@ -452,6 +459,7 @@ def load_settings(
         trusted_root=text("trusted_root").strip(),
         provenance_repository=problems.check("provenance_repository", lambda: (
             _provenance_repository(text("provenance_repository"))), ""),
+        keep_images=number("keep_images"),
     )
     if gate and mode in RUN:
         _gate(problems, settings)
@@ -584,10 +592,15 @@ def _registry(value: str) -> str:
     return value
 
 
-def _image_repo(value: str, *, required: bool = True) -> str:
+def _image_repo(value: str, *, required: bool = True, origin_read: bool = False) -> str:
     value = value.strip()
     if not value and not required:
         return value
+    if not value and origin_read:  # a terminal: the checkout's origin was asked too
+        raise InputError("image_repo", "is not set (no `image_repo`, no GITHUB_REPOSITORY) "
+                         "and this directory is no git checkout whose `origin` remote names "
+                         "an `<owner>/<repo>`.", hint="Set `image_repo: <org>/<app>`, or run "
+                         "in a clone of the repository (`git remote -v` shows its origin).")
     if not value:
         raise InputError("image_repo", "is empty and GITHUB_REPOSITORY is not set.",
                          hint="Set `image_repo: <org>/<app>`.")

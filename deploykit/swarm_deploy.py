@@ -34,6 +34,7 @@ from deploykit.history import (
     stack_from_labels,
 )
 from deploykit.lock import EngineLock
+from deploykit.prune import prune_after_deploy
 from deploykit.smoke import smoke_test
 from deploykit.swarm import (
     FAILING,
@@ -245,6 +246,8 @@ class SwarmRollout:
         self.actions.add_summary(self.summary(target, previous, status))
         self.actions.notice(f"Stack {self.project.name} in {self.settings.environment} runs "
                             f"{target.reference(self.d.image_name)}.", title=status)
+        if status == DEPLOYED:
+            prune_after_deploy(self.d, self.project.name, target)
 
     def why(self, verdict: Verdict) -> str:
         names = ", ".join(verdict.services)

@@ -80,8 +80,12 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" = tmpfs ]; then
       ln -s "$dir" "/host/sys/fs/cgroup/$one"; done ;; esac
   done
 fi
+# A private cgroup namespace per container: with the host's (cgroup v1's default), runc
+# builds each controller's bind source from this engine's view of the cgroup tree, which
+# is wrong when the engine itself runs nested (the bare machine of fresh-machine-test.sh:
+# `stat /sys/fs/cgroup/<id>: no such file or directory`); a private one gets fresh mounts.
 exec chroot /host /usr/local/sbin/dockerd --host unix:///run/docker.sock \
-  --host tcp://0.0.0.0:2375 --pidfile /run/docker.pid
+  --host tcp://0.0.0.0:2375 --pidfile /run/docker.pid --default-cgroupns-mode private
 EOF
 
 # The host side of the registry forwarder: <gateway>:<free port> -> 127.0.0.1:5000.

@@ -300,12 +300,17 @@ def test_history_filters_by_image_only_when_asked(tmp_path: Path,
 
 
 # -- issue 23: a terminal that speaks CLI ----------------------------------------------
-def test_a_terminal_hint_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_terminal_hint_names_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Hints said ``Set `image_repo: <org>/<app>` `` to a terminal user."""
+    monkeypatch.chdir(tmp_path)  # no checkout, so no origin remote names the repository
     assert main(["deploy", "--environment", "staging", "--image-tag", "v1"], env={}) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: Invalid input: --image-repo: --image-repo: is empty and "
-                          "GITHUB_REPOSITORY is not set.\n  Hint: Set `--image-repo <org>/<app>`.")
+    assert err.startswith(
+        "error: Invalid input: --image-repo: --image-repo: is not set (no `--image-repo`, no "
+        "GITHUB_REPOSITORY) and this directory is no git checkout whose `origin` remote names "
+        "an `<owner>/<repo>`.\n  Hint: Set `--image-repo <org>/<app>`, or run in a clone of "
+        "the repository (`git remote -v` shows its origin).")
     assert "image_repo" not in err
 
 
@@ -331,15 +336,21 @@ def test_the_action_hint_names_the_input(tmp_path: Path,
         "GITHUB_REPOSITORY is not set.%0AHint: Set `image_repo: <org>/<app>`.\n")
 
 
-def test_every_missing_input_is_reported_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_missing_input_is_reported_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """They came one per run: image_repo, then environment, then image_tag."""
+    monkeypatch.chdir(tmp_path)  # no checkout, so no origin remote names the repository
     assert main(["deploy", "--health-timeout", "0"], env={}) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid inputs: --health-timeout, --image-repo, --environment, "
                           "--image-tag: 4 inputs are invalid:\n")
     for fragment in ("  - --health-timeout: must be from 1 to 86400, got '0'.",
-                     "  - --image-repo: is empty and GITHUB_REPOSITORY is not set.",
-                     "    Hint: Set `--image-repo <org>/<app>`.",
+                     "  - --image-repo: is not set (no `--image-repo`, no GITHUB_REPOSITORY) "
+                     "and this directory is no git checkout whose `origin` remote names an "
+                     "`<owner>/<repo>`.",
+                     "    Hint: Set `--image-repo <org>/<app>`, or run in a clone of the "
+                     "repository (`git remote -v` shows its origin).",
                      "  - --environment: is empty: deploykit must know where it deploys.",
                      "    Hint: Set `--environment staging` or `--environment production`.",
                      "  - --image-tag: is empty."):

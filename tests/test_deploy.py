@@ -57,6 +57,7 @@ class World:
     verified: list[str] = field(default_factory=list)  # the engine's verified markers
     leftovers: list[str] = field(default_factory=list)  # names an interrupted `up` left
     restore_fails: list[Exception] = field(default_factory=list)  # per restore `up`
+    pruned: list[str] = field(default_factory=list)  # the digests pruning ran after
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -225,6 +226,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         return f"net-{len(world.verified) - 1}"
 
     monkeypatch.setattr(deploy_module, "create_config_only_network", mark, raising=False)
+    monkeypatch.setattr(deploy_module, "prune_after_deploy",
+                        lambda deployment, project, target: world.pruned.append(target.digest))
     monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: FakeCompose(world))
     for module in (deploy_command, deploy_module):  # the config where its result is taken
         monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
