@@ -16,6 +16,7 @@ and the next run removes it once that process is gone.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import selectors
@@ -436,6 +437,23 @@ def process_alive(pid: int, start: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def compose_running(project: str, proc: Path = Path("/proc")) -> bool:
+    """Does a ``docker compose ... -p PROJECT`` run on this host? A deploy's detached
+    ``up`` outlives a SIGKILLed deploykit and finishes its step: its lock is not stale
+    until that step ends (another ``up`` of the project would race it for names)."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if "compose" in args and any(
+                flag == "-p" and name == project for flag, name in itertools.pairwise(args)):
+            return True
+    return False
 
 
 _PRIVATE_NAME = re.compile(r"^[a-z-]+?-(\d+)-(\d+)-[0-9a-f]{8}$")

@@ -42,7 +42,7 @@ from typing import Any
 
 from deploykit.actions import Actions
 from deploykit.docker_sdk import docker
-from deploykit.dockercli import process_alive, process_start
+from deploykit.dockercli import compose_running, process_alive, process_start
 from deploykit.errors import DockerError, LockError
 
 LOCK_PREFIX = "deploykit-lock-"
@@ -153,15 +153,18 @@ def this_holder(project: str, *, run_url: str, actor: str, container: str, ttl: 
 # -- the stale rule -----------------------------------------------------------
 def stale_reason(holder: Holder, me: Holder, *, now: datetime,
                  container_running: Callable[[str], bool],
-                 pid_alive: Callable[[int, str], bool] = process_alive) -> str:
-    """Why the holder is presumed dead ('' when it may still be alive)."""
+                 pid_alive: Callable[[int, str], bool] = process_alive,
+                 project_busy: Callable[[str], bool] = compose_running) -> str:
+    """Why the holder is presumed dead ('' when it may still be alive, or when its
+    detached ``docker compose`` still runs: it finishes its step first)."""
     if holder.container and not container_running(holder.container):
         return f"its container {holder.container[:12]} is no longer running"
     # Same pid namespace: the same container, or both on the same booted host.
     same_namespace = holder.container == me.container and (
         bool(holder.container) or (holder.hostname == me.hostname
                                    and holder.boot_id == me.boot_id and bool(holder.boot_id)))
-    if same_namespace and not pid_alive(holder.pid, holder.pid_start):
+    if (same_namespace and not pid_alive(holder.pid, holder.pid_start)
+            and not project_busy(holder.project)):
         where = f"container {holder.container[:12]}" if holder.container else holder.hostname
         return f"its process {holder.pid} in {where} is gone"
     if same_namespace:

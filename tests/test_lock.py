@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 
+from deploykit.dockercli import compose_running
 from deploykit.errors import DockerError, LockError
 from deploykit.lock import (
     EngineLock,
@@ -325,3 +327,34 @@ def test_this_holder_describes_this_process() -> None:
     assert me.since == "2026-01-01T12:00:00Z"
     assert me.expires == "2026-01-01T12:01:00Z"
     assert len(me.token) == 32
+
+
+def test_a_dead_holder_whose_compose_still_runs_holds_the_lock() -> None:
+    """A SIGKILLed deploy's detached `up` finishes its step: a second `up` of the project
+    beside it raced it for container names ("already in use")."""
+    me = holder(pid=1)
+    other = holder(pid=424242)
+    busy = {other.project: True}
+    reason = stale_reason(other, me, now=NOW, container_running=running({}),
+                          pid_alive=lambda pid, start: False,
+                          project_busy=lambda project: busy.get(project, False))
+    assert reason == ""
+    busy[other.project] = False
+    reason = stale_reason(other, me, now=NOW, container_running=running({}),
+                          pid_alive=lambda pid, start: False,
+                          project_busy=lambda project: busy.get(project, False))
+    assert reason == "its process 424242 in runner is gone"
+
+
+def test_compose_running_reads_the_project_of_each_compose_process(tmp_path: Path) -> None:
+    def process(pid: str, *argv: str) -> None:
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    process("10", "/usr/libexec/docker/cli-plugins/docker-compose", "compose", "-p", "shop",
+            "up", "-d")
+    process("11", "sleep", "-p", "blog")
+    (tmp_path / "self").mkdir()
+    assert compose_running("shop", tmp_path)
+    assert not compose_running("blog", tmp_path)  # not compose
+    assert not compose_running("sho", tmp_path)

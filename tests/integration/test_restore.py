@@ -155,6 +155,27 @@ def test_deploykit_killed_during_up_does_not_take_the_project_down(
     serves(project, "v1b", 2)
 
 
+def test_the_next_deploy_waits_for_the_up_a_killed_deploykit_left(
+        slow_project: Callable[..., Project], capsys: pytest.CaptureFixture[str]) -> None:
+    """The killed deploy's detached `up` still runs when the next deploy comes: the lock
+    stays held until that step ends (two `up`s of one project raced for container names:
+    "already in use")."""
+    project = slow_project(2)
+    code, _, log = deploy_in_process(project, capsys, image_tag="v1")
+    assert code == 0, log
+    run = spawn(project, "v1b")
+    child = run.wait_for_child("compose", "up")
+    time.sleep(0.5)
+    run.process.kill()
+    run.finish()
+    assert Path(f"/proc/{child}").exists()  # its step goes on without deploykit
+    code, outputs, log = deploy_in_process(project, capsys, image_tag="v1b", lock_timeout="60")
+    assert code == 0, log
+    assert "Waiting for the lock" in log, log
+    ends_with(project, outputs, "v1b", "deployed")
+    serves(project, "v1b", 2)
+
+
 def delete_from_registry(project: Project, tag: str) -> None:
     """The release is gone: from the engine, and its manifest deleted in the registry."""
     reference = f"{project.registry}/{project.repo}"
