@@ -285,7 +285,8 @@ def test_resolve_with_and_without_credentials(token_bed: TokenBed,
     assert anonymous_private.returncode == 1
     assert (f"error: Registry authentication failed: {token_bed.host} requires a login to read "
             f"{private}") in anonymous_private.stderr
-    assert "Set `registry_username` and `registry_password`" in anonymous_private.stderr
+    # a terminal: the hint names flags, or INPUT_* variables for secrets
+    assert "Set `--registry-username` and `INPUT_REGISTRY_PASSWORD`" in anonymous_private.stderr
 
 
 def test_an_unknown_repository_is_named_as_one(token_bed: TokenBed) -> None:
@@ -295,7 +296,7 @@ def test_an_unknown_repository_is_named_as_one(token_bed: TokenBed) -> None:
     assert result.returncode == 1
     assert (f"error: Repository not found: {token_bed.host}/{repo} does not exist: "
             f"{token_bed.host} knows no repository {repo}") in result.stderr
-    assert "Check `image_repo` and `registry` for a typo" in result.stderr
+    assert "Check `INPUT_IMAGE_REPO` and `--registry` for a typo" in result.stderr  # a terminal
 
 
 # -- deploy ---------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def test_an_unreachable_registry_fails_in_seconds_naming_the_cause(
     assert result.returncode == 1
     assert seconds < 5, (seconds, result.stderr)
     assert f"error: {title}: " in result.stderr and cause in result.stderr
-    assert "`registry`" in result.stderr and "Traceback" not in result.stderr
+    assert "`--registry`" in result.stderr and "Traceback" not in result.stderr  # a terminal
 
 
 def test_deploykit_tags_against_a_refused_port_fails_in_seconds() -> None:
