@@ -13,10 +13,12 @@ import time
 from deploykit.health import HealthWatch
 from deploykit.startfirst import StartedBatch, batch_report
 from tests.integration.loadclient import LoadClient, LoadResult
-from tests.integration.zdt_fixtures import ZdtStack
-from tests.integration.zdt_fixtures import zdt_proxy_image as _proxy_fixture  # noqa: F401
-from tests.integration.zdt_fixtures import zdt_releases as _releases_fixture  # noqa: F401
-from tests.integration.zdt_fixtures import zdt_stack as _stack_fixture  # noqa: F401
+from tests.integration.zdt_fixtures import (  # noqa: F401 (the fixtures, by name)
+    ZdtStack,
+    zdt_proxy_image,
+    zdt_releases,
+    zdt_stack,
+)
 
 RATE = 40
 SETTLE = 2.0
@@ -41,7 +43,7 @@ def switch(stack: ZdtStack, tag: str) -> tuple[bool, StartedBatch, LoadResult, f
     return ok, batch, load.result, switched
 
 
-def test_good_release_switches_with_no_failed_request(zdt_stack: ZdtStack) -> None:
+def test_good_release_switches_with_no_failed_request(zdt_stack: ZdtStack) -> None:  # noqa: F811
     stack = zdt_stack
     old = set(stack.web_releases())
     assert stack.policy.start_first and stack.policy.replicas == 2
@@ -66,7 +68,7 @@ def test_good_release_switches_with_no_failed_request(zdt_stack: ZdtStack) -> No
     assert after == everything
 
 
-def test_failing_release_is_discarded_while_the_old_keeps_serving(zdt_stack: ZdtStack) -> None:
+def test_failing_release_is_discarded_while_the_old_keeps_serving(zdt_stack: ZdtStack) -> None:  # noqa: F811
     stack = zdt_stack
     stack.up("v2")  # where the previous test left it (recreates nothing then)
     stack.wait_serving()
