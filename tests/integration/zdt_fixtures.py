@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def ensure_bookworm_base(workdir: Path) -> str:
 def zdt_proxy_image(open_registry: TestRegistry,
                     tmp_path_factory: pytest.TempPathFactory) -> str:
     """The example's HAProxy image, built locally (the engine's cache makes it quick)."""
-    base = ensure_bookworm_base(tmp_path_factory.mktemp("bookworm"))
+    return build_proxy_image(tmp_path_factory.mktemp("bookworm"))
+
+
+def build_proxy_image(workdir: Path) -> str:
+    base = ensure_bookworm_base(workdir)
     _docker("build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", PROXY_IMAGE,
             str(EXAMPLE / "proxy"), timeout=900)
     return PROXY_IMAGE
@@ -164,31 +169,41 @@ class ZdtStack:
                              f"within {timeout} s (saw {sorted(seen)})")
 
 
-@pytest.fixture(scope="module")
-def zdt_stack(zdt_proxy_image: str, zdt_releases: tuple[str, dict[str, str]],
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZdtStack]:
-    """examples/zero-downtime up with v1 on the real engine; taken down afterwards."""
-    repo, digests = zdt_releases
-    directory = tmp_path_factory.mktemp("zdt-project")
+@contextmanager
+def running_stack(proxy_image: str, repo: str, digests: Mapping[str, str],
+                  directory: Path, release: str = "v1") -> Iterator[ZdtStack]:
+    """A copy of examples/zero-downtime in ``directory``, up with ``release`` and serving
+    from both replicas; taken down (with its volumes) afterwards."""
     shutil.copy(EXAMPLE / "compose.yaml", directory / "compose.yaml")
     port = free_port()
-    env = {**os.environ, "PROXY_IMAGE": zdt_proxy_image, "PROXY_PORT": str(port)}
+    proxy_env = {"PROXY_IMAGE": proxy_image, "PROXY_PORT": str(port)}
+    env = {**os.environ, **proxy_env}
     actions = Actions({}, stdout=io.StringIO(), stderr=io.StringIO())
     name = f"zdt-{uuid.uuid4().hex[:8]}"
-    base = Compose(DockerCLI(actions, env), directory, directory / "compose.yaml", name)
-    compose = base.with_env({"PROXY_IMAGE": zdt_proxy_image, "PROXY_PORT": str(port)}, {})
-    project = compose.load({"PROXY_IMAGE": zdt_proxy_image, "PROXY_PORT": str(port)})
+    compose = Compose(DockerCLI(actions, env), directory, directory / "compose.yaml", name,
+                      env=proxy_env)
+    project = compose.load(proxy_env)
     api = docker_client(env).api
     steps = StartFirst(api, compose.docker, name)
-    config = compose.with_env(compose.env, {"IMAGE_REGISTRY": OPEN_REGISTRY,
-                                            "IMAGE_REPO": repo, "IMAGE_TAG": "v1"}).config()
+    config = compose.with_env(proxy_env, {"IMAGE_REGISTRY": OPEN_REGISTRY,
+                                          "IMAGE_REPO": repo, "IMAGE_TAG": release}).config()
     policy = steps.check(config, project)["web"]
     stack = ZdtStack(compose, project, config, policy, steps, api,
                      f"http://127.0.0.1:{port}/", repo, digests)
     try:
-        stack.up("v1")
+        stack.up(release)
         stack.wait_serving()
         yield stack
     finally:
         subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--timeout",
                         "1"], capture_output=True, check=False, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def zdt_stack(zdt_proxy_image: str, zdt_releases: tuple[str, dict[str, str]],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZdtStack]:
+    """examples/zero-downtime up with v1 on the real engine; taken down afterwards."""
+    repo, digests = zdt_releases
+    with running_stack(zdt_proxy_image, repo, digests,
+                       tmp_path_factory.mktemp("zdt-project")) as stack:
+        yield stack
