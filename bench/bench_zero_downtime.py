@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploykit.health import HealthWatch  # noqa: E402
-from deploykit.startfirst import batch_report  # noqa: E402
 from tests.integration.conftest import BASE_IMAGE, OPEN_REGISTRY  # noqa: E402
 from tests.integration.loadclient import LoadClient, LoadResult  # noqa: E402
 from tests.integration.zdt_fixtures import (  # noqa: E402
@@ -41,6 +40,7 @@ from tests.integration.zdt_fixtures import (  # noqa: E402
     build_proxy_image,
     build_web_releases,
     running_stack,
+    start_first_switch,
 )
 
 RATE, SETTLE, VERDICT_TIMEOUT = 40, 2.0, 20.0
@@ -64,14 +64,9 @@ def verdict(stack: ZdtStack) -> bool:
 
 
 def start_first(stack: ZdtStack, old: str, new: str) -> bool:
-    batch = stack.steps.start_new(stack.release(new), stack.policy, timeout=60)
-    watch = HealthWatch(stack.api, stack.project.name, timeout=VERDICT_TIMEOUT,
-                        settle=stack.policy.settle(SETTLE))
-    if batch_report(watch.wait(), batch).ok:
-        stack.steps.retire_old(batch, stack.policy)
-        return True
-    stack.steps.discard_new(batch, stack.policy)
-    return False
+    switched, _ = start_first_switch(stack, new, settle=SETTLE,
+                                     verdict_timeout=VERDICT_TIMEOUT)
+    return switched
 
 
 def recreate(stack: ZdtStack, old: str, new: str) -> bool:

@@ -28,8 +28,8 @@ import requests
 from deploykit.actions import Actions
 from deploykit.compose import Compose, ComposeProject, image_environment
 from deploykit.dockercli import DockerCLI
-from deploykit.health import docker_client
-from deploykit.startfirst import StartFirst, UpdatePolicy
+from deploykit.health import HealthWatch, docker_client
+from deploykit.startfirst import StartedBatch, StartFirst, UpdatePolicy, batch_report
 from tests.integration.conftest import (
     OPEN_REGISTRY,
     TestRegistry,
@@ -167,6 +167,32 @@ class ZdtStack:
             time.sleep(0.1)
         raise AssertionError(f"the proxy did not serve from {servers} containers "
                              f"within {timeout} s (saw {sorted(seen)})")
+
+
+def start_first_switch(stack: ZdtStack, tag: str, policy: UpdatePolicy | None = None, *,
+                       settle: float = 2.0, verdict_timeout: float = 20.0
+                       ) -> tuple[bool, list[StartedBatch]]:
+    """The order a rollout strategy calls the steps in: per batch of ``parallelism``, start
+    the new containers beside the old, the deploy's verdict, then retire as many old ones;
+    a failed verdict discards that batch's new containers and stops (True: switched)."""
+    policy = policy or stack.policy
+    previous = [str(c["Id"]) for c in stack.web_containers()]
+    batches: list[StartedBatch] = []
+    for number, count in enumerate(policy.batches()):
+        if number and policy.delay:
+            time.sleep(policy.delay)
+        batch = stack.steps.start_new(stack.release(tag), policy, count, timeout=60)
+        batches.append(batch)
+        watch = HealthWatch(stack.api, stack.project.name, timeout=verdict_timeout,
+                            settle=policy.settle(settle))
+        report = batch_report(watch.wait(), batch)
+        if not (report.ok and len(report.containers) == count):
+            stack.steps.discard_new(batch, policy)
+            return False, batches
+        last = number == len(policy.batches()) - 1
+        stack.steps.retire_old(batch, policy, previous if last else previous[:count])
+        previous = previous[count:]
+    return True, batches
 
 
 @contextmanager
