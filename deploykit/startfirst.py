@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,28 +224,42 @@ class StartFirst:
         return sorted(found, key=_number)
 
     def start_new(self, compose: Compose, policy: UpdatePolicy, count: int | None = None, *,
-                  timeout: float | None = None) -> StartedBatch:
+                  timeout: float | None = None,
+                  give_up_at: Callable[[], float | None] | None = None) -> StartedBatch:
         """Start ``count`` (default: ``replicas``) containers of the new release beside the
-        running ones; the old ones are not touched."""
+        running ones; the old ones are not touched. Whatever stops it half-way (a failed
+        ``up``, a cancel, a timeout) removes the containers it started, then propagates."""
         wanted = policy.replicas if count is None else count
-        old = tuple(str(c["Id"]) for c in self.containers(policy.service))
+        old = self._ids(policy.service)
         scale = ["up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale",
                  f"{policy.service}={len(old) + wanted}", policy.service]
-        with label_override(compose.labels) as override:  # the release's history labels
-            compose.docker.run(compose.args(*scale, override=override), extra_env=compose.env,
-                               cwd=str(compose.directory), stream=True, timeout=timeout)
-        now = tuple(str(c["Id"]) for c in self.containers(policy.service))
-        batch = StartedBatch(policy.service, old, tuple(i for i in now if i not in old))
-        if set(old) - set(now) or len(batch.new_ids) != wanted:
+        try:
+            with label_override(compose.labels) as override:  # the release's history labels
+                compose.docker.run(compose.args(*scale, override=override),
+                                   extra_env=compose.env, cwd=str(compose.directory),
+                                   stream=True, timeout=timeout, give_up_at=give_up_at)
+        except BaseException:
+            self.discard_new(self._since(policy.service, old), policy)
+            raise
+        batch = self._since(policy.service, old)
+        gone = len(set(old) - set(self._ids(policy.service)))
+        if gone or len(batch.new_ids) != wanted:
             self.discard_new(batch, policy)
             raise DeployError(
                 f"`docker compose up --scale` of {policy.service!r} did not start {wanted} "
                 f"new container(s) beside the {len(old)} running "
-                f"(it started {len(batch.new_ids)}, and "
-                f"{len(set(old) - set(now))} old ones are gone).",
+                f"(it started {len(batch.new_ids)}, and {gone} old ones are gone).",
                 hint="Another deploy or `docker compose` ran on the project at the same "
                 "time? See `docker compose ps`.")
         return batch
+
+    def _ids(self, service: str) -> tuple[str, ...]:
+        return tuple(str(c["Id"]) for c in self.containers(service))
+
+    def _since(self, service: str, old: Sequence[str]) -> StartedBatch:
+        """The service's containers that are not in ``old``: the ones just started."""
+        return StartedBatch(service, tuple(old),
+                            tuple(i for i in self._ids(service) if i not in old))
 
     def retire_old(self, batch: StartedBatch, policy: UpdatePolicy,
                    ids: Sequence[str] | None = None) -> None:

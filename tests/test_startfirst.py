@@ -13,7 +13,7 @@ import pytest
 
 from deploykit.actions import Actions
 from deploykit.compose import Compose, ComposeProject
-from deploykit.errors import ComposeError, DeployError
+from deploykit.errors import ComposeError, DeployError, DockerError
 from deploykit.health import ContainerHealth, HealthReport
 from deploykit.startfirst import (
     StartedBatch,
@@ -176,8 +176,8 @@ class FakeDocker:
     """The docker CLI: `compose up --scale` adds ``adds``; `stop`/`rm` are recorded."""
 
     def __init__(self, api: FakeAPI, adds: Sequence[dict[str, Any]] = (),
-                 removes: Sequence[str] = ()) -> None:
-        self.api, self.adds, self.removes = api, adds, removes
+                 removes: Sequence[str] = (), up_raises: BaseException | None = None) -> None:
+        self.api, self.adds, self.removes, self.up_raises = api, adds, removes, up_raises
         self.calls: list[list[str]] = []
         self.envs: list[dict[str, str]] = []
         self.actions = Actions({}, stdout=io.StringIO(), stderr=io.StringIO())
@@ -190,6 +190,8 @@ class FakeDocker:
             self.api.by_id.update({c["Id"]: c for c in self.adds})
             for key in self.removes:
                 self.api.by_id.pop(key)
+            if self.up_raises is not None:
+                raise self.up_raises
         if args[0] == "rm":
             for key in args[2:]:
                 self.api.by_id.pop(key)
@@ -241,6 +243,23 @@ def test_start_new_that_recreated_an_old_container_discards_the_new_and_fails() 
         steps.start_new(compose, POLICY)
     assert docker.calls[1][:5] == ["stop", "--time", "8", "--signal", "SIGQUIT"]
     assert docker.calls[2] == ["rm", "--force", f"{3:064x}", f"{4:064x}"]
+
+
+@pytest.mark.parametrize("interruption", [
+    KeyboardInterrupt(), DockerError("`docker compose up` timed out after 60 s; it was stopped.")])
+def test_start_new_interrupted_half_way_removes_what_it_started(
+        interruption: BaseException) -> None:
+    """A cancel (or a failed/timed-out `up`) while compose creates the new containers:
+    the ones already there are removed, the old ones untouched, the error propagates."""
+    api = FakeAPI(container(1), container(2))
+    docker = FakeDocker(api, adds=[container(3, "r/p:v2")], up_raises=interruption)
+    steps, compose = steps_with(docker)
+    with pytest.raises(type(interruption)):
+        steps.start_new(compose, POLICY, give_up_at=lambda: None)
+    assert docker.calls[1:] == [
+        ["stop", "--time", "8", "--signal", "SIGQUIT", f"{3:064x}"],
+        ["rm", "--force", f"{3:064x}"]]
+    assert [c["Id"] for c in steps.containers("web")] == [f"{1:064x}", f"{2:064x}"]
 
 
 def test_retire_old_stops_gracefully_then_removes_only_the_old() -> None:
