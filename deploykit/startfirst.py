@@ -20,6 +20,9 @@ The steps, called by a rollout strategy in this order:
    hash, so a later plain ``docker compose up -d`` recreates nothing.
    Or :meth:`StartFirst.discard_new` after a bad verdict or a cancel: the new containers are
    stopped the same way and removed; the old ones never stopped.
+
+With ``parallelism`` the strategy repeats 2-4 per :meth:`UpdatePolicy.batches` entry,
+sleeping ``delay`` in between (``tests/integration/zdt_fixtures.start_first_switch``).
 """
 
 from __future__ import annotations
@@ -263,7 +266,12 @@ class StartFirst:
 
     def retire_old(self, batch: StartedBatch, policy: UpdatePolicy,
                    ids: Sequence[str] | None = None) -> None:
-        """Stop the old containers gracefully and remove them (``ids``: only those)."""
+        """Stop the old containers gracefully and remove them.
+
+        Default: every container that ran before ``batch`` (one batch: the whole previous
+        release). With several batches, ``batch.old_ids`` holds the earlier batches' new
+        containers too: pass ``ids``, the previous release's containers to retire now (as
+        many as the batch started; after the last batch, all that are left)."""
         self._stop_and_remove(batch.old_ids if ids is None else ids, policy)
 
     def discard_new(self, batch: StartedBatch, policy: UpdatePolicy) -> None:
