@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     _unavailable,
     docker_push,
     free_port,
+    remove_local_images,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "zero-downtime"
@@ -109,10 +110,13 @@ def build_web_releases(registry: str, repo: str, base_image: str, workdir: Path
 
 @pytest.fixture(scope="session")
 def zdt_releases(open_registry: TestRegistry, base_image: str,
-                 tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+                 tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[str, dict[str, str]]]:
+    """v1..v3 in a fresh repository; the engine's copies are removed afterwards."""
     repo = open_registry.repo("zdt")
-    return repo, build_web_releases(open_registry.host, repo, base_image,
-                                    tmp_path_factory.mktemp("zdt-web"))
+    yield repo, build_web_releases(open_registry.host, repo, base_image,
+                                   tmp_path_factory.mktemp("zdt-web"))
+    remove_local_images(f"{open_registry.host}/{repo}")
 
 
 @dataclass
