@@ -33,7 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploykit.health import HealthWatch  # noqa: E402
-from tests.integration.conftest import BASE_IMAGE, OPEN_REGISTRY  # noqa: E402
+from tests.integration.conftest import (  # noqa: E402
+    BASE_IMAGE,
+    OPEN_REGISTRY,
+    remove_local_images,
+)
 from tests.integration.loadclient import LoadClient, LoadResult  # noqa: E402
 from tests.integration.zdt_fixtures import (  # noqa: E402
     ZdtStack,
@@ -107,19 +111,22 @@ def main() -> int:
         repo = f"zdt/bench-{uuid.uuid4().hex[:8]}"
         digests = build_web_releases(OPEN_REGISTRY, repo, BASE_IMAGE, workdir)
         (workdir / "project").mkdir()
-        with running_stack(proxy, repo, digests, workdir / "project") as stack:
-            current = "v1"
-            for run in range(args.runs):
-                order = ["start-first", "recreate"] if run % 2 == 0 else \
-                    ["recreate", "start-first"]
-                for method in order:
-                    new = "v2" if current == "v1" else "v1"
-                    rows.append(measure(stack, method, current, new))
-                    current = new
-                    print(_line(rows[-1]), flush=True)
-                for method in order:
-                    rows.append(measure(stack, method, current, "v3"))
-                    print(_line(rows[-1]), flush=True)
+        try:
+            with running_stack(proxy, repo, digests, workdir / "project") as stack:
+                current = "v1"
+                for run in range(args.runs):
+                    order = ["start-first", "recreate"] if run % 2 == 0 else \
+                        ["recreate", "start-first"]
+                    for method in order:
+                        new = "v2" if current == "v1" else "v1"
+                        rows.append(measure(stack, method, current, new))
+                        current = new
+                        print(_line(rows[-1]), flush=True)
+                    for method in order:
+                        rows.append(measure(stack, method, current, "v3"))
+                        print(_line(rows[-1]), flush=True)
+        finally:
+            remove_local_images(f"{OPEN_REGISTRY}/{repo}")
     print()
     print(table(rows))
     return 0 if all(row.ok for row in rows) else 1
