@@ -56,7 +56,9 @@ def _in_registry(reference: str) -> bool:
     repository, _, tag = reference.removeprefix(OPEN_REGISTRY + "/").partition(":")
     response = requests.head(
         f"http://{OPEN_REGISTRY}/v2/{repository}/manifests/{tag}", timeout=5,
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json,"
+        headers={"Accept": "application/vnd.oci.image.index.v1+json,"
+                 "application/vnd.oci.image.manifest.v1+json,"
+                 "application/vnd.docker.distribution.manifest.list.v2+json,"
                  "application/vnd.docker.distribution.manifest.v2+json"})
     return response.status_code == 200
 
