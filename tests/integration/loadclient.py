@@ -62,6 +62,11 @@ class LoadClient:
     def start(self) -> None:
         self._thread.start()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until it stopped sending by itself (its count or time limit); True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self) -> LoadResult:
         """Stop sending, wait for the requests in flight, and return the counts."""
         self._stop.set()
