@@ -31,7 +31,7 @@ from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
-from deploykit.registry import OCI_INDEX, RegistryClient
+from deploykit.registry import OCI_INDEX, RegistryClient, registry_client
 from deploykit.settings import Settings
 from deploykit.status import Status
 from deploykit.tags import RELEASE, is_test_tag, number_of_test_tag, parse_version
@@ -80,9 +80,7 @@ def _run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None
     docker = DockerCLI(actions, getattr(args, "env", None))
     # The probe first: making the registry client loads requests (~0.1 s) meanwhile.
     with docker.temporary_config(), builder_probe(settings, docker) as probe:
-        client = RegistryClient(settings.registry, settings.image_repo,
-                                settings.registry_username, settings.registry_password,
-                                on_retry=actions.info)
+        client = registry_client(settings, actions)
         outcome = execute(settings, actions, client, docker, probe)
     if outcome.status == BUILT:
         publish_release(settings, actions, outcome)

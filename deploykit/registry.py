@@ -978,6 +978,22 @@ def _backoff(state: RetryCallState) -> float:
     return backoff
 
 
+# -- the one place a client is made ------------------------------------------------------
+def registry_client(settings: Settings, actions: Actions, *, registry: str | None = None,
+                    repository: str | None = None) -> RegistryClient:
+    """The client of ``settings``' image (or of ``repository`` on ``registry``), its retries
+    announced through ``actions``. The credentials go to ``settings.registry`` only: a
+    client of another registry reads anonymously."""
+    registry = registry or settings.registry
+    own_registry = registry == settings.registry
+    return RegistryClient(
+        registry, repository or settings.image_repo,
+        settings.registry_username if own_registry else "",
+        settings.registry_password if own_registry else "",
+        on_retry=actions.info,
+    )
+
+
 # -- CLI ---------------------------------------------------------------------------
 def resolve_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
     """``deploykit resolve REGISTRY/REPO:TAG``: outputs ``digest`` and ``image``."""
@@ -986,13 +1002,8 @@ def resolve_command(settings: Settings, actions: Actions, args: argparse.Namespa
         raise InputError("reference", f"{args.reference!r} names no tag or digest.",
                          hint=f"Write e.g. `{reference.name}:v1.4.2`; deploykit never "
                          "assumes `latest`.")
-    own_registry = reference.registry == settings.registry
-    client = RegistryClient(
-        reference.registry, reference.repository,
-        settings.registry_username if own_registry else "",
-        settings.registry_password if own_registry else "",
-        on_retry=actions.info,
-    )
+    client = registry_client(settings, actions, registry=reference.registry,
+                             repository=reference.repository)
     digest = client.resolve(reference.reference)
     actions.info(f"{reference} -> {digest}")
     actions.set_output("digest", digest)

@@ -653,7 +653,7 @@ def test_run_starts_the_probe_before_it_makes_the_registry_client(
         return FakeRegistry()
 
     monkeypatch.setattr(build, "BuilderProbe", Probe)
-    monkeypatch.setattr(build, "RegistryClient", client)
+    monkeypatch.setattr(build, "registry_client", client)
     monkeypatch.setattr(build, "execute", lambda *a: order.append("execute") or
                         build.Outcome(build.SKIPPED))
     build.run(settings_for(workspace), make_actions(), argparse.Namespace(env={}))

@@ -93,7 +93,7 @@ def test_plan_command_outputs_log_and_summary(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = FakeRegistry({"staging-latest": STAGING, "sha-0123456": OLD}, {OLD: "f" * 40})
-    monkeypatch.setattr("deploykit.plan.RegistryClient", lambda *args, **kwargs: fake)
+    monkeypatch.setattr("deploykit.plan.registry_client", lambda *args, **kwargs: fake)
     actions = make_actions()
     plan_command(settings_for("refs/heads/pre-release"), actions, argparse.Namespace())
     assert actions.outputs == {"tags": "staging-latest\ntest-20261127-1\nsha-0123456",
