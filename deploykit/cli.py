@@ -75,13 +75,13 @@ COMMANDS: dict[str, Command] = {
         "    INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit build --image-repo org/app\n"
         "  deploykit build --platforms linux/amd64 --cache none --dry-run"),
     "deploy": Command(
-        DEPLOY, "deploykit.commands.deploy:deploy",
+        DEPLOY, "deploykit.commands.deploy_run:deploy",
         "Pull + up the given tag: health-gated, smoke-tested, rolled back on failure.",
         "  deploykit deploy --environment staging --image-tag staging-latest\n"
         "  deploykit deploy --environment production --image-tag v1.4.2 \\\n"
         "    --smoke-url https://shop.example.com/health --dry-run"),
     "rollback": Command(
-        ROLLBACK, "deploykit.commands.deploy:rollback",
+        ROLLBACK, "deploykit.commands.deploy_run:rollback",
         "Deploy the previous successful image of the environment.",
         "  deploykit rollback --environment production            # one release back\n"
         "  deploykit rollback --environment production --image-tag v1.4.1"),

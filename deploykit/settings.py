@@ -669,7 +669,7 @@ def _paths_inside_workspace(problems: _Problems, workspace: str, mode: str,
 
     Lexical (this module does no I/O): ``..`` and absolute paths are what escape it. A
     symbolic link that leads out is caught where the path is used
-    (:func:`deploykit.commands.deploy.check_local`).
+    (:func:`deploykit.commands.deploy_run.check_local`).
     """
     root = posixpath.normpath(workspace or ".")
     workspace_relative = "relative to the workspace (GITHUB_WORKSPACE)"

@@ -15,7 +15,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-import deploykit.commands.deploy as deploy_command
+import deploykit.commands.deploy_run as deploy_command
 import deploykit.compose as compose_module
 import deploykit.deploy as deploy_module
 from deploykit.actions import Actions
