@@ -10,7 +10,6 @@ Validation builds (feature branches, pull requests) build without pushing anythi
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -56,15 +55,15 @@ class Outcome:
     labels: Mapping[str, str] | None = None  # the image config's, read back from the registry
 
 
-def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit build`` and ``mode: build``.
+def run(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
+    """``deploykit build`` and ``mode: build``; ``env``: the environment of its children.
 
     SIGINT and SIGTERM (a cancelled workflow) stop the run where it is: the child running
     (buildx, in its own session, which the signal does not reach) is stopped with it."""
     guard = CancelGuard()
     try:
         with guard.installed(), guard.interruptible():
-            _run(settings, actions, args)
+            _run(settings, actions, env)
     except Cancelled as cancelled:
         raise BuildError(f"Cancelled ({cancelled.signal_name}): the build was stopped, with "
                          "its docker children; a tag already published stays.",
@@ -72,12 +71,12 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
                          "build again to finish it.", title="Build cancelled") from None
 
 
-def _run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+def _run(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
     if settings.dry_run:
-        plan_command(settings, actions, args)
+        plan_command(settings, actions)
         return
     actions.mask(settings.registry_password)
-    docker = DockerCLI(actions, getattr(args, "env", None))
+    docker = DockerCLI(actions, env)
     # The probe first: making the registry client loads requests (~0.1 s) meanwhile.
     with docker.temporary_config(), builder_probe(settings, docker) as probe:
         client = registry_client(settings, actions)

@@ -8,7 +8,6 @@ fails the plan: "unreachable" or "unauthorised" is never taken for "no tags".
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 
 from deploykit.actions import Actions, markdown_table
@@ -125,7 +124,7 @@ def with_event(settings: Settings, actions: Actions) -> Settings:
                                             ref=checkout.ref, sha=github.sha or checkout.sha))
 
 
-def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+def plan_command(settings: Settings, actions: Actions) -> None:
     """``deploykit tags``: print the plan, set outputs tags, version, status=planned."""
     actions.mask(settings.registry_password)
     settings = with_event(settings, actions)

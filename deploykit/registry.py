@@ -53,14 +53,10 @@ from deploykit.reference import (
     DIGEST_RE,
     DOCKER_HUB,
     TAG_RE,
-    ImageReference,  # noqa: F401  (re-exported)
-    parse_reference,
 )
 from deploykit.settings import Settings
 
 if TYPE_CHECKING:
-    import argparse
-
     import requests
     from tenacity import RetryCallState
 
@@ -993,18 +989,3 @@ def registry_client(settings: Settings, actions: Actions, *, registry: str | Non
         on_retry=actions.info,
     )
 
-
-# -- CLI ---------------------------------------------------------------------------
-def resolve_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """``deploykit resolve REGISTRY/REPO:TAG``: outputs ``digest`` and ``image``."""
-    reference = parse_reference(str(args.reference))
-    if not reference.reference:
-        raise InputError("reference", f"{args.reference!r} names no tag or digest.",
-                         hint=f"Write e.g. `{reference.name}:v1.4.2`; deploykit never "
-                         "assumes `latest`.")
-    client = registry_client(settings, actions, registry=reference.registry,
-                             repository=reference.repository)
-    digest = client.resolve(reference.reference)
-    actions.info(f"{reference} -> {digest}")
-    actions.set_output("digest", digest)
-    actions.set_output("image", f"{reference.name}@{digest}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -18,7 +17,9 @@ import responses
 from responses import matchers
 
 from deploykit import registry
+from deploykit.actions import Actions
 from deploykit.cli import main
+from deploykit.commands.resolve import resolve as resolve_command
 from deploykit.errors import (
     BadCredentialsError,
     DeniedError,
@@ -31,16 +32,14 @@ from deploykit.errors import (
     RepositoryUnknownError,
     UnauthorizedError,
 )
+from deploykit.reference import ImageReference, parse_reference
 from deploykit.registry import (
     DOCKER_MANIFEST,
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
-    ImageReference,
     RegistryClient,
-    parse_reference,
     parse_retry_after,
-    resolve_command,
 )
 from deploykit.settings import load_settings
 
@@ -647,8 +646,8 @@ def test_resolve_command_is_anonymous_on_another_registry(rsps: Any) -> None:
              headers={"Docker-Content-Digest": DIGEST})
     settings = load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
                               "INPUT_REGISTRY_USERNAME": "u", "INPUT_REGISTRY_PASSWORD": "p"})
-    actions = registry.Actions({})
-    resolve_command(settings, actions, argparse.Namespace(reference="127.0.0.1:5000/org/app:v1"))
+    actions = Actions({})
+    resolve_command(settings, actions, "127.0.0.1:5000/org/app:v1")
     assert actions.outputs == {"digest": DIGEST, "image": f"127.0.0.1:5000/org/app@{DIGEST}"}
     assert "Authorization" not in rsps.calls[0].request.headers
 
