@@ -280,7 +280,7 @@ def main(
         actions.error("Interrupted.", title="deploykit interrupted")
         return 130
     finally:
-        if settings_loaded and args.command in ("build", "deploy", "rollback", None):
+        if settings_loaded and args.command in (*_RUNS, None):
             _late_output(actions, "duration_seconds", f"{time.monotonic() - started:.1f}",
                          actions.warning)  # the command's own outputs are written already
         actions.print_outputs()

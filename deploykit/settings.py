@@ -21,13 +21,13 @@ from deploykit.errors import DeploykitError, InputError, PolicyError, shown
 from deploykit.policy import check_deploy_target
 from deploykit.reference import registry_problem, repository_problem
 
-MODES = ("build", "deploy", "rollback")
 BOOL_VALUES = ("true", "false")
 
-BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"
+BUILD, DEPLOY, ROLLBACK = "build", "deploy", "rollback"  # the modes; nowhere else
+MODES = (BUILD, DEPLOY, ROLLBACK)
 DAY_SECONDS = 86400  # upper bound of every timeout: a day is more than any deploy waits
 KEEP_IMAGES_MAX = 20  # a bound; the engine's labels remember 20 releases below the current
-ALL = (BUILD, DEPLOY, ROLLBACK)
+
 RUN = (DEPLOY, ROLLBACK)
 
 
@@ -38,7 +38,7 @@ class InputSpec:
     default: str = ""
     kind: str = "str"  # str | bool | int | choice | lines | secret
     choices: tuple[str, ...] = ()
-    modes: tuple[str, ...] = ALL
+    modes: tuple[str, ...] = MODES
     required: bool = False
     minimum: int = 0  # kind int: the accepted range
     maximum: int = 0
