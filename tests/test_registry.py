@@ -16,7 +16,7 @@ import requests
 import responses
 from responses import matchers
 
-from deploykit import registry
+from deploykit import registry_auth, registry_errors
 from deploykit.actions import Actions
 from deploykit.cli import main
 from deploykit.commands.resolve import resolve as resolve_command
@@ -39,8 +39,8 @@ from deploykit.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryClient,
-    parse_retry_after,
 )
+from deploykit.registry_errors import parse_retry_after
 from deploykit.settings import load_settings
 
 GHCR = "https://ghcr.io"
@@ -72,8 +72,8 @@ class FakeClock:
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(registry, "_sleep", fake.sleep)
-    monkeypatch.setattr(registry, "_monotonic", fake.monotonic)
+    monkeypatch.setattr(registry_auth, "_sleep", fake.sleep)
+    monkeypatch.setattr(registry_auth, "_monotonic", fake.monotonic)
     return fake
 
 
@@ -284,13 +284,13 @@ def test_403_denied_names_the_ghcr_fix(rsps: Any) -> None:
 
 
 def test_denied_error_recognises_write_package_anywhere() -> None:
-    error = registry.denied_error("registry.example.com", "registry.example.com/org/app:v1",
+    error = registry_errors.denied_error("registry.example.com", "registry.example.com/org/app:v1",
                                   "DENIED: permission_denied: write_package")
     assert error.message == ("registry.example.com denied access to "
                              "registry.example.com/org/app:v1: DENIED: permission_denied: "
                              "write_package")
     assert "Manage Actions access" in error.hint
-    generic = registry.denied_error("registry.example.com", "x", "DENIED: nope")
+    generic = registry_errors.denied_error("registry.example.com", "x", "DENIED: nope")
     assert generic.hint.startswith("The credentials were accepted but do not allow this")
 
 
