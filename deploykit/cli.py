@@ -17,18 +17,15 @@ from deploykit import __version__
 from deploykit.actions import Actions
 from deploykit.commands import LOGIN, Command, build, deploy, history, resolve, tags
 from deploykit.errors import DeployError, DeploykitError, OutputFileError
+from deploykit.input_values import parse_compose_env
+from deploykit.inputs import INPUTS, SPECS, InputSpec, for_terminal
 from deploykit.settings import (
     BUILD,
     DEPLOY,
-    INPUTS,
     ROLLBACK,
-    SPECS,
-    InputSpec,
     Settings,
-    for_terminal,
     kebab_spellings,
     load_settings,
-    parse_compose_env,
     read_inputs,
     unused_inputs,
 )
