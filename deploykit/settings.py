@@ -416,5 +416,5 @@ def _github_context(env: Mapping[str, str]) -> GitHubContext:
 
 
 # The mode words are defined in deploykit.inputs; most modules take them from here.
-__all__ = ["BUILD", "DEPLOY", "ROLLBACK", "RUN", "GitHubContext", "InvalidInputs", "Settings",
+__all__ = ["BUILD", "DEPLOY", "ROLLBACK", "GitHubContext", "InvalidInputs", "Settings",
            "kebab_spellings", "load_settings", "read_inputs", "unused_inputs"]
