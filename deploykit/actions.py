@@ -304,10 +304,6 @@ class Actions:
         if self._output_file and "GITHUB_OUTPUT" not in self._broken_files:
             self._append("GITHUB_OUTPUT", self._output_file, heredoc_block(name, value))
 
-    def set_outputs(self, outputs: Mapping[str, str]) -> None:
-        for name, value in outputs.items():
-            self.set_output(name, value)
-
     def print_outputs(self) -> None:
         """Outside a workflow, the outputs go to stdout for people and scripts.
 

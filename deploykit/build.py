@@ -10,7 +10,6 @@ Validation builds (feature branches, pull requests) build without pushing anythi
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -31,7 +30,7 @@ from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeploykitError, InputError, WriteOnceTagError
 from deploykit.plan import BuildPlan, PlannedTag, format_plan, make_plan, plan_command
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
-from deploykit.registry import OCI_INDEX, RegistryClient
+from deploykit.registry import OCI_INDEX, RegistryClient, registry_client
 from deploykit.settings import Settings
 from deploykit.status import Status
 from deploykit.tags import RELEASE, is_test_tag, number_of_test_tag, parse_version
@@ -56,15 +55,15 @@ class Outcome:
     labels: Mapping[str, str] | None = None  # the image config's, read back from the registry
 
 
-def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit build`` and ``mode: build``.
+def run(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
+    """``deploykit build`` and ``mode: build``; ``env``: the environment of its children.
 
     SIGINT and SIGTERM (a cancelled workflow) stop the run where it is: the child running
     (buildx, in its own session, which the signal does not reach) is stopped with it."""
     guard = CancelGuard()
     try:
         with guard.installed(), guard.interruptible():
-            _run(settings, actions, args)
+            _run(settings, actions, env)
     except Cancelled as cancelled:
         raise BuildError(f"Cancelled ({cancelled.signal_name}): the build was stopped, with "
                          "its docker children; a tag already published stays.",
@@ -72,17 +71,15 @@ def run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
                          "build again to finish it.", title="Build cancelled") from None
 
 
-def _run(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+def _run(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
     if settings.dry_run:
-        plan_command(settings, actions, args)
+        plan_command(settings, actions)
         return
     actions.mask(settings.registry_password)
-    docker = DockerCLI(actions, getattr(args, "env", None))
+    docker = DockerCLI(actions, env)
     # The probe first: making the registry client loads requests (~0.1 s) meanwhile.
     with docker.temporary_config(), builder_probe(settings, docker) as probe:
-        client = RegistryClient(settings.registry, settings.image_repo,
-                                settings.registry_username, settings.registry_password,
-                                on_retry=actions.info)
+        client = registry_client(settings, actions)
         outcome = execute(settings, actions, client, docker, probe)
     if outcome.status == BUILT:
         publish_release(settings, actions, outcome)

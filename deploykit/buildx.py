@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import BuildError, DeniedError, InputError
-from deploykit.registry import denied_error
+from deploykit.registry_errors import denied_error
 
 if TYPE_CHECKING:
     import tenacity

@@ -11,26 +11,21 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
-from importlib import import_module
 from typing import NoReturn
 
 from deploykit import __version__
 from deploykit.actions import Actions
+from deploykit.commands import LOGIN, Command, build, deploy, history, resolve, tags
 from deploykit.errors import DeployError, DeploykitError, OutputFileError
-from deploykit.reference import parse_reference
+from deploykit.input_values import parse_compose_env
+from deploykit.inputs import INPUTS, SPECS, InputSpec, for_terminal
 from deploykit.settings import (
     BUILD,
     DEPLOY,
-    INPUTS,
     ROLLBACK,
-    SPECS,
-    InputSpec,
     Settings,
-    for_terminal,
     kebab_spellings,
     load_settings,
-    parse_compose_env,
     read_inputs,
     unused_inputs,
 )
@@ -55,63 +50,11 @@ Run deploykit COMMAND --help for a command's flags and examples.
 HELP_WIDTH = 100
 
 
-@dataclass(frozen=True)
-class Command:
-    mode: str  # the settings mode it runs under
-    handler: str  # "module:function", imported only when the command runs
-    summary: str
-    examples: str
-    inputs: tuple[str, ...] = ()  # the inputs it takes as flags; default: those of its mode
+COMMANDS: dict[str, Command] = {command.name: command for command in (
+    build.COMMAND, deploy.DEPLOY_COMMAND, deploy.ROLLBACK_COMMAND, tags.COMMAND,
+    resolve.COMMAND, history.COMMAND)}
 
-
-_EVENT = "GITHUB_EVENT_NAME=push GITHUB_REF=refs/heads/pre-release GITHUB_SHA=$(git rev-parse HEAD)"
-_LOGIN = "registry", "image_repo", "registry_username", "registry_password"
-
-COMMANDS: dict[str, Command] = {
-    "build": Command(
-        BUILD, "deploykit.build:run",
-        "Build for every platform, push the event's tags, verify the digests.",
-        f"  {_EVENT} \\\n"
-        "    INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit build --image-repo org/app\n"
-        "  deploykit build --platforms linux/amd64 --cache none --dry-run"),
-    "deploy": Command(
-        DEPLOY, "deploykit.deploy_command:deploy",
-        "Pull + up the given tag: health-gated, smoke-tested, rolled back on failure.",
-        "  deploykit deploy --environment staging --image-tag staging-latest\n"
-        "  deploykit deploy --environment production --image-tag v1.4.2 \\\n"
-        "    --smoke-url https://shop.example.com/health --dry-run"),
-    "rollback": Command(
-        ROLLBACK, "deploykit.deploy_command:rollback",
-        "Deploy the previous successful image of the environment.",
-        "  deploykit rollback --environment production            # one release back\n"
-        "  deploykit rollback --environment production --image-tag v1.4.1"),
-    "tags": Command(
-        BUILD, "deploykit.plan:plan_command",
-        "Print the tags a build would publish (new or existing, with digests).",
-        "  deploykit tags --registry ghcr.io --image-repo org/app   # from the local git "
-        "checkout\n"
-        f"  {_EVENT} \\\n    deploykit tags --registry ghcr.io --image-repo org/app",
-        inputs=(*_LOGIN, "version", "latest")),
-    "resolve": Command(
-        DEPLOY, "deploykit.registry:resolve_command",
-        "Print the digest of REGISTRY/REPO:TAG. The credentials go only to --registry "
-        "(default ghcr.io): a REF on another registry is read anonymously.",
-        "  deploykit resolve ghcr.io/org/app:v1.4.2\n"
-        "  INPUT_REGISTRY_PASSWORD=$GHCR_PAT deploykit resolve --registry-username me "
-        "ghcr.io/org/app:v1.4.2\n"
-        "  INPUT_REGISTRY_PASSWORD=$PASS deploykit resolve --registry 127.0.0.1:5001 \\\n"
-        "    --registry-username me 127.0.0.1:5001/org/app:v1",
-        inputs=("registry", "registry_username", "registry_password")),
-    "history": Command(
-        DEPLOY, "deploykit.history:show",
-        "Show past deploys and rollbacks: the history file and the releases the engine's "
-        "containers carry (labels).",
-        "  deploykit history\n  deploykit history --environment production --project-name shop\n"
-        "  deploykit history --image-repo org/app --limit 5 --json",
-        inputs=("registry", "image_repo", "environment", "project_name", "state_dir")),
-}
-
-_COMMON = (*_LOGIN, "dry_run", "github_token", "github_records")
+_COMMON = (*LOGIN, "dry_run", "github_token", "github_records")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -143,13 +86,8 @@ def build_parser() -> _Parser:
             epilog=f"examples:\n{spec.examples}\n\n{_SECRETS_NOTE}",
             formatter_class=_HelpFormatter, allow_abbrev=False)
         parser.commands[name] = command
-        command.add_argument("--json", action="store_true", help=_JSON_HELP.get(
-            name, "Print the outputs as one JSON object."))
-        if name == "resolve":
-            command.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
-        if name == "history":
-            command.add_argument("--limit", type=_count, default=20, metavar="N",
-                                 help="Show the last N entries; 0 for all (default: 20).")
+        command.add_argument("--json", action="store_true", help=spec.json_help)
+        spec.arguments(command)
         _add_input_flags(command, spec)
     return parser
 
@@ -180,15 +118,6 @@ def _parse_args(parser: _Parser, argv: list[str]) -> argparse.Namespace:
 
 def _flags_of(command: argparse.ArgumentParser) -> list[str]:
     return [flag for action in command._actions for flag in action.option_strings]
-
-
-_JSON_HELP = {"history": "Print the entries as a JSON list (oldest first)."}
-
-
-def _count(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
-    return int(text)
 
 
 _SECRETS_NOTE = textwrap.fill(
@@ -237,12 +166,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
-def _handler(path: str) -> Callable[..., None]:
-    module_name, function_name = path.split(":")
-    handler: Callable[..., None] = getattr(import_module(module_name), function_name)
-    return handler
-
-
 _RUNS = (BUILD, DEPLOY, ROLLBACK)  # the commands that are a mode's run (the action's own)
 
 
@@ -251,10 +174,8 @@ def _load(args: argparse.Namespace, env: Mapping[str, str], actions: Actions) ->
     if args.command is None:
         return load_settings(env, gate=True)
     overrides = {**_overrides(args), "mode": COMMANDS[args.command].mode}
-    if args.command == "resolve":
-        # REF names its repository. Its registry stays apart from `registry`: the
-        # credentials belong to `registry` and go to no other host (resolve_command).
-        overrides["image_repo"] = parse_reference(args.reference).repository
+    if args.command == resolve.COMMAND.name:
+        overrides["image_repo"] = resolve.image_repo(args)
     origin_read = args.command != "history" and not (
         overrides.get("image_repo") or read_inputs(env).get("image_repo")
         or env.get("GITHUB_REPOSITORY") or env.get("GITHUB_ACTIONS") == "true")
@@ -344,8 +265,8 @@ def main(
         actions.mask_env(settings.compose_env)
         _warn_unused(actions, args, env, settings, naming)
         _check_locally(command, settings)
-        args.env = env  # handlers pass it to child processes (build secrets, DOCKER_HOST)
-        _handler(COMMANDS[command].handler)(settings, actions, args)
+        # env: what the command's children get (build secrets, DOCKER_HOST)
+        COMMANDS[command].run(settings, actions, args, env)
         return 0
     except DeploykitError as exc:
         if isinstance(exc, DeployError) and "status" not in actions.outputs:
@@ -356,7 +277,7 @@ def main(
         actions.error("Interrupted.", title="deploykit interrupted")
         return 130
     finally:
-        if settings_loaded and args.command in ("build", "deploy", "rollback", None):
+        if settings_loaded and args.command in (*_RUNS, None):
             _late_output(actions, "duration_seconds", f"{time.monotonic() - started:.1f}",
                          actions.warning)  # the command's own outputs are written already
         actions.print_outputs()

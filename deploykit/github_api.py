@@ -18,7 +18,6 @@ already have created (``_create_once``).
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,18 +33,12 @@ from github.GithubException import BadAttributeException
 from github.GitRelease import GitRelease
 
 from deploykit import __version__
+from deploykit import github_failures as failures
 from deploykit.actions import Actions
+from deploykit.changelog import previous_release_tag, release_body, release_tag, render_changelog
 from deploykit.errors import GitHubError
-from deploykit.github import (
-    DeploymentRecord,
-    GitHubRecorder,
-    PreviousDeployment,
-    ReleaseRecord,
-    previous_release_tag,
-    release_body,
-    release_tag,
-    render_changelog,
-)
+from deploykit.github_records import DeploymentRecord, PreviousDeployment, ReleaseRecord
+from deploykit.reference import is_digest
 from deploykit.settings import Settings
 from deploykit.tags import is_release_tag
 
@@ -56,16 +49,11 @@ DEPLOYMENTS_READ = "deployments: read"
 CONTENTS_WRITE = "contents: write"
 CONTENTS_READ = "contents: read"
 
-ATTEMPTS = 4
-MAX_WAIT_SECONDS = 90.0  # a rate-limit reset further away fails the record instead of stalling
-SECONDARY_RATE_LIMIT_WAIT = 60.0  # GitHub's advice when it sends no Retry-After
-TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 DEPLOYMENTS_SCANNED = 30
 MAX_CHANGELOG_COMMITS = 1000
 STATUS_DESCRIPTION_LIMIT = 140  # GitHub rejects longer deployment status descriptions
 SUCCESSFUL_STATES = ("success", "inactive")
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class _Refused(Exception):
@@ -78,7 +66,7 @@ class _Refused(Exception):
 
 
 # -- the recorder -----------------------------------------------------------------
-class PyGithubRecorder(GitHubRecorder):
+class PyGithubRecorder:
     """Deployments and releases of one repository, reported through ``actions``."""
 
     def __init__(
@@ -259,7 +247,7 @@ class PyGithubRecorder(GitHubRecorder):
                                  DEPLOYMENTS_SCANNED):
             payload = _payload(deployment)
             digest = str(payload.get("digest", ""))
-            if not _DIGEST_RE.match(digest) or digest == exclude_digest:
+            if not is_digest(digest) or digest == exclude_digest:
                 continue
             state = self._latest_state(deployment)
             if state in SUCCESSFUL_STATES:
@@ -380,8 +368,8 @@ class PyGithubRecorder(GitHubRecorder):
         except _Refused as exc:
             self._failed(f"Could not {what}: {exc.reason}.", exc.hint, exc)
         except (GithubException, requests.RequestException) as exc:
-            message = f"Could not {what}: {_reason(exc).rstrip('.')}."
-            self._failed(message, _hint(exc, permission, self._settings), exc)
+            message = f"Could not {what}: {failures.reason(exc).rstrip('.')}."
+            self._failed(message, failures.hint(exc, permission, self._settings), exc)
         return None
 
     def _failed(self, message: str, hint: str, cause: Exception) -> None:
@@ -391,9 +379,9 @@ class PyGithubRecorder(GitHubRecorder):
 
     def _retrying(self, call: Callable[[], T]) -> T:
         retryer = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_transient),
-            wait=_wait_seconds,
-            stop=_should_stop,
+            retry=tenacity.retry_if_exception(failures.is_transient),
+            wait=failures.wait_seconds,
+            stop=failures.should_stop,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -413,10 +401,11 @@ class PyGithubRecorder(GitHubRecorder):
         return self._retrying(attempt)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = _outcome_exception(state)
+        exc = failures.outcome_exception(state)
         self._actions.info(
-            f"GitHub API: {_reason(exc) if exc else 'failed'}; retrying in "
-            f"{_wait_seconds(state):g} s (attempt {state.attempt_number + 1} of {ATTEMPTS})."
+            f"GitHub API: {failures.reason(exc) if exc else 'failed'}; retrying in "
+            f"{failures.wait_seconds(state):g} s (attempt {state.attempt_number + 1} of "
+            f"{failures.ATTEMPTS})."
         )
 
 
@@ -437,88 +426,3 @@ def _payload(deployment: Deployment) -> dict[str, Any]:
 
 def _ref_object(ref: Any) -> tuple[str, str]:
     return str(ref.object.type), str(ref.object.sha)
-
-
-def _header(exc: BaseException, name: str) -> str:
-    headers = getattr(exc, "headers", None) or {}
-    for key, value in headers.items():
-        if key.lower() == name:
-            return str(value)
-    return ""
-
-
-def _message(exc: BaseException) -> str:
-    data = getattr(exc, "data", None)
-    if isinstance(data, dict):
-        return str(data.get("message") or "")
-    return str(data or "")
-
-
-def _is_rate_limited(exc: BaseException) -> bool:
-    if not isinstance(exc, GithubException):
-        return False
-    if exc.status == 429:
-        return True
-    return exc.status == 403 and (
-        bool(_header(exc, "retry-after")) or _header(exc, "x-ratelimit-remaining") == "0"
-        or "rate limit" in _message(exc).lower()
-    )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
-    return isinstance(exc, GithubException) and (
-        exc.status in TRANSIENT_STATUSES or _is_rate_limited(exc))
-
-
-def _outcome_exception(state: tenacity.RetryCallState) -> BaseException | None:
-    return state.outcome.exception() if state.outcome else None
-
-
-def _wait_seconds(state: tenacity.RetryCallState) -> float:
-    exc = _outcome_exception(state)
-    retry_after = _header(exc, "retry-after") if exc else ""
-    if retry_after.isdigit():
-        return float(retry_after)
-    if exc is not None and _is_rate_limited(exc):
-        reset = _header(exc, "x-ratelimit-reset")
-        if _header(exc, "x-ratelimit-remaining") == "0" and reset.isdigit():
-            return max(float(reset) - time.time(), 0.0) + 1.0
-        return SECONDARY_RATE_LIMIT_WAIT
-    return float(min(2 ** (state.attempt_number - 1), 8))
-
-
-def _should_stop(state: tenacity.RetryCallState) -> bool:
-    return state.attempt_number >= ATTEMPTS or _wait_seconds(state) > MAX_WAIT_SECONDS
-
-
-def _reason(exc: BaseException) -> str:
-    if not isinstance(exc, GithubException):
-        return f"{type(exc).__name__}: {exc}"
-    data = exc.data if isinstance(exc.data, dict) else {}
-    details = [str(error.get("message") or error.get("code") or "")
-               for error in data.get("errors") or [] if isinstance(error, dict)]
-    details = [detail for detail in details if detail]
-    reason = f"{exc.status} {_message(exc)}".strip()
-    return reason + (f" ({'; '.join(details)})" if details else "")
-
-
-def _hint(exc: BaseException, permission: str, settings: Settings) -> str:
-    status = exc.status if isinstance(exc, GithubException) else 0
-    if _is_rate_limited(exc):
-        return "GitHub's API rate limit was reached; re-run the job later to record it."
-    if status == 401:
-        return ("GitHub rejected the `github_token`: pass `github_token: ${{ github.token }}` "
-                "or a token that has not expired.")
-    if status in (403, 404):
-        return (f"Give the job `permissions: {permission}` (or use a token that has it) and "
-                f"check that it can see `{settings.github.repository}`.")
-    if status == 422 and "no ref found" in _message(exc).lower():
-        return ("A deployment needs a ref that exists in the repository: a pushed `vX.Y.Z` "
-                "tag or a commit SHA.")
-    if status in TRANSIENT_STATUSES or _is_transient(exc):
-        return (f"GitHub ({settings.github.api_url}) failed {ATTEMPTS} times; re-run the job "
-                "to record it. On GitHub Enterprise Server, GITHUB_API_URL must be "
-                "`https://HOST/api/v3`.")
-    return "See the message above; the request was not retried."

@@ -9,7 +9,6 @@ releases down the stack instead of bouncing between the last two.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import json
@@ -29,11 +28,12 @@ from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
 from deploykit.health import docker_client
 from deploykit.reference import parse_reference
-from deploykit.settings import Settings, read_inputs
+from deploykit.settings import DEPLOY as DEPLOY  # noqa: PLC0414 (deploy.py imports it here)
+from deploykit.settings import ROLLBACK as ROLLBACK  # noqa: PLC0414 (as DEPLOY)
+from deploykit.settings import Settings
 from deploykit.status import Status
 
 HISTORY_FILE = "history.jsonl"
-DEPLOY, ROLLBACK = "deploy", "rollback"
 
 
 @dataclass(frozen=True)
@@ -426,23 +426,21 @@ def text_table(headers: Iterable[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def show(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit history``: the table (or ``--json`` list) of past deploys,
-    from the history file and from the engine (the labels of the running containers)."""
+def show(settings: Settings, actions: Actions, env: Mapping[str, str], *,
+         repository: str | None = None, registry: str | None = None, limit: int = 0,
+         as_json: bool = False) -> None:
+    """The table (or JSON list) of past deploys, from the history file and from the engine
+    (the labels of the running containers): the last ``limit`` (0: all), of ``repository``
+    (and ``registry``) only when given."""
     history = History(state_directory(settings.state_dir),
                       warn=lambda text: actions.warning(text, title="Deploy history"))
-    env = getattr(args, "env", None) or {}
-    given = {**read_inputs(env), **{name: str(value) for name in ("registry", "image_repo")
-                                    if (value := getattr(args, name, None))}}
-    wanted = (given.get("image_repo") and settings.image_repo,
-              given.get("registry") and settings.registry)
+    wanted = (repository, registry)
     entries = merge(history.select(settings.environment, settings.project_name),
                     read_engine(env, settings.project_name, actions.info))
     entries = [entry for entry in entries if _of_image(entry, *wanted)
                and (not settings.environment or entry.environment == settings.environment)]
-    limit = int(getattr(args, "limit", 0) or 0)
     shown = entries[-limit:] if limit else entries
-    if getattr(args, "json", False):
+    if as_json:
         actions.print_json([asdict(entry) for entry in shown])
         return
     if not entries:

@@ -8,12 +8,11 @@ fails the plan: "unreachable" or "unauthorised" is never taken for "no tags".
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 
 from deploykit.actions import Actions, markdown_table
 from deploykit.git import local_checkout
-from deploykit.registry import REVISION_LABEL, RegistryClient
+from deploykit.registry import REVISION_LABEL, RegistryClient, registry_client
 from deploykit.settings import Settings
 from deploykit.status import Status
 from deploykit.tags import TagPlan, plan_tags
@@ -125,13 +124,11 @@ def with_event(settings: Settings, actions: Actions) -> Settings:
                                             ref=checkout.ref, sha=github.sha or checkout.sha))
 
 
-def plan_command(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
+def plan_command(settings: Settings, actions: Actions) -> None:
     """``deploykit tags``: print the plan, set outputs tags, version, status=planned."""
     actions.mask(settings.registry_password)
     settings = with_event(settings, actions)
-    client = RegistryClient(settings.registry, settings.image_repo,
-                            settings.registry_username, settings.registry_password,
-                            on_retry=actions.info)
+    client = registry_client(settings, actions)
     with actions.group(f"Tag plan for {settings.image_name}"):
         plan = make_plan(settings, client)
         if actions.in_actions:  # on a terminal the summary below shows the same table

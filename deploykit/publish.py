@@ -29,7 +29,7 @@ from pathlib import Path
 
 from deploykit.actions import Actions
 from deploykit.errors import BuildError, DeploykitError, WriteOnceTagError
-from deploykit.registry import INDEX_TYPES, RegistryClient
+from deploykit.registry import RegistryClient
 from deploykit.tags import (
     LATEST,
     STAGING_LATEST,
@@ -43,8 +43,6 @@ from deploykit.tags import (
 CREATED_LABEL = "org.opencontainers.image.created"
 TEST_TAG_ATTEMPTS = 5
 UPLOAD_THREADS = 8
-_MANIFEST_TYPES = (*INDEX_TYPES, "application/vnd.oci.image.manifest.v1+json",
-                   "application/vnd.docker.distribution.manifest.v2+json")
 
 
 class PartlyPublishedError(BuildError):

@@ -26,7 +26,9 @@ from deploykit.errors import InputError, shown
 DOCKER_HUB = "docker.io"
 NAME_MAX_LENGTH = 255  # distribution's NameTotalLengthMax: registry + "/" + repository
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_DIGEST = r"sha256:[0-9a-f]{64}"  # the one digest pattern deploykit writes
+DIGEST_RE = re.compile(rf"^{_DIGEST}\Z")
+_PINNED_RE = re.compile(rf"@({_DIGEST})")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
@@ -37,6 +39,12 @@ _PORT_RE = re.compile(r"^[0-9]{1,5}\Z")
 
 def is_digest(value: str) -> bool:
     return bool(DIGEST_RE.match(value))
+
+
+def pinned_digest(image: str) -> str:
+    """The digest ``image`` is pinned to (``name[:tag]@sha256:<hex>``); "" when none."""
+    found = _PINNED_RE.search(image)
+    return found.group(1) if found else ""
 
 
 def is_tag(value: str) -> bool:
@@ -174,6 +182,7 @@ __all__ = [
     "is_digest",
     "is_tag",
     "parse_reference",
+    "pinned_digest",
     "registry_problem",
     "repository_problem",
 ]

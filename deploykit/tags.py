@@ -23,7 +23,6 @@ from deploykit.errors import InputError
 STAGING, RELEASE, VALIDATION = "staging", "release", "validation"
 STAGING_LATEST = "staging-latest"
 LATEST = "latest"
-MUTABLE_TAGS = (STAGING_LATEST, LATEST)
 PULL_REQUEST_EVENTS = ("pull_request", "pull_request_target", "merge_group")
 
 _NUMBER = r"(?:0|[1-9][0-9]*)"

@@ -33,7 +33,7 @@ step "ruff"
 .venv/bin/ruff check .
 step "mypy --strict"
 .venv/bin/mypy --strict deploykit
-step "action.yml and README tables match deploykit/settings.py"
+step "action.yml and README tables match deploykit/inputs.py"
 .venv/bin/python scripts/gen_action.py --check
 if [ -f scripts/lint-workflows.sh ]; then
   step "workflow lint (zizmor, check-jsonschema)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import subprocess
@@ -653,10 +652,10 @@ def test_run_starts_the_probe_before_it_makes_the_registry_client(
         return FakeRegistry()
 
     monkeypatch.setattr(build, "BuilderProbe", Probe)
-    monkeypatch.setattr(build, "RegistryClient", client)
+    monkeypatch.setattr(build, "registry_client", client)
     monkeypatch.setattr(build, "execute", lambda *a: order.append("execute") or
                         build.Outcome(build.SKIPPED))
-    build.run(settings_for(workspace), make_actions(), argparse.Namespace(env={}))
+    build.run(settings_for(workspace), make_actions(), {})
     assert order == ["probe", "client", "execute", "probe left"]
 
 
@@ -735,11 +734,11 @@ def test_dry_run_delegates_to_the_plan_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[Settings] = []
-    monkeypatch.setattr(build, "plan_command", lambda settings, actions, args:
+    monkeypatch.setattr(build, "plan_command", lambda settings, actions:
                         seen.append(settings))
     monkeypatch.setattr(build, "execute", lambda *a: pytest.fail("must not build"))
     settings = settings_for(workspace, dry_run="true")
-    build.run(settings, make_actions(), argparse.Namespace())
+    build.run(settings, make_actions(), {})
     assert seen == [settings]
 
 

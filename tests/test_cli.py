@@ -11,7 +11,7 @@ import pytest
 import responses
 
 from deploykit.cli import COMMANDS, build_parser, main
-from deploykit.settings import INPUTS
+from deploykit.inputs import INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # history tests read the file

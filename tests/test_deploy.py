@@ -15,9 +15,9 @@ from typing import Any
 import docker.errors
 import pytest
 
+import deploykit.commands.deploy_run as deploy_command
 import deploykit.compose as compose_module
 import deploykit.deploy as deploy_module
-import deploykit.deploy_command as deploy_command
 from deploykit.actions import Actions
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.deploy_command import check_local
+from deploykit.commands.deploy_run import check_local
 from deploykit.errors import InputError
 from deploykit.settings import Settings, load_settings
 
 
 def test_the_command_module_loads_neither_the_sdk_nor_requests() -> None:
     """What it imports runs before the config starts: nothing heavy."""
-    code = ("import sys, deploykit.deploy_command; "
+    code = ("import sys, deploykit.commands.deploy_run; "
             "print([m for m in ('docker', 'requests', 'deploykit.deploy') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                             text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)

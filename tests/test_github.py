@@ -15,19 +15,10 @@ import pytest
 import responses
 from responses import matchers
 
+from deploykit.changelog import previous_release_tag, release_body, release_tag, render_changelog
 from deploykit.errors import GitHubError, InputError
-from deploykit.github import (
-    DeploymentRecord,
-    GitHubRecorder,
-    ReleaseRecord,
-    deployment_ref,
-    environment_url_for,
-    previous_release_tag,
-    release_body,
-    release_tag,
-    render_changelog,
-    summary_links,
-)
+from deploykit.github import GitHubRecorder, deployment_ref, environment_url_for, summary_links
+from deploykit.github_records import DeploymentRecord, ReleaseRecord
 from deploykit.settings import Settings, load_settings
 from tests.conftest import CapturedActions
 

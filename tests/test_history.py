@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -132,7 +131,7 @@ def test_show_prints_the_table_and_summary(tmp_path: Path, make_actions) -> None
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
                               "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
+    show(settings, actions, NO_ENGINE)
     printed = actions.out.getvalue()
     assert "v1.0.0" in printed and "sha256:111111111111" in printed
     assert "v1.1.0" not in printed
@@ -145,7 +144,7 @@ def test_show_with_no_history_says_so(tmp_path: Path, make_actions) -> None:  # 
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "GITHUB_REPOSITORY": "o/a"},
                              {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
+    show(settings, actions, NO_ENGINE)
     assert actions.out.getvalue() == (
         f"{NO_ENGINE_LINE}No deploy recorded in {tmp_path / 'history.jsonl'} or on the engine.\n")
     assert actions.summary_parts == []
@@ -191,7 +190,7 @@ def test_history_command_warns_about_bad_lines_and_shows_the_rest(tmp_path: Path
     settings = load_settings({"INPUT_STATE_DIR": str(tmp_path), "INPUT_ENVIRONMENT": "staging",
                               "GITHUB_REPOSITORY": "org/app"}, {"mode": "deploy"})
     actions = make_actions()
-    show(settings, actions, argparse.Namespace(env=NO_ENGINE))
+    show(settings, actions, NO_ENGINE)
     printed = actions.out.getvalue()
     assert printed.startswith(
         f"::warning title=Deploy history::Skipped 2 unreadable line(s) of the deploy history "

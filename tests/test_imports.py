@@ -31,6 +31,18 @@ def test_a_command_imports_only_the_heavy_libraries_it_uses(
     assert result.stdout.strip() == loaded
 
 
+def test_the_cli_loads_the_command_definitions_not_their_library() -> None:
+    """Every command's definition is loaded to build the parser; what a command runs is
+    imported only when it runs (deploykit.commands.*.run)."""
+    code = ("import sys, deploykit.cli; print(' '.join(m for m in ("
+            "'deploykit.build', 'deploykit.plan', 'deploykit.registry', 'deploykit.history', "
+            "'deploykit.compose', 'deploykit.dockercli', 'deploykit.commands.deploy_run', "
+            "'requests', 'tenacity') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == ""
+
+
 SSH_CLIENT = """
 import sys
 from deploykit.errors import DockerError

@@ -18,22 +18,19 @@ import responses
 import tenacity
 
 from deploykit.errors import InputError, ProvenanceError
-from deploykit.provenance import (
+from deploykit.provenance import check_provenance, fetch_bundles, load_roots, verify_bundle
+from deploykit.provenance_claims import (
     ISSUER,
     PRIVATE,
     Claims,
     Expected,
     check_claims,
-    check_provenance,
     der_utf8,
     expected_for,
-    fetch_bundles,
-    load_roots,
-    snappy_block,
     statement_digests,
-    verify_bundle,
 )
 from deploykit.settings import load_settings
+from deploykit.snappy import snappy_block
 from tests.conftest import CapturedActions
 from tests.provenance_fixtures import (
     Build,

@@ -21,7 +21,7 @@ import pytest
 import requests
 import responses
 
-from deploykit import registry as registry_module
+from deploykit import registry_auth
 from deploykit.errors import RegistryError, WriteOnceTagError
 from deploykit.publish import PartlyPublishedError, Publisher, upload_layout
 from deploykit.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
@@ -130,7 +130,7 @@ def oci() -> Iterator[FakeOCI]:
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_sleep", lambda seconds: None)
+    monkeypatch.setattr(registry_auth, "_sleep", lambda seconds: None)
 
 
 @pytest.fixture

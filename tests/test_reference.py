@@ -8,6 +8,7 @@ from deploykit.errors import InputError
 from deploykit.reference import (
     ImageReference,
     parse_reference,
+    pinned_digest,
     registry_problem,
     repository_problem,
 )
@@ -101,3 +102,19 @@ def test_settings_and_parse_reference_agree(registry: str) -> None:
         reference_ok = False
     assert settings_ok == reference_ok
     assert settings_ok == (registry in ("[::1]:5000", "127.0.0.1:5000", "ghcr.io:443"))
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(("image", "digest"), [
+    (f"127.0.0.1:5000/org/app:v1@{DIGEST}", DIGEST),
+    (f"ghcr.io/org/app@{DIGEST}", DIGEST),
+    ("ghcr.io/org/app:v1", ""),
+    (f"ghcr.io/org/app:{DIGEST[7:]}", ""),  # hex as a tag pins nothing
+    ("ghcr.io/org/app@sha256:" + "A" * 64, ""),  # upper-case hex is no digest
+    ("", ""),
+])
+def test_pinned_digest(image: str, digest: str) -> None:
+    assert pinned_digest(image) == digest
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -17,8 +16,10 @@ import requests
 import responses
 from responses import matchers
 
-from deploykit import registry
+from deploykit import registry_auth, registry_errors
+from deploykit.actions import Actions
 from deploykit.cli import main
+from deploykit.commands.resolve import resolve as resolve_command
 from deploykit.errors import (
     BadCredentialsError,
     DeniedError,
@@ -31,17 +32,15 @@ from deploykit.errors import (
     RepositoryUnknownError,
     UnauthorizedError,
 )
+from deploykit.reference import ImageReference, parse_reference
 from deploykit.registry import (
     DOCKER_MANIFEST,
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
-    ImageReference,
     RegistryClient,
-    parse_reference,
-    parse_retry_after,
-    resolve_command,
 )
+from deploykit.registry_errors import parse_retry_after
 from deploykit.settings import load_settings
 
 GHCR = "https://ghcr.io"
@@ -73,8 +72,8 @@ class FakeClock:
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(registry, "_sleep", fake.sleep)
-    monkeypatch.setattr(registry, "_monotonic", fake.monotonic)
+    monkeypatch.setattr(registry_auth, "_sleep", fake.sleep)
+    monkeypatch.setattr(registry_auth, "_monotonic", fake.monotonic)
     return fake
 
 
@@ -285,13 +284,13 @@ def test_403_denied_names_the_ghcr_fix(rsps: Any) -> None:
 
 
 def test_denied_error_recognises_write_package_anywhere() -> None:
-    error = registry.denied_error("registry.example.com", "registry.example.com/org/app:v1",
+    error = registry_errors.denied_error("registry.example.com", "registry.example.com/org/app:v1",
                                   "DENIED: permission_denied: write_package")
     assert error.message == ("registry.example.com denied access to "
                              "registry.example.com/org/app:v1: DENIED: permission_denied: "
                              "write_package")
     assert "Manage Actions access" in error.hint
-    generic = registry.denied_error("registry.example.com", "x", "DENIED: nope")
+    generic = registry_errors.denied_error("registry.example.com", "x", "DENIED: nope")
     assert generic.hint.startswith("The credentials were accepted but do not allow this")
 
 
@@ -647,8 +646,8 @@ def test_resolve_command_is_anonymous_on_another_registry(rsps: Any) -> None:
              headers={"Docker-Content-Digest": DIGEST})
     settings = load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
                               "INPUT_REGISTRY_USERNAME": "u", "INPUT_REGISTRY_PASSWORD": "p"})
-    actions = registry.Actions({})
-    resolve_command(settings, actions, argparse.Namespace(reference="127.0.0.1:5000/org/app:v1"))
+    actions = Actions({})
+    resolve_command(settings, actions, "127.0.0.1:5000/org/app:v1")
     assert actions.outputs == {"digest": DIGEST, "image": f"127.0.0.1:5000/org/app@{DIGEST}"}
     assert "Authorization" not in rsps.calls[0].request.headers
 

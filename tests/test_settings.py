@@ -8,14 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from deploykit.errors import InputError
-from deploykit.settings import (
-    INPUTS,
-    InvalidInputs,
-    load_settings,
-    parse_compose_env,
-    read_inputs,
-    unused_inputs,
-)
+from deploykit.input_values import parse_compose_env
+from deploykit.inputs import INPUTS
+from deploykit.settings import InvalidInputs, load_settings, read_inputs, unused_inputs
 
 BASE = {"INPUT_MODE": "build", "GITHUB_REPOSITORY": "Org/App", "GITHUB_ACTOR": "octocat"}
 

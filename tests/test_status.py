@@ -8,7 +8,8 @@ from pathlib import Path
 
 from deploykit import build, deploy
 from deploykit.errors import DeployError
-from deploykit.history import DEPLOY, ROLLBACK, HistoryEntry
+from deploykit.history import HistoryEntry
+from deploykit.settings import DEPLOY, ROLLBACK
 from deploykit.status import Status
 from tests.conftest import CapturedActions, parse_github_output
 

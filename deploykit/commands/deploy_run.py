@@ -10,8 +10,6 @@ module imports nothing heavy; keep it that way.
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,12 +21,11 @@ from deploykit.policy import check_deploy_target
 from deploykit.settings import DEPLOY, ROLLBACK, Settings
 
 
-def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit deploy`` and mode=deploy."""
+def deploy(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
+    """``deploykit deploy`` and mode=deploy; ``env``: the environment of its children."""
     target = check_deploy_target(environment=settings.environment,
                                  image_tag=settings.image_tag,
                                  production_environments=settings.production_environments)
-    env = _env(args)
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
@@ -37,9 +34,8 @@ def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> No
     Deployment(settings, actions, DEPLOY, env=env, docker=docker, project=project).run(target)
 
 
-def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
-    """Handler of ``deploykit rollback``: the previous successful release, or `image_tag`."""
-    env = _env(args)
+def rollback(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
+    """``deploykit rollback``: the previous successful release, or `image_tag`."""
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
@@ -69,11 +65,6 @@ def check_local(settings: Settings, env: Mapping[str, str]) -> None:
                              f"the workspace {workspace} (through a symbolic link).",
                              hint=f"In Actions, `{name}` stays inside the workspace: check the "
                              "files out there, or point it at the link's target inside it.")
-
-
-def _env(args: argparse.Namespace) -> Mapping[str, str]:
-    env: Mapping[str, str] | None = getattr(args, "env", None)
-    return dict(os.environ if env is None else env)
 
 
 __all__ = ["check_local", "deploy", "rollback"]
