@@ -32,9 +32,10 @@ def deploy(settings: Settings, actions: Actions, args: argparse.Namespace) -> No
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
-    from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
+    from deploykit.deploy.procedure import Deployment, Runtime  # noqa: PLC0415 (after the config started)
 
-    Deployment(settings, actions, DEPLOY, env=env, docker=docker, project=project).run(target)
+    runtime = Runtime.create(settings, actions, env, docker=docker, project=project)
+    Deployment(runtime, DEPLOY).run(target)
 
 
 def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> None:
@@ -43,10 +44,10 @@ def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> 
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
-    from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
+    from deploykit.deploy.procedure import Deployment, Runtime  # noqa: PLC0415 (after the config started)
 
-    deployment = Deployment(settings, actions, ROLLBACK, env=env, docker=docker,
-                            project=project)
+    runtime = Runtime.create(settings, actions, env, docker=docker, project=project)
+    deployment = Deployment(runtime, ROLLBACK)
     image_tag = settings.image_tag or deployment.previous_release_tag()
     target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
                                  production_environments=settings.production_environments)

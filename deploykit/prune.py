@@ -30,7 +30,8 @@ from deploykit.history import RELEASE_LABEL, HistoryEntry, engine_labels, stack_
 from deploykit.reference import ImageReference, parse_reference
 
 if TYPE_CHECKING:
-    from deploykit.deploy import Deployment, Target
+    from deploykit.deploy.release import Release
+    from deploykit.deploy.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def prune_images(api: Any, image_name: str, keep: int, stacks: Iterable[list[His
                        len(plan.in_use), tuple(failed))
 
 
-def prune_after_deploy(deployment: Deployment, project: str, target: Target) -> None:
+def prune_after_deploy(deployment: Runtime, project: str, target: Release) -> None:
     """After a deploy ended ``deployed``: prune, log one line and a summary row. A failure
     is a warning: the deploy is verified and stays ``deployed``."""
     settings, actions = deployment.settings, deployment.actions

@@ -20,8 +20,8 @@ print(" ".join(name for name in {HEAVY} if name in sys.modules))
 @pytest.mark.parametrize(("modules", "loaded"), [
     (["deploykit.cli"], ""),
     (["deploykit.build", "deploykit.plan", "deploykit.registry"], ""),  # build, tags, resolve
-    (["deploykit.deploy"], "docker"),  # the SDK, without paramiko (deploykit.docker_sdk)
-    (["deploykit.swarm_deploy", "deploykit.history", "deploykit.lock"], "docker"),
+    (["deploykit.deploy.procedure"], "docker"),  # the SDK, without paramiko (docker_sdk)
+    (["deploykit.deploy.swarm_engine", "deploykit.history", "deploykit.lock"], "docker"),
 ])
 def test_a_command_imports_only_the_heavy_libraries_it_uses(
         modules: list[str], loaded: str) -> None:
