@@ -19,7 +19,7 @@ from deploykit.actions import Actions
 from deploykit.compose import locate_compose_file, project_directory, start_project_load
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import InputError, shown
-from deploykit.policy import check_deploy_target
+from deploykit.policy import check_deploy_target, check_release
 from deploykit.settings import DEPLOY, ROLLBACK, Settings
 
 
@@ -48,9 +48,15 @@ def rollback(settings: Settings, actions: Actions, args: argparse.Namespace) -> 
 
     runtime = Runtime.create(settings, actions, env, docker=docker, project=project)
     deployment = Deployment(runtime, ROLLBACK)
-    image_tag = settings.image_tag or deployment.previous_release_tag()
-    target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
-                                 production_environments=settings.production_environments)
+    if settings.image_tag:
+        target = check_deploy_target(environment=settings.environment,
+                                     image_tag=settings.image_tag,
+                                     production_environments=settings.production_environments)
+    else:  # the release value itself goes through the gate: no `tag@digest` to parse again
+        release = deployment.previous_release()
+        target = check_release(environment=settings.environment, tag=release.tag,
+                               digest=release.digest,
+                               production_environments=settings.production_environments)
     deployment.run(target)
 
 

@@ -156,10 +156,6 @@ class Deployment:
                                f"({entry.digest}), deployed {entry.time} (from {source}).")
         return Release(entry.tag or None, entry.digest)
 
-    def previous_release_tag(self) -> str:
-        """:meth:`previous_release` as the gate reads ``image_tag``."""
-        return self.previous_release().label
-
     def _previous_release(self, project: str) -> tuple[HistoryEntry | None, str]:
         """The release below the current one: from the engine (release labels, which
         outlive any runner), else from the history file. Only verified releases are in
