@@ -25,9 +25,9 @@ from typing import Any
 import requests
 
 from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.containers import docker_client
 from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
-from deploykit.health import docker_client
 from deploykit.reference import parse_reference
 from deploykit.settings import Settings, read_inputs
 from deploykit.status import Status

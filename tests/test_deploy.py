@@ -20,6 +20,7 @@ from deploykit.actions import Actions
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
+from deploykit.containers import RunningService
 from deploykit.deploy.compose_engine import UP_GRACE
 from deploykit.deploy.runtime import Runtime
 from deploykit.dockercli import DockerCLI
@@ -31,7 +32,7 @@ from deploykit.errors import (
     OneShotError,
     UnauthorizedError,
 )
-from deploykit.health import ContainerHealth, HealthReport, RunningService
+from deploykit.health import ContainerHealth, HealthReport
 from deploykit.history import History, HistoryEntry, stack_from_labels, trail_from_labels
 from tests.conftest import parse_github_output
 

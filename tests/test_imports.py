@@ -34,7 +34,7 @@ def test_a_command_imports_only_the_heavy_libraries_it_uses(
 SSH_CLIENT = """
 import sys
 from deploykit.errors import DockerError
-from deploykit.health import docker_client
+from deploykit.containers import docker_client
 before = "paramiko" in sys.modules
 try:
     docker_client({"DOCKER_HOST": "ssh://nobody@127.0.0.1:1", "PATH": "/nonexistent"})

@@ -20,18 +20,13 @@ from typing import NoReturn
 from deploykit.actions import markdown_table
 from deploykit.cancel import Cancelled
 from deploykit.compose import Compose, ComposeProject
+from deploykit.containers import image_present, remove_leftovers, workspace_mounts
 from deploykit.deploy.release import Release, Running
 from deploykit.deploy.report import AS_VERIFIED, FAILED, ROLLED_BACK, Report
 from deploykit.deploy.runtime import Runtime
 from deploykit.docker_sdk import docker
 from deploykit.errors import DeployError, DeploykitError, DockerError, LockError, OneShotError
-from deploykit.health import (
-    HealthReport,
-    image_present,
-    remove_leftovers,
-    restore_settle,
-    workspace_mounts,
-)
+from deploykit.health import HealthReport, restore_settle
 from deploykit.history import (
     ROLLBACK,
     HistoryEntry,

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from deploykit.compose import image_environment
+from deploykit.containers import RunningService
 from deploykit.errors import InputError
-from deploykit.health import RunningService
 from deploykit.reference import parse_reference
 from deploykit.settings import Settings
 

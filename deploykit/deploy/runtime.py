@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from deploykit.actions import Actions
 from deploykit.cancel import CancelGuard
 from deploykit.compose import ProjectLoad, start_project_load
-from deploykit.dockercli import DockerCLI
-from deploykit.github import GitHubRecorder
-from deploykit.health import (
-    HealthWatch,
+from deploykit.containers import (
     docker_client,
     own_container,
     own_container_candidates,
-    report_failures,
     running_services,
 )
+from deploykit.dockercli import DockerCLI
+from deploykit.github import GitHubRecorder
+from deploykit.health import HealthWatch, report_failures
 from deploykit.history import History, state_directory
 from deploykit.lock import Timeouts, create_config_only_network, engine_lock
 from deploykit.prune import prune_after_deploy
@@ -92,7 +91,7 @@ class Runtime:
             github=GitHubRecorder.from_settings(settings, actions),
             history=History(state_directory(settings.state_dir), warn=lambda text:
                             actions.warning(text, title="Deploy history")),
-            cancel=CancelGuard(), clock=time.monotonic,
+            cancel=CancelGuard(time.monotonic), clock=time.monotonic,
             hostname=os.environ.get("HOSTNAME", ""))
 
     @property

@@ -21,11 +21,11 @@ from typing import NoReturn
 from deploykit.actions import markdown_table
 from deploykit.cancel import Cancelled
 from deploykit.compose import ComposeProject
+from deploykit.containers import RunningService
 from deploykit.deploy.release import Release, Running
 from deploykit.deploy.report import AS_VERIFIED, DEPLOYED, FAILED, ROLLED_BACK, Report
 from deploykit.deploy.runtime import Runtime
 from deploykit.errors import ComposeError, DeployError, DeploykitError, LockError
-from deploykit.health import RunningService
 from deploykit.history import (
     DEPLOY,
     HISTORY_LABEL,
