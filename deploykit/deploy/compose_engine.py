@@ -232,7 +232,8 @@ class Rollout:
             report: HealthReport = self.runtime.health_watch(self.api, self.project.name,
                 timeout=timeout or self.settings.health_timeout,
                 settle=restore_settle(settle) if restored else settle,
-                progress=self.actions.info, one_shots=self.project.one_shot_services).wait()
+                progress=self.actions.info, one_shots=self.project.one_shot_services,
+                clock=self.runtime.clock).wait()
             self.actions.info(report.table())
         self.health_reports.append((title, report))
         if not report.ok:

@@ -173,7 +173,7 @@ class SwarmRollout:
             watch = RolloutWatch(self.api, self.project.name, self.project.image_services,
                                  target.digest, before=before,
                                  timeout=self.settings.health_timeout,
-                                 progress=self.actions.info)
+                                 progress=self.actions.info, clock=self.runtime.clock)
             try:
                 with self.runtime.cancel.interruptible():
                     verdict = watch.wait()
