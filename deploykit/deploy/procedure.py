@@ -20,7 +20,6 @@ from deploykit.deploy.engine import Engine
 from deploykit.deploy.release import Release, Running, image_reference
 from deploykit.deploy.report import FAILED, Report
 from deploykit.deploy.runtime import Runtime
-from deploykit.deploy.swarm_engine import SwarmEngine
 from deploykit.errors import DeployError, DeploykitError
 from deploykit.history import HistoryEntry, stack_from_labels
 from deploykit.lock import Holder, this_holder
@@ -31,6 +30,9 @@ from deploykit.provenance import check_provenance
 def engine_for(runtime: Runtime, report: Report) -> Engine:
     """The engine the ``orchestrator`` input names."""
     if runtime.settings.orchestrator == "swarm":
+        # Imported here: a compose deploy loads no Swarm code (start-up cost).
+        from deploykit.deploy.swarm_engine import SwarmEngine  # noqa: PLC0415
+
         return SwarmEngine(runtime, report)
     return ComposeEngine(runtime, report)
 
