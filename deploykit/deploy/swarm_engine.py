@@ -50,9 +50,6 @@ from deploykit.swarm import (
     stack_services,
     swarm_lock,
 )
-from deploykit.swarm import (
-    ROLLED_BACK as SWARM_ROLLED_BACK,
-)
 
 FAILED_TASKS_SHOWN = 3
 CANCELLED = "cancelled"  # a Verdict outcome of deploykit's own: the watch was cancelled
@@ -198,7 +195,7 @@ class SwarmRollout:
                                 self.entry(target, previous, as_verified)))
         if verdict.outcome == CANCELLED:
             self.fail(target, previous, FAILED, self.cancelled("the rollout"))
-        if verdict.outcome == SWARM_ROLLED_BACK:
+        if verdict.outcome == ROLLED_BACK:
             back = self.verified_back(previous)
             self.fail(target, previous, ROLLED_BACK if back else FAILED,
                       f"Swarm rolled the update of {', '.join(verdict.services)} back"
