@@ -1,11 +1,9 @@
-"""The Docker SDK side of a deploy: what runs, which digest, and the health verdict.
+"""The health verdict of a compose deploy (what runs: :mod:`deploykit.containers`).
 
 Only the low-level ``client.api`` calls are used (``containers``,
-``inspect_container``, ``inspect_image``, ``logs``, and ``events`` through
-:mod:`deploykit.events`): plain dicts, easy to fake. The verdict waits on the engine's
-events and inspects a container again only when one names it.
-``docker_client`` honours ``DOCKER_HOST`` (``unix://``, ``tcp://`` and
-``ssh://user@host`` through the system ``ssh`` client) like the docker CLI.
+``inspect_container``, ``logs``, and ``events`` through :mod:`deploykit.events`): plain
+dicts, easy to fake. The verdict waits on the engine's events and inspects a container
+again only when one names it.
 """
 
 from __future__ import annotations
@@ -15,20 +13,16 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from deploykit.actions import Actions, markdown_table
-from deploykit.docker_sdk import docker, enable_ssh
+from deploykit.containers import project_containers, service_of
+from deploykit.docker_sdk import docker
 from deploykit.errors import DockerError
 from deploykit.events import ContainerEvent, EventSource, open_project_events
 
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
 ONE_SHOT_LABEL = "deploykit.one-shot"
 DEPENDS_ON_LABEL = "com.docker.compose.depends_on"
 POLL_INTERVAL = 1.0  # without an event stream
@@ -40,202 +34,9 @@ UNTIL_MARGIN = 5.0  # the engine ends the event stream this long after the timeo
 LOG_TAIL = 40
 HEALTH_LOG_TAIL = 5
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_CONTAINER_DIR_RE = re.compile(r"containers/([0-9a-f]{64})/")
-_CONTAINER_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 
 HEALTHY, RUNNING, COMPLETED = "healthy", "running", "completed"
 FAILED, WAITING = "failed", "waiting"
-
-
-def docker_client(env: Mapping[str, str]) -> Any:
-    """An SDK client for the engine the docker CLI would talk to."""
-    host = env.get("DOCKER_HOST", "")
-    if host.startswith("ssh://"):
-        enable_ssh()
-    try:
-        return docker.DockerClient.from_env(environment=dict(env),
-                                            use_ssh_client=host.startswith("ssh://"))
-    except docker.errors.DockerException as exc:
-        raise DockerError(f"Cannot reach the Docker engine ({host or 'default socket'}): {exc}",
-                          hint="Start the engine, or point DOCKER_HOST at it (e.g. "
-                          "`ssh://deploy@host`).") from exc
-
-
-# -- the container we run in (the action container) ----------------------------
-def own_container_candidates(proc: Path = Path("/proc/self"), hostname: str = "",
-                             dockerenv: Path = Path("/.dockerenv")) -> list[str]:
-    """IDs of the container this process may run in; empty on a plain host.
-
-    Docker bind-mounts ``/etc/hostname`` (and hosts, resolv.conf) from
-    ``.../containers/<id>/``; on a host, mountinfo also lists *other*
-    containers' mounts, so only those three mount points count.
-    """
-    found: list[str] = []
-    try:
-        mountinfo = (proc / "mountinfo").read_text(encoding="utf-8")
-    except OSError:
-        mountinfo = ""
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[4] in _CONTAINER_FILES:
-            match = _CONTAINER_DIR_RE.search(fields[3])
-            if match and match.group(1) not in found:
-                found.append(match.group(1))
-    if dockerenv.exists() and re.fullmatch(r"[0-9a-f]{12}", hostname):
-        found.append(hostname)
-    return found
-
-
-def own_container(api: Any, candidates: Iterable[str]) -> dict[str, Any] | None:
-    """The inspect data of the container we run in, when it is on this engine."""
-    for candidate in candidates:
-        try:
-            return dict(api.inspect_container(candidate))
-        except docker.errors.NotFound:
-            continue
-        except docker.errors.APIError:
-            return None
-    return None
-
-
-def workspace_mounts(container: Mapping[str, Any] | None, workspace: str) -> dict[str, str]:
-    """Bind mounts of our container (destination -> host source) when the workspace is one
-    of them; empty when we do not run in a container of this engine with that mount.
-
-    A workspace on a named volume (act, runners in containers) counts too: then volume
-    mounts map as well, their ``Source`` being the volume's directory on the engine's host.
-    """
-    if not container or not workspace:
-        return {}
-    mounts = container.get("Mounts") or []
-    workspace = workspace.rstrip("/") or "/"
-    kinds = {str(m.get("Destination")): m.get("Type") for m in mounts}
-    accepted = ("bind", "volume") if kinds.get(workspace) == "volume" else ("bind",)
-    binds = {str(m.get("Destination")): str(m.get("Source"))
-             for m in mounts if m.get("Type") in accepted}
-    return binds if workspace in binds else {}
-
-
-# -- what runs now -----------------------------------------------------------
-@dataclass(frozen=True)
-class RunningService:
-    service: str
-    container_id: str
-    reference: str  # Config.Image, e.g. registry/repo:tag@sha256:...
-    digest: str  # registry digest of the running image ('' when unknown)
-
-
-def project_containers(api: Any, project: str) -> list[dict[str, Any]]:
-    """Inspect data of every container of the project (stopped ones too), by service."""
-    try:
-        summaries = api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
-        inspected = []
-        for summary in summaries:
-            try:
-                inspected.append(dict(api.inspect_container(summary["Id"])))
-            except docker.errors.NotFound:
-                continue  # removed while we looked (a recreate)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"Cannot list the containers of project {project!r}: "
-                          f"{exc.explanation}") from exc
-    labels = [(c.get("Config") or {}).get("Labels") or {} for c in inspected]
-    return sorted((c for c, lab in zip(inspected, labels, strict=True)
-                   if lab.get(ONEOFF_LABEL) != "True"),
-                  key=lambda c: (_service(c), str(c.get("Name"))))
-
-
-def _service(container: Mapping[str, Any]) -> str:
-    labels = (container.get("Config") or {}).get("Labels") or {}
-    return str(labels.get(SERVICE_LABEL) or container.get("Name", "")).lstrip("/")
-
-
-def image_digests(api: Any, image_id: str, image_name: str) -> list[str]:
-    """Registry digests of a local image for ``image_name`` (``registry/repo``)."""
-    try:
-        image = api.inspect_image(image_id)
-    except docker.errors.NotFound:
-        return []
-    digests = []
-    for repo_digest in image.get("RepoDigests") or []:
-        name, _, digest = str(repo_digest).partition("@")
-        if name == image_name and digest not in digests:
-            digests.append(digest)
-    return digests
-
-
-# compose names the container it creates to replace another `<12 hex of the old ID>_<name>`
-# until the old one is removed, then renames it.
-_TEMPORARY_NAME = re.compile(r"^/?[0-9a-f]{12}_")
-
-
-def leftover_containers(api: Any, project: str,
-                        services: Iterable[str]) -> list[dict[str, Any]]:
-    """Containers of ``services`` an interrupted ``up`` left (a cancel or a kill in the
-    middle of a recreate): compose's temporary replacements, and containers created but
-    never started. They make the next ``up`` fail ("container name already in use")."""
-    wanted = set(services)
-    found = []
-    for container in api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
-        labels = container.get("Labels") or {}
-        if labels.get(SERVICE_LABEL) not in wanted or labels.get(ONEOFF_LABEL) == "True":
-            continue
-        names = container.get("Names") or []
-        if container.get("State") == "created" or any(_TEMPORARY_NAME.match(str(name))
-                                                      for name in names):
-            found.append(container)
-    return found
-
-
-def remove_leftovers(api: Any, project: str, services: Iterable[str]) -> list[str]:
-    """Remove :func:`leftover_containers` (by ID, forced): the names of those removed."""
-    removed = []
-    try:
-        for container in leftover_containers(api, project, services):
-            with suppress(docker.errors.NotFound):
-                api.remove_container(container["Id"], force=True)
-            removed.append(str((container.get("Names") or [container["Id"]])[0]).lstrip("/"))
-    except docker.errors.APIError as exc:
-        raise DockerError(f"Cannot remove the containers an interrupted `docker compose up` "
-                          f"left in project {project!r}: {exc.explanation}") from exc
-    return removed
-
-
-def image_present(api: Any, reference: str) -> bool:
-    """Whether the engine has ``reference`` (``registry/repo@sha256:...``) locally; an
-    engine that cannot say is taken as "no" (the pull then asks the registry)."""
-    try:
-        api.inspect_image(reference)
-    except docker.errors.APIError:
-        return False
-    return True
-
-
-def running_digest(api: Any, container: Mapping[str, Any], image_name: str,
-                   known_by_image: dict[str, list[str]] | None = None) -> str:
-    """The digest ``container`` runs; ``known_by_image`` keeps each image's digests for
-    the next container of the same image (an app and its worker: one inspect)."""
-    reference = str((container.get("Config") or {}).get("Image") or "")
-    image_id = str(container.get("Image") or "")
-    cache = {} if known_by_image is None else known_by_image
-    if image_id not in cache:
-        cache[image_id] = image_digests(api, image_id, image_name)
-    known = cache[image_id]
-    pinned = reference.partition("@")[2]
-    ours = reference.startswith((image_name + ":", image_name + "@"))
-    if pinned and (pinned in known or (ours and not known)):
-        return pinned
-    return known[0] if known else ""
-
-
-def running_services(api: Any, project: str, image_name: str,
-                     services: Iterable[str]) -> list[RunningService]:
-    """The image of each container of ``services`` (the rollback target)."""
-    wanted = set(services)
-    known_by_image: dict[str, list[str]] = {}
-    return [RunningService(_service(c), str(c["Id"]),
-                           str((c.get("Config") or {}).get("Image") or ""),
-                           running_digest(api, c, image_name, known_by_image))
-            for c in project_containers(api, project) if _service(c) in wanted]
 
 
 # -- the verdict ---------------------------------------------------------------
@@ -302,7 +103,7 @@ def one_shot_services(containers: Iterable[Mapping[str, Any]]) -> set[str]:
     for container in containers:
         labels = (container.get("Config") or {}).get("Labels") or {}
         if str(labels.get(ONE_SHOT_LABEL, "")).strip().lower() in ("true", "1", "yes"):
-            found.add(_service(container))
+            found.add(service_of(container))
         for dependency in str(labels.get(DEPENDS_ON_LABEL) or "").split(","):
             service, _, rest = dependency.partition(":")
             if rest.split(":")[0] == "service_completed_successfully":
@@ -424,9 +225,9 @@ class HealthWatch:
 
     def _report(self, containers: Mapping[str, Mapping[str, Any]]) -> HealthReport:
         self._settles_at.clear()
-        ordered = sorted(containers.values(), key=lambda c: (_service(c), str(c.get("Name"))))
+        ordered = sorted(containers.values(), key=lambda c: (service_of(c), str(c.get("Name"))))
         one_shots = one_shot_services(ordered) | self.one_shots
-        return HealthReport([self.judge(c, one_shot=_service(c) in one_shots)
+        return HealthReport([self.judge(c, one_shot=service_of(c) in one_shots)
                              for c in ordered])
 
     def _next_settle_end(self, now: float) -> float:
@@ -458,7 +259,7 @@ class HealthWatch:
         state = container.get("State") or {}
         health_state = state.get("Health") or {}
         result = ContainerHealth(
-            service=_service(container), name=str(container.get("Name", "")).lstrip("/"),
+            service=service_of(container), name=str(container.get("Name", "")).lstrip("/"),
             container_id=str(container.get("Id", "")), state=str(state.get("Status", "")),
             health=str(health_state.get("Status", "")),
             restarts=int(container.get("RestartCount") or 0),

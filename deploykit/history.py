@@ -24,9 +24,9 @@ from typing import Any
 import requests
 
 from deploykit.actions import Actions, markdown_table, markdown_text
+from deploykit.containers import docker_client
 from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
-from deploykit.health import docker_client
 from deploykit.reference import parse_reference
 from deploykit.settings import DEPLOY as DEPLOY  # noqa: PLC0414 (deploy.py imports it here)
 from deploykit.settings import ROLLBACK as ROLLBACK  # noqa: PLC0414 (as DEPLOY)

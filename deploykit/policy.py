@@ -46,12 +46,35 @@ def check_deploy_target(
     *, environment: str, image_tag: str, production_environments: tuple[str, ...]
 ) -> DeployTarget:
     """Let ``image_tag`` through to ``environment``, or raise a PolicyError saying why."""
+    name, production = _environment(environment, production_environments)
+    tag, digest = _split(image_tag.strip(), name, production)
+    return _let_through(tag, digest, name, production)
+
+
+def check_release(*, environment: str, tag: str | None, digest: str,
+                  production_environments: tuple[str, ...]) -> DeployTarget:
+    """The gate for a release known as a value (a rollback's target, read from the engine,
+    the history or GitHub): its parts are checked as they are, never joined and parsed."""
+    name, production = _environment(environment, production_environments)
+    if not _DIGEST_RE.fullmatch(digest):
+        raise InputError("image_tag", f"{shown(digest)} is not a digest.",
+                         hint="A digest is `sha256:` and 64 lower-case hex digits.")
+    if tag is not None and not _TAG_RE.match(tag):
+        raise InputError("image_tag", f"{shown(tag)} is not an image tag.",
+                         hint="Pass the release to go back to: `image_tag: vX.Y.Z`.")
+    return _let_through(tag, digest, name, production)
+
+
+def _environment(environment: str, production_environments: tuple[str, ...]) -> tuple[str, bool]:
     name = environment.strip()
     if not name:
         raise InputError("environment", "is empty: deploykit must know where it deploys.",
                          hint="Set `environment: staging` or `environment: production`.")
-    production = name.lower() in {env.strip().lower() for env in production_environments}
-    tag, digest = _split(image_tag.strip(), name, production)
+    return name, name.lower() in {env.strip().lower() for env in production_environments}
+
+
+def _let_through(tag: str | None, digest: str | None, name: str,
+                 production: bool) -> DeployTarget:
     if production:
         _check_production(tag, digest, name)
     elif tag == LATEST:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
@@ -30,7 +30,28 @@ from deploykit.history import RELEASE_LABEL, HistoryEntry, engine_labels, stack_
 from deploykit.reference import ImageReference, parse_reference
 
 if TYPE_CHECKING:
-    from deploykit.deploy import Deployment, Target
+    from deploykit.history import History
+    from deploykit.settings import Settings
+
+
+class Deployed(Protocol):
+    """What pruning reads of a deploy (the deploy's runtime)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def actions(self) -> Actions: ...
+    @property
+    def engine(self) -> Any: ...
+    @property
+    def history(self) -> History: ...
+    @property
+    def image_name(self) -> str: ...
+
+
+class HasDigest(Protocol):
+    @property
+    def digest(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,7 @@ def prune_images(api: Any, image_name: str, keep: int, stacks: Iterable[list[His
                        len(plan.in_use), tuple(failed))
 
 
-def prune_after_deploy(deployment: Deployment, project: str, target: Target) -> None:
+def prune_after_deploy(deployment: Deployed, project: str, target: HasDigest) -> None:
     """After a deploy ended ``deployed``: prune, log one line and a summary row. A failure
     is a warning: the deploy is verified and stays ``deployed``."""
     settings, actions = deployment.settings, deployment.actions

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploykit.compose import Compose, ComposeProject, label_override
+from deploykit.containers import SERVICE_LABEL, project_containers
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import ComposeError, DeployError
-from deploykit.health import SERVICE_LABEL, HealthReport, project_containers
+from deploykit.health import HealthReport
 
 START_FIRST, STOP_FIRST = "start-first", "stop-first"
 FAILURE_ACTIONS = ("pause", "rollback", "continue")

@@ -31,6 +31,7 @@ from deploykit.docker_sdk import docker
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import ComposeError, DockerError, InputError
 from deploykit.lock import LABEL_PREFIX, EngineLock, Holder
+from deploykit.status import Status
 
 STACK_LABEL = "com.docker.stack.namespace"
 LOG_TAIL = 5
@@ -280,8 +281,10 @@ def stack_services(api: Any, stack: str) -> dict[str, Service]:
 
 
 # -- the verdict (pure) -----------------------------------------------------------
-DEPLOYED, ROLLED_BACK, PAUSED_OUT, FAILING, WAITING = (
-    "deployed", "rolled_back", "paused", "failing", "waiting")
+# A rollout that converged ends as the run does (the one `Status` vocabulary); the other
+# outcomes are the watch's own.
+DEPLOYED, ROLLED_BACK = Status.DEPLOYED, Status.ROLLED_BACK
+PAUSED_OUT, FAILING, WAITING = "paused", "failing", "waiting"
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ import docker.errors
 import pytest
 
 import deploykit.commands.deploy_run as deploy_command
-import deploykit.compose as compose_module
-import deploykit.deploy as deploy_module
 from deploykit.actions import Actions
 from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
+from deploykit.containers import RunningService
+from deploykit.deploy.compose_engine import UP_GRACE
+from deploykit.deploy.runtime import Runtime
+from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
     DeployError,
     DeploykitError,
@@ -30,7 +32,7 @@ from deploykit.errors import (
     OneShotError,
     UnauthorizedError,
 )
-from deploykit.health import ContainerHealth, HealthReport, RunningService
+from deploykit.health import ContainerHealth, HealthReport
 from deploykit.history import History, HistoryEntry, stack_from_labels, trail_from_labels
 from tests.conftest import parse_github_output
 
@@ -58,6 +60,15 @@ class World:
     leftovers: list[str] = field(default_factory=list)  # names an interrupted `up` left
     restore_fails: list[Exception] = field(default_factory=list)  # per restore `up`
     pruned: list[str] = field(default_factory=list)  # the digests pruning ran after
+    # What a test makes a fake do instead (handed in through the runtime):
+    project: ComposeProject | None = None  # what `docker compose config` reads
+    up_release: Any = None  # (compose, project, **options) -> one-shots done
+    after_up: Any = None  # (compose) after each `up`
+    lock_held: str = ""  # the engine lock is refused with this message
+    login: Any = None  # (registry, username, password) in place of `docker login`
+    history_fails: bool = False  # the history file cannot be written
+    smoke: Any = None  # (urls) in place of the smoke test
+    github: Any = None  # the GitHub recorder (None: no token)
 
     def at(self, phase: str) -> None:
         """A phase runs: send ourselves the signal planned for it (once)."""
@@ -74,8 +85,8 @@ class FakeCompose:
 
     def load(self, service_env: dict[str, str]) -> ComposeProject:
         self.world.calls.append("compose config")
-        return ComposeProject(Path("."), Path("compose.yaml"), "shop", ("app", "db", "worker"),
-                              ("app", "worker"))
+        return self.world.project or ComposeProject(
+            Path("."), Path("compose.yaml"), "shop", ("app", "db", "worker"), ("app", "worker"))
 
     def config(self) -> dict[str, Any]:
         self.world.calls.append(f"compose config {self.env['IMAGE_TAG']}")
@@ -110,9 +121,14 @@ class FakeCompose:
         self.world.at("up")
         if give_up_at is not None:
             self.world.give_up_at.append(give_up_at())
+        if self.world.after_up:
+            self.world.after_up(self)
 
     def up_release(self, project: ComposeProject, *, one_shot_timeout: float = 0,
                    **options: Any) -> tuple[str, ...]:
+        if self.world.up_release:
+            done: tuple[str, ...] = self.world.up_release(self, project, **options)
+            return done
         self.up(**options)
         return ()
 
@@ -194,6 +210,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
 
     @contextmanager
     def lock(client: Any, holder: Any, *, timeout: float, actions: Any) -> Iterator[Any]:
+        if world.lock_held:
+            raise LockError(world.lock_held)
         world.calls.append(f"lock {holder.project}")
         try:
             yield type("Lock", (), {"verify": verify})()
@@ -205,44 +223,74 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
                 for s, d in sorted(world.running.items())]
 
     def smoke(urls: Any, **kwargs: Any) -> list[Any]:
+        if world.smoke:
+            return list(world.smoke(urls))
         world.calls.append(f"smoke {' '.join(urls)}")
         world.at("smoke")
         if world.smoke_fails:
             raise DeployError("Smoke test: http://x/ answered 500, expected 200 (retried for 1 s).")
         return []
 
-    FakeWatch.world = world
-    monkeypatch.setattr(deploy_module, "RegistryClient", Registry)
-    monkeypatch.setattr(deploy_module, "docker_client", client)
-    monkeypatch.setattr(deploy_module, "engine_lock", lock)
-    monkeypatch.setattr(deploy_module, "own_container", lambda api, candidates: None)
-    monkeypatch.setattr(deploy_module, "running_services", running)
-    monkeypatch.setattr(deploy_module, "HealthWatch", FakeWatch)
-    monkeypatch.setattr(deploy_module, "report_failures", lambda api, report, actions: None)
-    monkeypatch.setattr(deploy_module, "smoke_test", smoke)
-
     def mark(api: Any, name: str, labels: dict[str, str]) -> str:
         world.verified.append(labels["deploykit.verified"])
         return f"net-{len(world.verified) - 1}"
 
-    monkeypatch.setattr(deploy_module, "create_config_only_network", mark, raising=False)
-    monkeypatch.setattr(deploy_module, "prune_after_deploy",
-                        lambda deployment, project, target: world.pruned.append(target.digest))
-    monkeypatch.setattr(compose_module, "compose_for", lambda settings, docker: FakeCompose(world))
-    for module in (deploy_command, deploy_module):  # the config where its result is taken
-        monkeypatch.setattr(module, "start_project_load", LoadWhenAsked)
+    class WorldDocker(DockerCLI):
+        def login(self, registry: str, username: str, password: str) -> None:
+            if world.login:
+                world.login(registry, username, password)
+            else:
+                super().login(registry, username, password)
+
+        @contextmanager
+        def logged_in(self, registry: str, username: str, password: str) -> Iterator[None]:
+            with super().logged_in(registry, username, password):
+                yield
+            world.at("logout")
+
+    class WorldHistory(History):
+        def append(self, entry: HistoryEntry) -> None:
+            if world.history_fails:
+                raise DeploykitError(f"Cannot write the deploy history {self.path}: No space "
+                                     "left on device.", title="History not writable")
+            super().append(entry)
+
+    create = Runtime.create
+
+    def with_fakes(settings: Any, actions: Actions, env: Any = None, *, docker: Any = None,
+                   project: Any = None) -> Runtime:
+        runtime = create(settings, actions, env, docker=WorldDocker(actions, env),
+                         project=project)
+        return replace(
+            runtime, github=world.github,
+            history=WorldHistory(runtime.history.directory, runtime.history.warn),
+            registry_client=lambda settings, actions: Registry(
+                settings.registry, settings.image_repo, "", ""),
+            engine_client=client, engine_lock=lock,
+            own_container=lambda api, candidates: None, running_services=running,
+            health_watch=FakeWatch, report_failures=lambda api, report, actions: None,
+            smoke_test=smoke, mark_network=mark,
+            prune=lambda runtime, project, release: world.pruned.append(release.digest))
+
+    FakeWatch.world = world
+    monkeypatch.setattr(Runtime, "create", staticmethod(with_fakes))
+    # The config where the deploy takes its result, so the calls the tests assert keep
+    # one order (the thread has its own test).
+    monkeypatch.setattr(deploy_command, "start_project_load",
+                        lambda settings, docker: LoadWhenAsked(world, settings))
     return world
 
 
 class LoadWhenAsked:
-    """In place of the background config: it runs when the deploy takes its result, so
-    the calls the tests assert keep one order (the thread has its own test)."""
+    """In place of the background `docker compose config`."""
 
-    def __init__(self, settings: Any, docker: Any) -> None:
-        self.settings, self.docker = settings, docker
+    def __init__(self, world: World, settings: Any) -> None:
+        self.world, self.settings = world, settings
 
     def result(self) -> Any:
-        return compose_module.load_project(self.settings, self.docker)
+        compose = FakeCompose(self.world)
+        project = compose.load(dict(self.settings.compose_env))
+        return replace(compose, name=project.name), project
 
 
 @pytest.fixture
@@ -279,7 +327,7 @@ def test_a_digest_the_engine_has_is_not_pulled_again(
     world.images = {f"{NAME}@{D2}"}
     project = ComposeProject(Path("."), Path("compose.yaml"), "shop",
                              tuple(sorted(("app", "worker", *others))), ("app", "worker"))
-    monkeypatch.setattr(FakeCompose, "load", lambda self, env: project)
+    world.project = project
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (0, "deployed"), log
     assert [call for call in world.calls if call.startswith("pull")] == pulled
@@ -319,12 +367,7 @@ def test_production_latest_is_refused_before_any_connection(world: World, run: A
 
 def test_errors_after_the_gate_report_status_failed(world: World, run: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    @contextmanager
-    def held(client: Any, holder: Any, *, timeout: float, actions: Any) -> Iterator[Any]:
-        raise LockError("Another deploy of project 'shop' holds the lock.")
-        yield
-
-    monkeypatch.setattr(deploy_module, "engine_lock", held)
+    world.lock_held = "Another deploy of project 'shop' holds the lock."
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "failed")
     assert "Another deploy of project 'shop' holds the lock." in log
@@ -340,7 +383,7 @@ def test_a_failed_one_shot_replaced_nothing_and_is_not_rolled_back(
         raise OneShotError("One-shot service migrate (shop-migrate-1) exited with code 1. "
                            "Nothing else was replaced.")
 
-    monkeypatch.setattr(FakeCompose, "up_release", failing)
+    world.up_release = failing
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "failed")
     assert world.calls[world.calls.index(f"migrate v2.0.0@{D2}"):] == \
@@ -357,12 +400,11 @@ def test_a_rollback_after_a_migration_says_the_schema_stays(
     world.running = {"app": D1, "worker": D1}
     world.health = [False, True]
 
-    def migrated(self: FakeCompose, project: ComposeProject, *, one_shot_timeout: float,
-                 **options: Any) -> tuple[str, ...]:
+    def migrated(self: FakeCompose, project: ComposeProject, **options: Any) -> tuple[str, ...]:
         self.up(**options)
         return ("migrate",)
 
-    monkeypatch.setattr(FakeCompose, "up_release", migrated)
+    world.up_release = migrated
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "rolled_back")
     note = ("The one-shot service(s) migrate completed in the failed release: its migrations "
@@ -460,15 +502,11 @@ def test_dry_run_plans_without_lock_or_change(world: World, run: Any, tmp_path: 
 def test_digest_mismatch_after_up_fails(world: World, run: Any,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     world.running = {"app": D1, "worker": D1}
-    original_up = FakeCompose.up
-
-    def up_but_worker_keeps_old(self: FakeCompose, *, force_recreate: bool = False,
-                                **kwargs: Any) -> None:
-        original_up(self, force_recreate=force_recreate)
-        if self.env["IMAGE_TAG"].endswith(D2):
+    def worker_keeps_old(compose: FakeCompose) -> None:
+        if compose.env["IMAGE_TAG"].endswith(D2):
             world.running["worker"] = D3
 
-    monkeypatch.setattr(FakeCompose, "up", up_but_worker_keeps_old)
+    world.after_up = worker_keeps_old
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (1, "rolled_back")
     assert f"Digest check failed: expected {D2}; worker runs {D3}." in log
@@ -547,11 +585,9 @@ class FakeRecorder:
 
 
 @pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> FakeRecorder:
-    fake = FakeRecorder()
-    monkeypatch.setattr(deploy_module.GitHubRecorder, "from_settings",
-                        staticmethod(lambda settings, actions: fake))
-    return fake
+def recorder(world: World) -> FakeRecorder:
+    world.github = FakeRecorder()
+    return world.github
 
 
 def test_deploy_is_recorded_as_a_github_deployment(
@@ -584,10 +620,10 @@ def test_rolled_back_deploy_marks_the_github_deployment_failed(
 
 def test_a_cancel_during_the_login_closes_the_github_deployment(
         world: World, run: Any, recorder: FakeRecorder, monkeypatch: pytest.MonkeyPatch) -> None:
-    def cancelled_login(self: Any, registry: str, username: str, password: str) -> None:
+    def cancelled_login(registry: str, username: str, password: str) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(deploy_module.DockerCLI, "login", cancelled_login)
+    world.login = cancelled_login
     code, outputs, _ = run("deploy", image_tag="v2.0.0", registry_password="pw")
     assert (code, outputs["status"]) == (1, "failed")
     [finish] = [call for call in recorder.calls if call[0] == "finish"]
@@ -623,11 +659,11 @@ def test_signal_during_the_login_stops_before_anything(world: World, run: Any,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     world.running = {"app": D1, "worker": D1}
 
-    def hanging_login(self: Any, registry: str, username: str, password: str) -> None:
+    def hanging_login(registry: str, username: str, password: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # a registry that does not answer
 
-    monkeypatch.setattr(deploy_module.DockerCLI, "login", hanging_login)
+    world.login = hanging_login
     started = time.monotonic()
     code, outputs, log = run("deploy", image_tag="v2.0.0", registry_password="pw")
     assert time.monotonic() - started < 10
@@ -640,10 +676,10 @@ def test_signal_during_the_login_stops_before_anything(world: World, run: Any,
 def test_a_failed_login_under_the_lock_writes_its_history_line(
         world: World, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 20: every ending past the lock has its history line and its status."""
-    def refused(self: Any, registry: str, username: str, password: str) -> None:
+    def refused(registry: str, username: str, password: str) -> None:
         raise UnauthorizedError("docker login to 127.0.0.1:5000 as ana failed: denied")
 
-    monkeypatch.setattr(deploy_module.DockerCLI, "login", refused)
+    world.login = refused
     code, outputs, _ = run("deploy", image_tag="v2.0.0", registry_password="pw")
     assert (code, outputs["status"]) == (1, "failed")
     assert [(e.tag, e.status) for e in history(tmp_path)] == [("v2.0.0", "failed")]
@@ -677,7 +713,7 @@ def test_an_in_flight_up_gets_a_bounded_grace(world: World, run: Any) -> None:
     world.signal_at = {"up": signal.SIGINT}
     run("deploy", image_tag="v2.0.0")
     [moment] = world.give_up_at
-    assert moment is not None and moment - time.monotonic() <= deploy_module.UP_GRACE
+    assert moment is not None and moment - time.monotonic() <= UP_GRACE
 
 
 def test_without_signal_every_docker_step_has_its_timeout(world: World, run: Any) -> None:
@@ -731,13 +767,7 @@ def test_a_signal_during_the_rollback_lets_the_restore_finish(world: World, run:
 def test_a_signal_after_verification_keeps_the_release(world: World, run: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     world.running = {"app": D1, "worker": D1}
-    original = deploy_module.Rollout.finish
-
-    def signal_then_finish(self: Any, *args: Any) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the GitHub deployment is updated
-        original(self, *args)
-
-    monkeypatch.setattr(deploy_module.Rollout, "finish", signal_then_finish)
+    world.signal_at = {"logout": signal.SIGTERM}  # after the verdict, before the records
     code, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (code, outputs["status"]) == (0, "deployed")
     assert (f"SIGTERM came after {NAME}:v2.0.0@{D2} was verified: the deploy is complete, "
@@ -797,11 +827,7 @@ def test_a_history_that_fails_late_keeps_the_true_status(
     world.running = {"app": D1, "worker": D1}
     world.health = health
 
-    def full_disk(self: History, entry: HistoryEntry) -> None:
-        raise DeploykitError(f"Cannot write the deploy history {self.path}: No space left on "
-                             "device.", title="History not writable")
-
-    monkeypatch.setattr(History, "append", full_disk)
+    world.history_fails = True
     got, outputs, log = run("deploy", image_tag="v2.0.0")
     assert (got, outputs["status"]) == (code, status)
     assert visible in log

@@ -144,7 +144,7 @@ import sys
 from deploykit.actions import Actions
 from deploykit.github import GitHubRecorder
 from deploykit.settings import load_settings
-import deploykit.build, deploykit.deploy
+import deploykit.build, deploykit.deploy.procedure
 env = {"INPUT_MODE": "deploy", "GITHUB_REPOSITORY": "octo/app", "INPUT_GITHUB_TOKEN": sys.argv[1]}
 recorder = GitHubRecorder.from_settings(load_settings(env), Actions(env))
 print(type(recorder).__name__, "github" in sys.modules, "deploykit.github_api" in sys.modules)

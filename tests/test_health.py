@@ -9,20 +9,18 @@ import docker.errors
 import pytest
 import requests
 
-from deploykit import health
-from deploykit.errors import DockerError
-from deploykit.events import ContainerEvent
-from deploykit.health import (
-    HealthReport,
-    HealthWatch,
+from deploykit import containers, health
+from deploykit.containers import (
     image_digests,
     own_container,
     own_container_candidates,
     project_containers,
-    report_failures,
     running_services,
     workspace_mounts,
 )
+from deploykit.errors import DockerError
+from deploykit.events import ContainerEvent
+from deploykit.health import HealthReport, HealthWatch, report_failures
 from tests.conftest import FakeClock
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -511,10 +509,10 @@ def test_docker_client_honours_docker_host(monkeypatch: pytest.MonkeyPatch) -> N
             seen.append((environment.get("DOCKER_HOST", ""), use_ssh_client))
             return "client"
 
-    monkeypatch.setattr(health.docker, "DockerClient", Recorder)
-    assert health.docker_client({"DOCKER_HOST": "ssh://deploy@prod-1"}) == "client"
-    assert health.docker_client({"DOCKER_HOST": "tcp://10.0.0.5:2376"}) == "client"
-    assert health.docker_client({}) == "client"
+    monkeypatch.setattr(containers.docker, "DockerClient", Recorder)
+    assert containers.docker_client({"DOCKER_HOST": "ssh://deploy@prod-1"}) == "client"
+    assert containers.docker_client({"DOCKER_HOST": "tcp://10.0.0.5:2376"}) == "client"
+    assert containers.docker_client({}) == "client"
     assert seen == [("ssh://deploy@prod-1", True), ("tcp://10.0.0.5:2376", False), ("", False)]
 
 
@@ -524,10 +522,10 @@ def test_unreachable_engine_is_a_docker_error(monkeypatch: pytest.MonkeyPatch) -
         def from_env(**kwargs: object) -> None:
             raise docker.errors.DockerException("Error while fetching server API version")
 
-    monkeypatch.setattr(health.docker, "DockerClient", Failing)
+    monkeypatch.setattr(containers.docker, "DockerClient", Failing)
     with pytest.raises(DockerError, match=r"Cannot reach the Docker engine \(unix:///x.sock\)") \
             as info:
-        health.docker_client({"DOCKER_HOST": "unix:///x.sock"})
+        containers.docker_client({"DOCKER_HOST": "unix:///x.sock"})
     assert "DOCKER_HOST" in info.value.hint
 
 

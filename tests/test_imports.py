@@ -20,8 +20,8 @@ print(" ".join(name for name in {HEAVY} if name in sys.modules))
 @pytest.mark.parametrize(("modules", "loaded"), [
     (["deploykit.cli"], ""),
     (["deploykit.build", "deploykit.plan", "deploykit.registry"], ""),  # build, tags, resolve
-    (["deploykit.deploy"], "docker"),  # the SDK, without paramiko (deploykit.docker_sdk)
-    (["deploykit.swarm_deploy", "deploykit.history", "deploykit.lock"], "docker"),
+    (["deploykit.deploy.procedure"], "docker"),  # the SDK, without paramiko (docker_sdk)
+    (["deploykit.deploy.swarm_engine", "deploykit.history", "deploykit.lock"], "docker"),
 ])
 def test_a_command_imports_only_the_heavy_libraries_it_uses(
         modules: list[str], loaded: str) -> None:
@@ -46,7 +46,7 @@ def test_the_cli_loads_the_command_definitions_not_their_library() -> None:
 SSH_CLIENT = """
 import sys
 from deploykit.errors import DockerError
-from deploykit.health import docker_client
+from deploykit.containers import docker_client
 before = "paramiko" in sys.modules
 try:
     docker_client({"DOCKER_HOST": "ssh://nobody@127.0.0.1:1", "PATH": "/nonexistent"})

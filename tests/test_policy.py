@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from deploykit.errors import InputError, PolicyError
-from deploykit.policy import DeployTarget, check_deploy_target
+from deploykit.policy import DeployTarget, check_deploy_target, check_release
 
 PROD = ("production", "prod")
 DIGEST = "sha256:" + "ab" * 32
@@ -157,3 +157,27 @@ def test_production_accepts_a_tag_only_if_it_is_a_plain_release(tag: str) -> Non
 def test_staging_accepts_every_valid_tag_except_latest(tag: str) -> None:
     assume(tag != "latest")
     assert check("staging", tag) == DeployTarget(tag, None, False)
+
+
+# -- a rollback's release, gated as a value (issue 21) ------------------------------------
+@pytest.mark.parametrize(("environment", "tag", "expected"), [
+    ("production", "v1.4.2", DeployTarget("v1.4.2", DIGEST, True)),
+    ("production", None, DeployTarget(None, DIGEST, True)),
+    ("staging", "test-20260101-1", DeployTarget("test-20260101-1", DIGEST, False)),
+])
+def test_a_release_value_passes_the_gate_as_it_is(environment: str, tag: str | None,
+                                                 expected: DeployTarget) -> None:
+    assert check_release(environment=environment, tag=tag, digest=DIGEST,
+                         production_environments=PROD) == expected
+
+
+@pytest.mark.parametrize(("tag", "digest", "refused"), [
+    ("test-20260101-1", DIGEST, PolicyError),  # production takes releases only
+    ("v1.0.0\n::error::x", DIGEST, InputError),  # a label's tag is text from outside
+    ("v1.0.0", "sha256:short", InputError),
+])
+def test_a_release_value_the_gate_refuses(tag: str, digest: str,
+                                          refused: type[Exception]) -> None:
+    with pytest.raises(refused):
+        check_release(environment="production", tag=tag, digest=digest,
+                      production_environments=PROD)

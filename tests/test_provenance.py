@@ -389,7 +389,7 @@ def test_off_makes_no_request(make_actions: Callable[..., CapturedActions]) -> N
 
 
 def test_off_never_imports_sigstore() -> None:
-    code = ("import sys; from deploykit.deploy import Deployment; "
+    code = ("import sys; from deploykit.deploy.procedure import Deployment; "
             "from deploykit.provenance import check_provenance; "
             "from deploykit.settings import load_settings; from deploykit.actions import Actions; "
             "check_provenance(load_settings({'INPUT_MODE': 'deploy', 'INPUT_IMAGE_REPO': 'a/b'}),"

@@ -6,7 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from deploykit import build, deploy
+from deploykit import build
+from deploykit.deploy import report as deploy
 from deploykit.errors import DeployError
 from deploykit.history import HistoryEntry
 from deploykit.settings import DEPLOY, ROLLBACK

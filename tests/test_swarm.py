@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,10 @@ import docker.errors
 import pytest
 
 from deploykit.compose import ComposeProject
-from deploykit.deploy import Deployment, Orchestrator
+from deploykit.deploy.engine import Engine
+from deploykit.deploy.procedure import Deployment
+from deploykit.deploy.runtime import Runtime
+from deploykit.deploy.swarm_engine import release_labels
 from deploykit.errors import ComposeError, DockerError, InputError, LockError
 from deploykit.lock import Holder
 from deploykit.settings import load_settings
@@ -31,7 +35,6 @@ from deploykit.swarm import (
     service_table,
     stack_services,
 )
-from deploykit.swarm_deploy import release_labels
 from tests.conftest import CapturedActions, FakeClock, api_error
 
 OLD = "sha256:" + "a" * 64
@@ -403,13 +406,14 @@ def test_a_stale_lock_is_removed_by_its_id(make_actions: Callable[..., CapturedA
 
 # -- the seam ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("orchestrator", "expected"), [
-    ("swarm", "SwarmOrchestrator"), ("compose", "ComposeOrchestrator")])
+    ("swarm", "SwarmEngine"), ("compose", "ComposeEngine")])
 def test_the_deployment_picks_its_orchestrator(
         orchestrator: str, expected: str, make_actions: Callable[..., CapturedActions],
         tmp_path: Path) -> None:
     settings = replace(load_settings({"INPUT_MODE": "deploy", "INPUT_IMAGE_REPO": "org/app",
                                       "INPUT_STATE_DIR": str(tmp_path),
                                       "INPUT_ORCHESTRATOR": orchestrator}))
-    deployment = Deployment(settings, make_actions(), "deploy", env={})
-    assert type(deployment.orchestrator).__name__ == expected
-    assert isinstance(deployment.orchestrator, Orchestrator)
+    runtime = Runtime.create(settings, make_actions(), {}, project=Future())
+    deployment = Deployment(runtime, "deploy")
+    assert type(deployment.engine).__name__ == expected
+    assert isinstance(deployment.engine, Engine)

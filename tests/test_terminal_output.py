@@ -46,8 +46,7 @@ def test_smoke_url_credentials_reach_no_output_and_not_github(
         world: World, recorder: FakeRecorder, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     checked: list[str] = []
-    monkeypatch.setattr("deploykit.deploy.smoke_test",
-                        lambda urls, **_: checked.extend(urls) or [])
+    world.smoke = lambda urls: checked.extend(urls) or []
     world.running = {"app": D1, "worker": D1}
     output, summary = tmp_path / "output", tmp_path / "summary"
     env = base_env(tmp_path, image_tag="v2.0.0",

@@ -17,7 +17,7 @@ from deploykit.actions import Actions
 from deploykit.compose import locate_compose_file, project_directory, start_project_load
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import InputError, shown
-from deploykit.policy import check_deploy_target
+from deploykit.policy import check_deploy_target, check_release
 from deploykit.settings import DEPLOY, ROLLBACK, Settings
 
 
@@ -29,9 +29,10 @@ def deploy(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
-    from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
+    from deploykit.deploy.procedure import Deployment, Runtime  # noqa: PLC0415 (after the config started)
 
-    Deployment(settings, actions, DEPLOY, env=env, docker=docker, project=project).run(target)
+    runtime = Runtime.create(settings, actions, env, docker=docker, project=project)
+    Deployment(runtime, DEPLOY).run(target)
 
 
 def rollback(settings: Settings, actions: Actions, env: Mapping[str, str]) -> None:
@@ -39,13 +40,19 @@ def rollback(settings: Settings, actions: Actions, env: Mapping[str, str]) -> No
     check_local(settings, env)
     docker = DockerCLI(actions, env)
     project = start_project_load(settings, docker)
-    from deploykit.deploy import Deployment  # noqa: PLC0415 (after the config started)
+    from deploykit.deploy.procedure import Deployment, Runtime  # noqa: PLC0415 (after the config started)
 
-    deployment = Deployment(settings, actions, ROLLBACK, env=env, docker=docker,
-                            project=project)
-    image_tag = settings.image_tag or deployment.previous_release_tag()
-    target = check_deploy_target(environment=settings.environment, image_tag=image_tag,
-                                 production_environments=settings.production_environments)
+    runtime = Runtime.create(settings, actions, env, docker=docker, project=project)
+    deployment = Deployment(runtime, ROLLBACK)
+    if settings.image_tag:
+        target = check_deploy_target(environment=settings.environment,
+                                     image_tag=settings.image_tag,
+                                     production_environments=settings.production_environments)
+    else:  # the release value itself goes through the gate: no `tag@digest` to parse again
+        release = deployment.previous_release()
+        target = check_release(environment=settings.environment, tag=release.tag,
+                               digest=release.digest,
+                               production_environments=settings.production_environments)
     deployment.run(target)
 
 

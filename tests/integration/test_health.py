@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from deploykit.health import HealthWatch, docker_client
+from deploykit.containers import docker_client
+from deploykit.health import HealthWatch
 
 CRASH_AFTER_HEALTHY = """\
 services:

@@ -27,8 +27,9 @@ import requests
 
 from deploykit.actions import Actions
 from deploykit.compose import Compose, ComposeProject, image_environment
+from deploykit.containers import docker_client
 from deploykit.dockercli import DockerCLI
-from deploykit.health import HealthWatch, docker_client
+from deploykit.health import HealthWatch
 from deploykit.startfirst import StartedBatch, StartFirst, UpdatePolicy, batch_report
 from tests.integration.conftest import (
     OPEN_REGISTRY,
