@@ -494,6 +494,3 @@ def compose_for(settings: Settings, docker: DockerCLI) -> Compose:
     directory = project_directory(settings)
     return Compose(docker, directory, locate_compose_file(settings), settings.project_name)
 
-
-def service_names(raw: Mapping[str, Any]) -> Sequence[str]:
-    return sorted(raw.get("services") or {})

@@ -33,7 +33,6 @@ CLOCK_SLACK = 0.001  # start times and clocks in float seconds: 1 ms is "now"
 UNTIL_MARGIN = 5.0  # the engine ends the event stream this long after the timeout
 LOG_TAIL = 40
 HEALTH_LOG_TAIL = 5
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 HEALTHY, RUNNING, COMPLETED = "healthy", "running", "completed"
 FAILED, WAITING = "failed", "waiting"

@@ -28,9 +28,7 @@ from deploykit.containers import docker_client
 from deploykit.docker_sdk import docker
 from deploykit.errors import DeploykitError, InputError
 from deploykit.reference import parse_reference
-from deploykit.settings import DEPLOY as DEPLOY  # noqa: PLC0414 (deploy.py imports it here)
-from deploykit.settings import ROLLBACK as ROLLBACK  # noqa: PLC0414 (as DEPLOY)
-from deploykit.settings import Settings
+from deploykit.settings import ROLLBACK, Settings
 from deploykit.status import Status
 
 HISTORY_FILE = "history.jsonl"

@@ -17,7 +17,6 @@ and node; its labels and stale rules are those of :mod:`deploykit.lock`.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,13 +30,13 @@ from deploykit.docker_sdk import docker
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import ComposeError, DockerError, InputError
 from deploykit.lock import LABEL_PREFIX, EngineLock, Holder
+from deploykit.reference import pinned_digest
 from deploykit.status import Status
 
 STACK_LABEL = "com.docker.stack.namespace"
 LOG_TAIL = 5
 FAIL_FAST = 3  # failed tasks of the target digest, with no update of Swarm's own to judge
 POLL_INTERVAL = 1.0
-_DIGEST_RE = re.compile(r"@(sha256:[0-9a-f]{64})")
 # UpdateStatus.State values (docker/api/types/swarm)
 UPDATING, COMPLETED, PAUSED = "updating", "completed", "paused"
 ROLLBACK_STARTED, ROLLBACK_COMPLETED, ROLLBACK_PAUSED = (
@@ -47,8 +46,7 @@ _ENDED_TASK = ("failed", "rejected", "shutdown", "complete", "orphaned", "remove
 
 
 def digest_of(image: str) -> str:
-    found = _DIGEST_RE.search(image)
-    return found.group(1) if found else ""
+    return pinned_digest(image)
 
 
 # -- the engine must be a manager -------------------------------------------------

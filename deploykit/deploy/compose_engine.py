@@ -28,7 +28,6 @@ from deploykit.docker_sdk import docker
 from deploykit.errors import DeployError, DeploykitError, DockerError, LockError, OneShotError
 from deploykit.health import HealthReport, restore_settle
 from deploykit.history import (
-    ROLLBACK,
     HistoryEntry,
     checked_labels,
     engine_stack,
@@ -37,6 +36,7 @@ from deploykit.history import (
     next_release_labels,
 )
 from deploykit.lock import EngineLock, Holder
+from deploykit.settings import ROLLBACK
 
 # A cancelled `docker compose up` may run on this long after the signal, then it is
 # stopped: with the restore that follows, deploykit exits within GitHub's 7.5 s.

@@ -14,7 +14,8 @@ from deploykit.deploy.release import Release, Running
 from deploykit.deploy.runtime import Runtime
 from deploykit.errors import DeploykitError, GitHubError
 from deploykit.github import DeploymentRecord, deployment_ref, environment_url_for, summary_links
-from deploykit.history import DEPLOY, ROLLBACK, HistoryEntry, now_iso
+from deploykit.history import HistoryEntry, now_iso
+from deploykit.settings import DEPLOY, ROLLBACK
 from deploykit.status import Status
 
 DEPLOYED, ROLLED_BACK, FAILED, PLANNED = (Status.DEPLOYED, Status.ROLLED_BACK, Status.FAILED,

@@ -31,7 +31,7 @@ from deploykit.health import HealthWatch, report_failures
 from deploykit.history import History, state_directory
 from deploykit.lock import Timeouts, create_config_only_network, engine_lock
 from deploykit.prune import prune_after_deploy
-from deploykit.registry import RegistryClient
+from deploykit.registry import registry_client as settings_registry_client
 from deploykit.settings import Settings
 from deploykit.smoke import smoke_test
 
@@ -45,8 +45,7 @@ class Resolver(Protocol):
 
 
 def registry_client(settings: Settings, actions: Actions) -> Resolver:
-    return RegistryClient(settings.registry, settings.image_repo, settings.registry_username,
-                          settings.registry_password, on_retry=actions.info)
+    return settings_registry_client(settings, actions)
 
 
 @dataclass

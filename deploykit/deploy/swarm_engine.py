@@ -27,7 +27,6 @@ from deploykit.deploy.report import AS_VERIFIED, DEPLOYED, FAILED, ROLLED_BACK, 
 from deploykit.deploy.runtime import Runtime
 from deploykit.errors import ComposeError, DeployError, DeploykitError, LockError
 from deploykit.history import (
-    DEPLOY,
     HISTORY_LABEL,
     RELEASE_LABEL,
     HistoryEntry,
@@ -36,6 +35,7 @@ from deploykit.history import (
     stack_from_labels,
 )
 from deploykit.lock import EngineLock, Holder
+from deploykit.settings import DEPLOY
 from deploykit.swarm import (
     FAILING,
     PAUSED_OUT,
