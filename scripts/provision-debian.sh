@@ -622,9 +622,18 @@ build_busybox_image() {
     rm -rf "$ctx/x-$arch"
   done
   log "building + pushing $OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG (linux/amd64,linux/arm64)"
-  docker buildx build --progress=plain --platform linux/amd64,linux/arm64 \
-    -t "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG" --push "$ctx" >"$ctx/build.log" 2>&1 \
-    || { cat "$ctx/build.log" >&2; die "busybox image build failed"; }
+  # Up to 3 tries: a registry that has just started once answered a manifest HEAD with
+  # 500 during this push (seen in the fresh-machine test); pushing again is harmless.
+  local attempt
+  for attempt in 1 2 3; do
+    if docker buildx build --progress=plain --platform linux/amd64,linux/arm64 \
+        -t "$OPEN_REG/$BUSYBOX_REPO:$BUSYBOX_TAG" --push "$ctx" >"$ctx/build.log" 2>&1; then
+      break
+    fi
+    if [[ "$attempt" == 3 ]]; then cat "$ctx/build.log" >&2; die "busybox image build failed"; fi
+    log "busybox build or push failed (try $attempt of 3): $(tail -n 1 "$ctx/build.log"); again in 2 s"
+    sleep 2
+  done
   plats="$(registry_platforms "$OPEN_REG" "$BUSYBOX_REPO" "$BUSYBOX_TAG")" || die "busybox image not in registry after push"
   grep -qx linux/arm64 <<<"$plats" || die "busybox image lacks linux/arm64"
 }
