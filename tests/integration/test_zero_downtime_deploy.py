@@ -88,6 +88,10 @@ class Site:
     def service_ids(self, service: str) -> set[str]:
         return {i for i, box in self.containers().items() if box.service == service}
 
+    def started(self, ids: set[str]) -> dict[str, str]:
+        """When each container last started: a stop and start would change it."""
+        return {i: self.api.inspect_container(i)["State"]["StartedAt"] for i in ids}
+
     def running_web(self) -> list[str]:
         """The tags of the running web containers, sorted."""
         return sorted(box.tag for box in self.containers().values()
@@ -264,6 +268,7 @@ def test_failing_release_leaves_the_old_serving_with_no_failed_request(
     ensure_running(site, capsys, "v1", "v2")
     before = site.containers()
     v2 = site.web()
+    started = site.started(set(v2))
 
     with under_load(site.url) as load:
         result = run(site, capsys, image_tag="v3")
@@ -279,6 +284,7 @@ def test_failing_release_leaves_the_old_serving_with_no_failed_request(
     # the same v2 containers, never stopped; no v3 container left; the proxy untouched
     assert site.containers() == before
     assert site.web() == v2 and site.running_web() == ["v2", "v2"]
+    assert site.started(set(v2)) == started
     # HAProxy 2.6 counts a newly resolved server as up until its first check (500 ms) fails
     assert load().releases["v3"] <= RATE, load().summary()
 
@@ -306,6 +312,7 @@ def test_sigterm_in_the_start_first_window_keeps_the_old_serving(
         site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ensure_running(site, capsys, "v1")
     before = site.containers()
+    started = site.started(set(before))
     log, output = tmp_path / "deploy.log", tmp_path / "output"
 
     with under_load(site.url) as load:
@@ -326,7 +333,8 @@ def test_sigterm_in_the_start_first_window_keeps_the_old_serving(
     assert outputs.get("status") == "rolled_back", text
     assert load().failures == [], load().summary()
     assert site.containers() == before  # the old ones kept serving, the new ones are gone
-    assert not new & set(site.containers())
+    assert site.started(set(before)) == started
+    assert new and not new & set(site.containers())
 
     result = run(site, capsys, image_tag="v2")  # the next deploy works
     assert (result.code, result.outputs["status"]) == (0, "deployed"), result.log
