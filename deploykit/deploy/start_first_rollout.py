@@ -175,6 +175,8 @@ class StartFirstRollout(Rollout):
         undone = FAILED if self.report.action == ROLLBACK else ROLLED_BACK
         said = [self.kept_serving(previous, discarded)]
         left_on_target = False
+        if self.switched or (self.restore_services and self.others_up):
+            self.verify_lock(target, previous, "before the rollback")
         if self.switched:
             left_on_target, text = self.switched_back(target, previous, undone, what,
                                                       cancelled)
@@ -187,7 +189,7 @@ class StartFirstRollout(Rollout):
         self.failed(target, previous, status, f"\n\n**{told}**" + self.schema_note())
         raise DeployError(f"{what} {told}", hint=_INSPECT_HINT, status=status,
                           title="Deploy cancelled" if cancelled else
-                          "Deploy failed, the old release kept serving"
+                          "New release failed (the old one kept serving)"
                           if not self.switched_any else "Deploy failed")
 
     def discard_waiting(self, grace: float | None = None) -> list[Switch]:
