@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from deploykit.cancel import Cancelled
 from deploykit.compose import Compose, ComposeProject
@@ -39,6 +39,7 @@ from deploykit.settings import ROLLBACK
 # A cancelled `docker compose up` may run on this long after the signal, then it is
 # stopped: with the restore that follows, deploykit exits within GitHub's 7.5 s.
 UP_GRACE = 3.5
+T = TypeVar("T")
 
 
 class Rollout:
@@ -132,18 +133,26 @@ class Rollout:
     def up_and_check(self, compose: Compose, target: Release) -> None:
         self.phase = "`docker compose up`"
         with self.actions.group("docker compose up"):
-            try:  # a signal lets the in-flight `up` finish, for UP_GRACE seconds at most
-                self.one_shots_done = compose.up_release(
-                    self.project, force_recreate=self.settings.force_redeploy,
-                    one_shot_timeout=self.settings.health_timeout,
-                    timeout=self.timeouts.up,
-                    give_up_at=lambda: self.cancel.deadline(UP_GRACE))
-            except DockerError:
-                self.cancel.raise_if_requested()  # it was stopped because of the signal
-                raise
+            self.one_shots_done = self.guarded_up(lambda give_up_at: compose.up_release(
+                self.project, force_recreate=self.settings.force_redeploy,
+                one_shot_timeout=self.settings.health_timeout, timeout=self.timeouts.up,
+                give_up_at=give_up_at))
+        self.check_release(target, "Health of the new containers")
+
+    def guarded_up(self, up: Callable[[Callable[[], float | None]], T]) -> T:
+        """A compose ``up`` that a signal lets finish for UP_GRACE seconds at most."""
+        try:
+            return up(lambda: self.cancel.deadline(UP_GRACE))
+        except DockerError:
+            self.cancel.raise_if_requested()  # it was stopped because of the signal
+            raise
+
+    def check_release(self, target: Release, title: str,
+                      include: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+        """The verdict (of the ``include`` containers), the smoke test, the digest check."""
         with self.cancel.interruptible():  # nothing changes from here on: stop at once
             self.phase = "the health wait"
-            health = self.check_health("Health of the new containers")
+            health = self.check_health(title, include=include)
             if not health.ok:
                 raise DeployError(f"Health check failed: {health.reasons()}.")
             if self.settings.smoke_url:

@@ -23,22 +23,21 @@ restored as the recreate rollout restores them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from deploykit.cancel import Cancelled
 from deploykit.compose import Compose
 from deploykit.containers import service_of
 from deploykit.deploy.release import Release, Running
 from deploykit.deploy.report import FAILED, ROLLED_BACK
-from deploykit.deploy.rollout import _INSPECT_HINT, UP_GRACE, RestoreFailed, Rollout
-from deploykit.errors import DeployError, DeploykitError, DockerError, OneShotError
+from deploykit.deploy.rollout import _INSPECT_HINT, RestoreFailed, Rollout
+from deploykit.errors import DeployError, DeploykitError, OneShotError
 from deploykit.history import labels_of_release
 from deploykit.settings import ROLLBACK
 from deploykit.startfirst import StartedBatch, UpdatePolicy
 
-T = TypeVar("T")
 # A cancel leaves seconds: the new containers get at most this long to stop.
 CANCEL_STOP = 2.0
 
@@ -85,26 +84,9 @@ class StartFirstRollout(Rollout):
             self.others_up = True  # the new containers' config hash: nothing to recreate
             self.guarded_up(lambda give_up_at: compose.up_long_running(
                 self.project, timeout=self.timeouts.up, give_up_at=give_up_at))
-        with self.cancel.interruptible():
-            self.phase = "the health wait"
-            start_first = {p.service for p in self.policies}
-            health = self.check_health("Health of the other services",
-                                       include=lambda c: service_of(c) not in start_first)
-            if not health.ok:
-                raise DeployError(f"Health check failed: {health.reasons()}.")
-            if self.settings.smoke_url:
-                self.phase = "the smoke test"
-                self.report.smoke()
-            self.phase = "the digest check"
-            self.verify(target)
-
-    def guarded_up(self, up: Callable[[Callable[[], float | None]], T]) -> T:
-        """A compose ``up`` that a signal lets finish for UP_GRACE seconds at most."""
-        try:
-            return up(lambda: self.cancel.deadline(UP_GRACE))
-        except DockerError:
-            self.cancel.raise_if_requested()  # it was stopped because of the signal
-            raise
+        start_first = {p.service for p in self.policies}
+        self.check_release(target, "Health of the other services",
+                           include=lambda c: service_of(c) not in start_first)
 
     def switch(self, compose: Compose, policy: UpdatePolicy) -> None:
         """Every batch of ``policy``'s service: beside, verdict, then the old ones go."""
