@@ -21,7 +21,7 @@ from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
 from deploykit.containers import RunningService
-from deploykit.deploy.compose_engine import UP_GRACE
+from deploykit.deploy.rollout import UP_GRACE
 from deploykit.deploy.runtime import Runtime
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
@@ -132,7 +132,8 @@ class FakeCompose:
         self.up(**options)
         return ()
 
-    def restore(self, project: ComposeProject, **options: Any) -> None:
+    def restore(self, project: ComposeProject, *, services: Any = None,
+                **options: Any) -> None:
         if self.world.restore_fails:
             self.world.calls.append(f"restore fails {self.env['IMAGE_TAG']}")
             raise self.world.restore_fails.pop(0)
