@@ -266,7 +266,7 @@ def section(rows: list[Deploy], runs: int, load_before: str) -> str:
         "it (same IDs). Methods alternate (the first one rotates per run).", "",
         table(rows), "",
         *([f"Not as expected: {'; '.join(not_ok)}", ""] if not_ok else []),
-        "Each deploy:", "", "```", json.dumps(raw, indent=1), "```", "", END, ""])
+        "Each deploy:", "", "```", *(json.dumps(r) for r in raw), "```", "", END, ""])
 
 
 def merge_results(path: Path, text: str) -> None:
