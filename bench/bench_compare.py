@@ -433,13 +433,16 @@ def gap(m: Measured) -> str:
             "engine (P2, P3).")
 
 
-BUILD_SECTION = re.compile(r"<!-- bench_build\.py -->.*?<!-- /bench_build\.py -->", re.S)
+OTHER_SECTIONS = [re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
+                  for name in (r"bench_build\.py", r"bench_zero_downtime\.py")]
 
 
 def build_section(path: Path) -> str:
-    """bench_build.py's section of the results file (rows P4-P7), kept as it is."""
-    found = BUILD_SECTION.search(path.read_text()) if path.exists() else None
-    return found.group(0) + "\n" if found else ""
+    """The other benches' sections of the results file (bench_build.py's rows P4-P7,
+    bench_zero_downtime.py's), kept as they are."""
+    text = path.read_text() if path.exists() else ""
+    found = [match.group(0) for section in OTHER_SECTIONS if (match := section.search(text))]
+    return "".join(part + "\n\n" for part in found).removesuffix("\n")
 
 
 def write_results(path: Path, m: Measured, runs: int, body: list[list[str]]) -> None:

@@ -57,6 +57,9 @@ class ComposeProject:
     image_services: tuple[str, ...]
     one_shot_services: tuple[str, ...] = ()
     on_image: tuple[str, ...] = ()  # every service of the deployed image, one-shots too
+    # `docker compose config --format json` with the marker image variables: the services'
+    # own keys (deploy.update_config, ports) that the rollout strategy reads.
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def other_services(self) -> tuple[str, ...]:
@@ -296,7 +299,7 @@ class Compose:
         image_services = tuple(s for s in users if s not in one_shots) or users
         return ComposeProject(self.directory, self.file, name,
                               tuple(sorted(config.get("services") or {})), image_services,
-                              one_shots, users)
+                              one_shots, users, config)
 
     def pull(self, services: Sequence[str] = (), *, timeout: float | None = None) -> None:
         """Pull ``services`` (none: all), retried; ``timeout`` bounds all attempts."""
@@ -335,18 +338,47 @@ class Compose:
         old release still running. 2. ``up --no-deps`` every other service, so that
         the one-shot services do not run a second time.
         """
-        if not project.one_shot_services:
-            self.up(force_recreate=force_recreate, timeout=timeout, give_up_at=give_up_at)
-            return ()
+        one_shots = self.up_one_shots(project, one_shot_timeout=one_shot_timeout,
+                                      timeout=timeout, give_up_at=give_up_at, clock=clock,
+                                      sleep=sleep)
+        self.up_long_running(project, force_recreate=force_recreate, timeout=timeout,
+                             give_up_at=give_up_at)
+        return one_shots
+
+    def up_one_shots(self, project: ComposeProject, *, one_shot_timeout: float = 600,
+                     timeout: float | None = None,
+                     give_up_at: Callable[[], float | None] | None = None,
+                     clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> tuple[str, ...]:
+        """Step 1 of :meth:`up_release` (nothing without one-shot services)."""
         one_shots = project.one_shot_services
+        if not one_shots:
+            return ()
         self._run("up", "-d", "--no-build", *one_shots, detached=True, timeout=timeout,
                   give_up_at=give_up_at)
         self.wait_for_one_shots(one_shots, timeout=one_shot_timeout, clock=clock, sleep=sleep,
                                 cancelled=give_up_at)
-        recreate = ["--force-recreate"] if force_recreate else []
-        self._run("up", "-d", "--no-build", "--remove-orphans", "--no-deps", *recreate,
-                  *project.long_running, detached=True, timeout=timeout, give_up_at=give_up_at)
         return one_shots
+
+    def up_long_running(self, project: ComposeProject, *, force_recreate: bool = False,
+                        timeout: float | None = None,
+                        give_up_at: Callable[[], float | None] | None = None) -> None:
+        """Step 2 of :meth:`up_release`: every service that keeps running."""
+        if not project.one_shot_services:
+            self.up(force_recreate=force_recreate, timeout=timeout, give_up_at=give_up_at)
+            return
+        recreate = ["--force-recreate"] if force_recreate else []
+        self._run("up", "-d", "--no-build", "--remove-orphans", *self.selection(project),
+                  *recreate, detached=True, timeout=timeout, give_up_at=give_up_at)
+
+    @staticmethod
+    def selection(project: ComposeProject, service: str | None = None) -> list[str]:
+        """How :meth:`up_long_running` selects services, for a command that must give
+        ``service``'s containers the same config hash. Compose leaves a ``depends_on``
+        on an unselected service out of the hash (``--no-deps``)."""
+        if project.one_shot_services:
+            return ["--no-deps", *project.long_running]
+        return [service] if service else []
 
     def wait_for_one_shots(self, services: Sequence[str], *, timeout: float,
                            clock: Callable[[], float] = time.monotonic,
@@ -401,15 +433,18 @@ class Compose:
                 text += f"\nLast lines of {run.service}:\n" + "\n".join(last)
         return text
 
-    def restore(self, project: ComposeProject, *, timeout: float | None = None,
+    def restore(self, project: ComposeProject, *, services: Sequence[str] | None = None,
+                timeout: float | None = None,
                 give_up_at: Callable[[], float | None] | None = None) -> None:
         """Bring back the image's services of the previous release. With one-shot
         services only the long-running image services, ``--no-deps``: the one-shot
-        services do not run again and the other services (db, redis) are not touched."""
-        if not project.one_shot_services:
+        services do not run again and the other services (db, redis) are not touched.
+        ``services``: only these, ``--no-deps`` (what a start-first rollout recreated)."""
+        if not project.one_shot_services and services is None:
             self.up(timeout=timeout, give_up_at=give_up_at)
             return
-        self._run("up", "-d", "--no-build", "--no-deps", *project.image_services,
+        self._run("up", "-d", "--no-build", "--no-deps",
+                  *(project.image_services if services is None else services),
                   detached=True, timeout=timeout, give_up_at=give_up_at)
 
     def ps(self) -> list[dict[str, Any]]:

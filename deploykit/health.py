@@ -143,8 +143,11 @@ class HealthWatch:
         events: Callable[..., EventSource | None] = open_project_events,
         progress: Callable[[str], None] | None = None,
         progress_every: float = PROGRESS_EVERY, one_shots: Iterable[str] = (),
+        include: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         self.api, self.project = api, project
+        # Which of the project's containers to judge (a start-first batch: its new ones).
+        self.include = include
         # From the compose file: `up --no-deps` leaves them out of the depends_on labels.
         self.one_shots = frozenset(one_shots)
         self.timeout, self.settle, self.interval = timeout, settle, interval
@@ -202,7 +205,8 @@ class HealthWatch:
         return self.safety_poll if source is not None and source.alive else self.interval
 
     def _look(self) -> dict[str, dict[str, Any]]:
-        return {str(c["Id"]): c for c in project_containers(self.api, self.project)}
+        return {str(c["Id"]): c for c in project_containers(self.api, self.project)
+                if self.include is None or self.include(c)}
 
     def _look_again(self, containers: dict[str, dict[str, Any]],
                     changes: list[ContainerEvent]) -> dict[str, dict[str, Any]]:

@@ -7,8 +7,8 @@ The steps, called by a rollout strategy in this order:
    policy, and a :class:`~deploykit.errors.ComposeError` naming the service and the fix for
    what cannot run twice at once (a published host port, ``container_name``, host
    networking, a one-shot service, ``failure_action: continue``).
-2. :meth:`StartFirst.start_new`: compose's own ``up -d --no-deps --no-recreate --scale
-   svc=old+k svc`` with the new release's image variables starts ``k`` new containers beside
+2. :meth:`StartFirst.start_new`: compose's own ``up -d --no-recreate --scale svc=old+k
+   svc`` with the new release's image variables starts ``k`` new containers beside
    the old ones, which keep serving. Compose numbers them after the old ones and gives them
    the new config hash, so compose itself sees them as the service's current containers.
 3. The verdict (not here): :class:`deploykit.health.HealthWatch` on the project, with
@@ -229,14 +229,21 @@ class StartFirst:
 
     def start_new(self, compose: Compose, policy: UpdatePolicy, count: int | None = None, *,
                   timeout: float | None = None,
-                  give_up_at: Callable[[], float | None] | None = None) -> StartedBatch:
+                  give_up_at: Callable[[], float | None] | None = None,
+                  selection: Sequence[str] | None = None) -> StartedBatch:
         """Start ``count`` (default: ``replicas``) containers of the new release beside the
         running ones; the old ones are not touched. Whatever stops it half-way (a failed
-        ``up``, a cancel, a timeout) removes the containers it started, then propagates."""
+        ``up``, a cancel, a timeout) removes the containers it started, then propagates.
+
+        ``selection``: the services ``up`` names (default ``--no-deps <service>``): the
+        ones the deploy's own ``up`` names, so that the new containers' config hash is the
+        one that ``up`` expects (:meth:`deploykit.compose.Compose.selection`);
+        ``--no-recreate`` leaves every selected service's containers as they are."""
         wanted = policy.replicas if count is None else count
-        old = self._ids(policy.service)
-        scale = ["up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale",
-                 f"{policy.service}={len(old) + wanted}", policy.service]
+        old = self.ids(policy.service)
+        scale = ["up", "-d", "--no-build", "--no-recreate", "--scale",
+                 f"{policy.service}={len(old) + wanted}",
+                 *(selection or ["--no-deps", policy.service])]
         try:
             with label_override(compose.labels) as override:  # the release's history labels
                 compose.docker.run(compose.args(*scale, override=override),
@@ -246,7 +253,7 @@ class StartFirst:
             self.discard_new(self._since(policy.service, old), policy)
             raise
         batch = self._since(policy.service, old)
-        gone = len(set(old) - set(self._ids(policy.service)))
+        gone = len(set(old) - set(self.ids(policy.service)))
         if gone or len(batch.new_ids) != wanted:
             self.discard_new(batch, policy)
             raise DeployError(
@@ -257,13 +264,14 @@ class StartFirst:
                 "time? See `docker compose ps`.")
         return batch
 
-    def _ids(self, service: str) -> tuple[str, ...]:
+    def ids(self, service: str) -> tuple[str, ...]:
+        """The service's container IDs (stopped ones too), by container number."""
         return tuple(str(c["Id"]) for c in self.containers(service))
 
     def _since(self, service: str, old: Sequence[str]) -> StartedBatch:
         """The service's containers that are not in ``old``: the ones just started."""
         return StartedBatch(service, tuple(old),
-                            tuple(i for i in self._ids(service) if i not in old))
+                            tuple(i for i in self.ids(service) if i not in old))
 
     def retire_old(self, batch: StartedBatch, policy: UpdatePolicy,
                    ids: Sequence[str] | None = None) -> None:
@@ -275,15 +283,19 @@ class StartFirst:
         many as the batch started; after the last batch, all that are left)."""
         self._stop_and_remove(batch.old_ids if ids is None else ids, policy)
 
-    def discard_new(self, batch: StartedBatch, policy: UpdatePolicy) -> None:
-        """Stop and remove the new containers; the old ones keep serving."""
-        self._stop_and_remove(batch.new_ids, policy)
+    def discard_new(self, batch: StartedBatch, policy: UpdatePolicy, *,
+                    grace: float | None = None) -> None:
+        """Stop and remove the new containers; the old ones keep serving. ``grace``: a
+        shorter stop than ``stop_grace_period`` (a cancel has seconds left)."""
+        self._stop_and_remove(batch.new_ids, policy, grace)
 
-    def _stop_and_remove(self, ids: Iterable[str], policy: UpdatePolicy) -> None:
+    def _stop_and_remove(self, ids: Iterable[str], policy: UpdatePolicy,
+                         grace_limit: float | None = None) -> None:
         targets = list(ids)
         if not targets:
             return
-        grace = math.ceil(policy.stop_grace_period)
+        grace = math.ceil(policy.stop_grace_period if grace_limit is None
+                          else min(policy.stop_grace_period, grace_limit))
         signal = ["--signal", policy.stop_signal] if policy.stop_signal else []
         self.docker.run(["stop", "--time", str(grace), *signal, *targets],
                         timeout=grace + STOP_MARGIN)

@@ -21,7 +21,7 @@ from deploykit.cancel import CancelGuard
 from deploykit.cli import main
 from deploykit.compose import ComposeProject
 from deploykit.containers import RunningService
-from deploykit.deploy.compose_engine import UP_GRACE
+from deploykit.deploy.rollout import UP_GRACE
 from deploykit.deploy.runtime import Runtime
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import (
@@ -132,10 +132,25 @@ class FakeCompose:
         self.up(**options)
         return ()
 
-    def restore(self, project: ComposeProject, **options: Any) -> None:
+    def up_one_shots(self, project: ComposeProject, **options: Any) -> tuple[str, ...]:
+        if project.one_shot_services:
+            self.world.calls.append(f"one-shots {self.env['IMAGE_TAG']}")
+        return project.one_shot_services
+
+    def up_long_running(self, project: ComposeProject, **options: Any) -> None:
+        self.up(**options)
+
+    @staticmethod
+    def selection(project: ComposeProject, service: str | None = None) -> list[str]:
+        return [service] if service else []
+
+    def restore(self, project: ComposeProject, *, services: Any = None,
+                **options: Any) -> None:
         if self.world.restore_fails:
             self.world.calls.append(f"restore fails {self.env['IMAGE_TAG']}")
             raise self.world.restore_fails.pop(0)
+        if services is not None:
+            self.world.calls.append(f"restore {' '.join(services)}")
         self.up(**options)
 
 

@@ -218,8 +218,8 @@ def test_start_new_scales_beside_the_old_with_the_new_image() -> None:
     assert batch == StartedBatch("web", (f"{1:064x}", f"{2:064x}"),
                                  (f"{3:064x}", f"{4:064x}"))
     [argv] = docker.calls
-    assert argv[-8:] == ["up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale",
-                         "web=4", "web"]
+    assert argv[-8:] == ["up", "-d", "--no-build", "--no-recreate", "--scale", "web=4",
+                         "--no-deps", "web"]
     assert argv[:2] == ["compose", "--ansi"] and "-p" in argv
     assert docker.envs[0]["IMAGE_TAG"].startswith("v2@")
 

@@ -34,6 +34,7 @@ from deploykit.prune import prune_after_deploy
 from deploykit.registry import registry_client as settings_registry_client
 from deploykit.settings import Settings
 from deploykit.smoke import smoke_test
+from deploykit.startfirst import StartFirst
 
 if TYPE_CHECKING:
     from deploykit.compose import Compose, ComposeProject
@@ -72,6 +73,7 @@ class Runtime:
     smoke_test: Callable[..., Any] = smoke_test
     mark_network: Callable[[Any, str, Mapping[str, str]], str] = create_config_only_network
     prune: Callable[[Runtime, str, Any], None] = prune_after_deploy
+    start_first_steps: Callable[[Any, DockerCLI, str], StartFirst] = StartFirst
     _engine: Any = field(default=None, init=False, repr=False)
     _own: tuple[dict[str, Any] | None] | None = field(default=None, init=False, repr=False)
     _project: tuple[Compose, ComposeProject] | None = field(default=None, init=False,
