@@ -41,7 +41,6 @@ from tests.integration.zdt_fixtures import (  # noqa: F401 (the fixtures, by nam
 )
 
 RATE = 40
-KEPT_SERVING = "kept serving throughout"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,6 +67,10 @@ class Site:
     @property
     def url(self) -> str:
         return self.project.url
+
+    @property
+    def image(self) -> str:
+        return f"{self.project.registry}/{self.project.repo}"
 
     @property
     def compose_env(self) -> str:
@@ -148,6 +151,12 @@ class Run:
     @property
     def start_first(self) -> list[str]:
         return [line for line in self.log.splitlines() if line.startswith("Start-first:")]
+
+
+def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    """A measurement, shown even without ``-s`` (``run`` reads what capsys captured)."""
+    with capsys.disabled():
+        print(f"\n{text}")
 
 
 def run(site: Site, capsys: pytest.CaptureFixture[str], command: str = "deploy",
@@ -250,7 +259,7 @@ def test_good_release_starts_first_with_no_failed_request(
     with under_load(site.url) as load:
         result = run(site, capsys, image_tag="v2")
 
-    print(f"v1 -> v2 (start-first): {load().summary()}")
+    report(capsys, f"v1 -> v2 (start-first): {load().summary()}")
     assert result.code == 0, result.log
     assert result.outputs["status"] == "deployed"
     assert result.outputs["digest"] == site.project.digests["v2"]
@@ -273,13 +282,15 @@ def test_failing_release_leaves_the_old_serving_with_no_failed_request(
     with under_load(site.url) as load:
         result = run(site, capsys, image_tag="v3")
 
-    print(f"v2 -> v3 (fails its healthcheck): {load().summary()}; v3 answered "
-          f"{load().releases['v3']} request(s)")
+    report(capsys, f"v2 -> v3 (fails its healthcheck): {load().summary()}; v3 answered "
+           f"{load().releases['v3']} request(s)")
     assert result.code == 1, result.log
     assert result.outputs["status"] == "rolled_back"
+    kept = (f"Start-first: web kept serving {site.image}@{site.project.digests['v2']} "
+            "throughout (the old containers never stopped)")
     assert len(result.errors) == 1, result.log
-    assert KEPT_SERVING in result.errors[0]
-    assert KEPT_SERVING in result.summary, result.summary
+    assert kept in result.errors[0], result.errors[0]
+    assert kept in result.summary, result.summary
     assert load().failures == [], load().summary()
     # the same v2 containers, never stopped; no v3 container left; the proxy untouched
     assert site.containers() == before
@@ -297,7 +308,7 @@ def test_rollback_is_a_start_first_deploy_of_the_previous_release(
     with under_load(site.url) as load:
         result = run(site, capsys, "rollback")
 
-    print(f"rollback v2 -> v1 (start-first): {load().summary()}")
+    report(capsys, f"rollback v2 -> v1 (start-first): {load().summary()}")
     assert result.code == 0, result.log
     assert result.outputs["status"] == "rolled_back"  # a verified rollback's status
     assert result.outputs["digest"] == site.project.digests["v1"]
@@ -314,6 +325,8 @@ def test_sigterm_in_the_start_first_window_keeps_the_old_serving(
     before = site.containers()
     started = site.started(set(before))
     log, output = tmp_path / "deploy.log", tmp_path / "output"
+    summary = site.project.directory / "summary.md"
+    summary.unlink(missing_ok=True)
 
     with under_load(site.url) as load:
         process = spawn(site, "v2", log, output)
@@ -328,9 +341,18 @@ def test_sigterm_in_the_start_first_window_keeps_the_old_serving(
 
     text = log.read_text()
     outputs = parse_github_output(output.read_text()) if output.exists() else {}
-    print(f"SIGTERM in the start-first window (v1 -> v2): {load().summary()}")
+    errors = [line for line in text.splitlines() if line.startswith("::error")]
+    report(capsys, f"SIGTERM in the start-first window (v1 -> v2): {load().summary()}\n"
+           + "\n".join(errors))
     assert process.returncode == 1, text
     assert outputs.get("status") == "rolled_back", text
+    kept = (f"Start-first: web kept serving {site.image}@{site.project.digests['v1']} "
+            "throughout (the old containers never stopped); the 2 new container(s) were "
+            "removed.")
+    assert len(errors) == 1, text
+    assert errors[0].startswith("::error title=Deploy cancelled::Cancelled (SIGTERM) during ")
+    assert kept in errors[0], errors[0]
+    assert kept in summary.read_text()
     assert load().failures == [], load().summary()
     assert site.containers() == before  # the old ones kept serving, the new ones are gone
     assert site.started(set(before)) == started
