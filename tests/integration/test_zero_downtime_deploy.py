@@ -5,9 +5,10 @@ the proxy and counting every answer other than 200 and every error.
 
 One site tells the story, in order: the first deploy (a plain ``up``: nothing runs yet), a
 good v1 -> v2, a v3 that fails its healthcheck, a rollback, a SIGTERM inside the start-first
-window, then the next deploy. A test run on its own deploys what it needs first. The
-refusals (a host port, ``container_name``, a one-shot under start-first) each run on a
-project of their own, with v1 already up by plain compose.
+window (while compose starts the new containers, and once they exist), each followed by the
+next deploy. A test run on its own deploys what it needs first. The refusals (a host port,
+``container_name``, a one-shot under start-first) each run on a project of their own, with
+v1 already up by plain compose.
 """
 
 from __future__ import annotations
@@ -328,8 +329,8 @@ def start_first_began(site: Site, log: Path) -> bool:
 
 
 SIGTERM_WHEN: Mapping[str, Callable[[Site, Path], bool]] = {
-    "the new containers exist": new_containers_created,
-    "the start of the new containers": start_first_began,  # `up --scale` is running
+    "once the new containers exist": new_containers_created,
+    "while compose starts them": start_first_began,  # `up --scale` is running
 }
 
 
@@ -356,7 +357,7 @@ def test_sigterm_in_the_start_first_window_keeps_the_old_serving(
     text = log.read_text()
     outputs = parse_github_output(output.read_text()) if output.exists() else {}
     errors = [line for line in text.splitlines() if line.startswith("::error")]
-    report(capsys, f"SIGTERM when {when} (v1 -> v2): {load().summary()}\n"
+    report(capsys, f"SIGTERM {when} (v1 -> v2): {load().summary()}\n"
            + "\n".join(errors))
     assert process.returncode == 1, text
     assert outputs.get("status") == "rolled_back", text
