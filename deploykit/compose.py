@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -228,24 +227,16 @@ class Compose:
     file: Path
     name: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
-    # service -> labels added through an override file (deploykit's release history)
-    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def args(self, *command: str, override: Path | None = None) -> list[str]:
+    def args(self, *command: str) -> list[str]:
         project = ["-p", self.name] if self.name else []
-        extra = ["-f", str(override)] if override else []
         return ["compose", *_TOP_LEVEL, "--project-directory", str(self.directory),
-                "-f", str(self.file), *extra, *project, *command]
+                "-f", str(self.file), *project, *command]
 
     def with_env(self, service_env: Mapping[str, str],
                  image_env: Mapping[str, str]) -> Compose:
         """The image variables are applied last: nothing can override them."""
         return replace(self, env={**service_env, **image_env})
-
-    def with_labels(self, services: Sequence[str], labels: Mapping[str, str]) -> Compose:
-        """``labels`` on the containers of ``services`` (none: the compose file's own)."""
-        return replace(self, labels={service: dict(labels) for service in services}
-                       if labels else {})
 
     def _run(self, *command: str, stream: bool = False, timeout: float | None = None,
              give_up_at: Callable[[], float | None] | None = None,
@@ -253,16 +244,15 @@ class Compose:
         """``detached``: a step that must finish even if deploykit dies (``up``): its
         output goes through a file, not a pipe (:meth:`DockerCLI.run_detached`)."""
         try:
-            with label_override(self.labels) as override:
-                args = self.args(*command, override=override)
-                if detached:
-                    result = self.docker.run_detached(args, extra_env=self.env,
-                                                      cwd=str(self.directory),
-                                                      timeout=timeout, give_up_at=give_up_at)
-                else:
-                    result = self.docker.run(args, extra_env=self.env, cwd=str(self.directory),
-                                             stream=stream, timeout=timeout,
-                                             give_up_at=give_up_at)
+            args = self.args(*command)
+            if detached:
+                result = self.docker.run_detached(args, extra_env=self.env,
+                                                  cwd=str(self.directory),
+                                                  timeout=timeout, give_up_at=give_up_at)
+            else:
+                result = self.docker.run(args, extra_env=self.env, cwd=str(self.directory),
+                                         stream=stream, timeout=timeout,
+                                         give_up_at=give_up_at)
         except DockerError as exc:  # name the compose command, not its global flags
             detail = exc.message.partition("\n")[2] or exc.message
             raise DockerError(f"`docker compose {command[0]}` failed for project "
@@ -474,34 +464,10 @@ class Compose:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 json.dump(resolved, handle)
-            # The resolved config already holds the override's labels.
-            yield replace(self, file=path, name=self.name or str(resolved.get("name") or ""),
-                          labels={})
+            yield replace(self, file=path, name=self.name or str(resolved.get("name") or ""))
         finally:
             path.unlink(missing_ok=True)
             os.rmdir(directory)
-
-
-@contextmanager
-def label_override(labels: Mapping[str, Mapping[str, str]]) -> Iterator[Path | None]:
-    """A compose override file adding ``labels`` to services, for one command.
-
-    JSON is YAML; ``$`` is doubled, so compose's interpolation leaves the values as they
-    are. The file lives in a private temporary directory and is removed afterwards."""
-    if not labels:
-        yield None
-        return
-    document = {"services": {service: {"labels": {key: value.replace("$", "$$")
-                                                  for key, value in pairs.items()}}
-                             for service, pairs in labels.items()}}
-    directory = tempfile.mkdtemp(prefix="deploykit-labels-")
-    path = Path(directory) / "compose.deploykit-labels.json"
-    try:
-        path.write_text(json.dumps(document), encoding="utf-8")
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
-        os.rmdir(directory)
 
 
 # `docker compose config` of a project, running in a thread

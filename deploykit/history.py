@@ -218,15 +218,17 @@ def release_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
     return stack
 
 
-# -- the engine store: labels on the containers of the release ---------------------
+# -- the engine store: release labels on the engine --------------------------------------
 # The history must survive the runner (the action container, a fresh CI machine): it is
-# kept where the deployment lives, on the containers deploykit starts. Every image
-# service's container carries the release it runs and the trail of events before it
-# (deploys, rollbacks, failures, bounded), set through a compose override file at `up`;
-# `mode: rollback` and `deploykit history` read them back through the engine API.
-# Labels are set at `up`, before the verdict, and cannot change afterwards: which release
-# was verified is kept apart, in a config-only network per project (VERIFIED_LABEL), made
-# after the verdict. docs/deploy.md explains the choice.
+# kept where the deployment lives, on the engine. The release that runs and the trail of
+# events before it (deploys, rollbacks, failures, bounded) are two labels: under compose
+# on a config-only network per project written just before each `up` (write_record), not
+# on the containers (a label compose did not read from the files changes their config
+# hash: a hand-run `docker compose up -d` would recreate them); under Swarm on the
+# services. `mode: rollback` and `deploykit history` read them back through the engine API.
+# They are written before the verdict: which release was verified is kept apart, in a
+# config-only network per project (VERIFIED_LABEL), made after the verdict. docs/deploy.md
+# explains the choice.
 RELEASE_LABEL = "deploykit.release"
 HISTORY_LABEL = "deploykit.history"
 ENGINE_HISTORY_LIMIT = 20  # releases kept below the current one (20 rollbacks deep), and
@@ -234,6 +236,7 @@ ENGINE_HISTORY_LIMIT = 20  # releases kept below the current one (20 rollbacks d
 PROJECT_LABEL = "com.docker.compose.project"
 VERIFIED_LABEL = "deploykit.verified"  # on the marker network: the verified digest
 VERIFIED_PROJECT_LABEL = "deploykit.verified.project"
+RECORD_PROJECT_LABEL = "deploykit.record.project"  # on the record network: whose labels
 
 
 def _encode(entry: HistoryEntry) -> dict[str, object]:
@@ -362,9 +365,31 @@ def mark_verified(api: Any, project: str, digest: str,
                   create: Callable[[Any, str, Mapping[str, str]], str]) -> None:
     """Record on the engine that ``digest`` runs verified: a new marker, then the old
     ones removed (a run killed in between leaves two; the newest counts)."""
-    old = api.networks(filters={"label": [f"{VERIFIED_PROJECT_LABEL}={project}"]})
-    created = create(api, f"{verified_name(project)}-{uuid.uuid4().hex[:8]}",
-                     {VERIFIED_PROJECT_LABEL: project, VERIFIED_LABEL: digest})
+    _replace_marker(api, VERIFIED_PROJECT_LABEL, project, verified_name(project),
+                    labels={VERIFIED_LABEL: digest}, create=create)
+
+
+def record_name(project: str) -> str:
+    return f"deploykit-record-{project}"
+
+
+def write_record(api: Any, project: str, labels: Mapping[str, str],
+                 create: Callable[[Any, str, Mapping[str, str]], str]) -> None:
+    """Record on the engine the release labels of what a compose ``up`` is about to start
+    (:func:`next_release_labels`, :func:`labels_of_release`): a config-only network per
+    project, the newest counts. Not on the containers: a label compose did not read from
+    the project's files changes their config hash, and a hand-run ``docker compose up -d``
+    would recreate them."""
+    _replace_marker(api, RECORD_PROJECT_LABEL, project, record_name(project),
+                    labels={key: labels[key] for key in (RELEASE_LABEL, HISTORY_LABEL)
+                            if key in labels}, create=create)
+
+
+def _replace_marker(api: Any, project_label: str, project: str, name: str, *,
+                    labels: Mapping[str, str],
+                    create: Callable[[Any, str, Mapping[str, str]], str]) -> None:
+    old = api.networks(filters={"label": [f"{project_label}={project}"]})
+    created = create(api, f"{name}-{uuid.uuid4().hex[:8]}", {project_label: project, **labels})
     for network in old:
         if network.get("Id") != created:
             with suppress(docker.errors.APIError):
@@ -372,8 +397,28 @@ def mark_verified(api: Any, project: str, digest: str,
 
 
 def engine_labels(api: Any, project: str = "") -> dict[str, dict[str, str]]:
-    """project -> the deploykit labels of its newest container that has them (a running
-    one first). ``api`` is the Docker SDK's low-level client."""
+    """project -> its deploykit labels: the newest record (:func:`write_record`), else
+    (an older deploykit labelled the containers) those of its newest container that has
+    them, a running one first. ``api`` is the Docker SDK's low-level client."""
+    found = _container_labels(api, project)
+    found.update(_record_labels(api, project))
+    return found
+
+
+def _record_labels(api: Any, project: str) -> dict[str, dict[str, str]]:
+    wanted = f"{RECORD_PROJECT_LABEL}={project}" if project else RECORD_PROJECT_LABEL
+    newest: dict[str, tuple[str, dict[str, str]]] = {}
+    for network in api.networks(filters={"label": [wanted]}):
+        labels = {str(k): str(v) for k, v in (network.get("Labels") or {}).items()}
+        name, created = labels.get(RECORD_PROJECT_LABEL, ""), str(network.get("Created") or "")
+        if name and (name not in newest or created > newest[name][0]):
+            newest[name] = (created, {key: labels[key] for key in (RELEASE_LABEL,
+                                                                  HISTORY_LABEL)
+                                      if key in labels})
+    return {name: labels for name, (_, labels) in newest.items()}
+
+
+def _container_labels(api: Any, project: str) -> dict[str, dict[str, str]]:
     wanted = [RELEASE_LABEL] + ([f"{PROJECT_LABEL}={project}"] if project else [])
     containers = api.containers(all=True, filters={"label": wanted})
     newest: dict[str, tuple[tuple[bool, int], dict[str, str]]] = {}

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deploykit.compose import Compose, ComposeProject, label_override
+from deploykit.compose import Compose, ComposeProject
 from deploykit.containers import SERVICE_LABEL, project_containers
 from deploykit.dockercli import DockerCLI
 from deploykit.errors import ComposeError, DeployError
@@ -245,10 +245,9 @@ class StartFirst:
                  f"{policy.service}={len(old) + wanted}",
                  *(selection or ["--no-deps", policy.service])]
         try:
-            with label_override(compose.labels) as override:  # the release's history labels
-                compose.docker.run(compose.args(*scale, override=override),
-                                   extra_env=compose.env, cwd=str(compose.directory),
-                                   stream=True, timeout=timeout, give_up_at=give_up_at)
+            compose.docker.run(compose.args(*scale), extra_env=compose.env,
+                               cwd=str(compose.directory), stream=True, timeout=timeout,
+                               give_up_at=give_up_at)
         except BaseException:
             self.discard_new(self._since(policy.service, old), policy)
             raise

@@ -474,34 +474,16 @@ def test_restore_brings_back_the_image_services_only(tmp_path: Path) -> None:
                                 ["up", "-d", "--no-build", "--remove-orphans"]]
 
 
-class OverrideReadingDocker(FakeDocker):
-    """Also keeps the content of the override file passed with a second ``-f``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.overrides: list[Any] = []
-
-    def run(self, args: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
-        files = [args[i + 1] for i, arg in enumerate(args) if arg == "-f"]
-        self.overrides.append(json.loads(Path(files[1]).read_text()) if len(files) > 1
-                              else None)
-        return super().run(args, **options)
-
-
-def test_labels_go_through_an_override_file_removed_afterwards(tmp_path: Path) -> None:
-    docker = OverrideReadingDocker()
-    base = compose_with(docker, tmp_path, "shop")  # type: ignore[arg-type]
-    labelled = base.with_labels(("app", "worker"), {"deploykit.release": '{"tag":"v$1"}'})
-    labelled.up()
-    base.up()
-    labelled.with_labels(("app",), {}).up()
-    label = {"labels": {"deploykit.release": '{"tag":"v$$1"}'}}  # `$` survives interpolation
-    assert docker.overrides == [{"services": {"app": label, "worker": label}}, None, None]
-    argv = docker.calls[0][0]
-    assert argv[argv.index("-f") + 2] == "-f"
-    override = Path(argv[argv.index("-f") + 3])
-    assert override.name == "compose.deploykit-labels.json"
-    assert not override.parent.exists()
+def test_compose_reads_only_the_projects_file(tmp_path: Path) -> None:
+    """No override file: deploykit adds nothing to the configuration compose hashes, so a
+    hand-run `docker compose up -d` of the same release recreates nothing (issue 22)."""
+    docker = FakeDocker()
+    compose = compose_with(docker, tmp_path, "shop")  # type: ignore[arg-type]
+    compose.up()
+    compose.restore(django_project(tmp_path))
+    assert len(docker.calls) == 2
+    for argv, _, _ in docker.calls:
+        assert argv.count("-f") == 1 and argv[argv.index("-f") + 1] == str(compose.file)
 
 
 # -- the config in the background (deploy_command starts it before the heavy imports) --

@@ -81,7 +81,6 @@ class FakeCompose:
     world: World
     name: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
 
     def load(self, service_env: dict[str, str]) -> ComposeProject:
         self.world.calls.append("compose config")
@@ -94,9 +93,6 @@ class FakeCompose:
 
     def with_env(self, service_env: dict[str, str], image_env: dict[str, str]) -> FakeCompose:
         return replace(self, env={**service_env, **image_env})
-
-    def with_labels(self, services: Any, labels: dict[str, str]) -> FakeCompose:
-        return replace(self, labels=dict(labels))
 
     @contextmanager
     def for_engine(self, mounts: dict[str, str]) -> Iterator[FakeCompose]:
@@ -117,7 +113,6 @@ class FakeCompose:
         self.world.timeouts.append(("up", timeout))
         digest = self.env["IMAGE_TAG"].partition("@")[2]
         self.world.running = {"app": digest, "worker": digest}
-        self.world.labels = dict(self.labels)
         self.world.at("up")
         if give_up_at is not None:
             self.world.give_up_at.append(give_up_at())
@@ -204,6 +199,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
             world.leftovers.remove(container)
 
         def networks(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+            if not filters["label"][0].startswith("deploykit.verified.project="):
+                return []  # the release record: `world.labels`, read as container labels
             return [{"Id": f"net-{n}", "Created": f"{n:04d}",
                      "Labels": {"deploykit.verified": digest}}
                     for n, digest in enumerate(world.verified)]
@@ -247,6 +244,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         return []
 
     def mark(api: Any, name: str, labels: dict[str, str]) -> str:
+        if "deploykit.verified" not in labels:  # the release record, before an `up`
+            world.labels = {key: value for key, value in labels.items()
+                            if key in ("deploykit.release", "deploykit.history")}
+            return "record"
         world.verified.append(labels["deploykit.verified"])
         return f"net-{len(world.verified) - 1}"
 

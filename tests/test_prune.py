@@ -117,6 +117,9 @@ class FakeApi:
             return [c for c in self._containers if "Labels" in c]
         return self._containers
 
+    def networks(self, filters: Any = None) -> list[dict[str, Any]]:
+        return []  # no release record: the containers' labels (an older deploykit) count
+
     def remove_image(self, name: str) -> list[dict[str, str]]:
         if name in self.refuse:
             raise docker.errors.APIError("409", explanation=self.refuse[name])

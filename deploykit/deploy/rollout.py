@@ -32,6 +32,7 @@ from deploykit.history import (
     labels_of_release,
     mark_verified,
     next_release_labels,
+    write_record,
 )
 from deploykit.lock import EngineLock
 from deploykit.settings import ROLLBACK
@@ -63,12 +64,13 @@ class Rollout:
         with self.logged_in():
             compose = self.compose.with_env(self.runtime.service_env,
                                             target.image_env(self.settings))
-            compose = compose.with_labels(self.project.image_services, next_release_labels(
-                previous.labels, self.entry(target, previous, AS_VERIFIED[self.report.action])))
+            labels = next_release_labels(previous.labels, self.entry(
+                target, previous, AS_VERIFIED[self.report.action]))
             with compose.for_engine(self.mounts) as engine_compose:
                 self.pull(engine_compose, target, previous)
                 # Outside the handler below: a deploy that lost its lock touches nothing.
                 self.verify_lock(target, previous, "before `docker compose up`")
+                self.record_release(target, labels)
                 try:
                     self.up_and_check(engine_compose, target)
                 except Cancelled as cancelled:
@@ -198,16 +200,16 @@ class Rollout:
         health report is None when a signal cut its wait short; a restore that cannot
         run raises :class:`RestoreFailed`."""
         back = Release(previous.tag, previous.digest)
-        compose = self.compose.with_env(self.runtime.service_env, back.image_env(self.settings)) \
-            .with_labels(self.project.image_services,
-                         labels_of_release(previous.labels, previous.digest,
-                                           self.entry(target, previous, status)))
+        compose = self.compose.with_env(self.runtime.service_env, back.image_env(self.settings))
         try:
             with compose.for_engine(self.mounts) as engine_compose, \
                     self.actions.group(f"Restore {back.reference(self.image_name)}"):
                 self.bring_back(engine_compose, back)
         except DeploykitError as failure:
             raise RestoreFailed(failure) from failure
+        # Once it runs again: a record never names what does not run.
+        self.record_release(back, labels_of_release(previous.labels, previous.digest,
+                                                    self.entry(target, previous, status)))
         self.mark_verified(back)  # the last verified release runs again, whatever its health
         try:
             with self.cancel.interruptible():
@@ -241,6 +243,17 @@ class Rollout:
                     raise
                 self.actions.warning(f"{failure.message.splitlines()[0]} Trying once more.",
                                      title="Restore failed")
+
+    def record_release(self, release: Release, labels: Mapping[str, str]) -> None:
+        """On the engine, before the ``up`` that starts ``release``: its history labels
+        (:func:`deploykit.history.write_record`). A failure is a warning, as for
+        :meth:`mark_verified`."""
+        try:
+            write_record(self.api, self.project.name, labels, self.runtime.mark_network)
+        except docker.errors.DockerException as exc:
+            self.actions.warning(f"Could not record {release.label} on the engine ({exc}): "
+                                 "`mode: rollback` from another runner may not find it.",
+                                 title="Engine history")
 
     def mark_verified(self, release: Release) -> None:
         """On the engine: ``release`` runs verified (the labels, set before the verdict,

@@ -163,6 +163,9 @@ class StartFirstRollout(Rollout):
             left_on_target, text = self.switched_back(target, previous, undone, what,
                                                       cancelled)
             said.append(text)
+        if previous.digest and not left_on_target:  # the previous release serves again
+            self.record_release(Release(previous.tag, previous.digest), labels_of_release(
+                previous.labels, previous.digest, self.entry(target, previous, undone)))
         status = FAILED if left_on_target else undone
         if self.restore_services and self.others_up and previous.digest and (
                 cancelled or self.settings.rollback_on_failure):
@@ -211,10 +214,6 @@ class StartFirstRollout(Rollout):
                           f"({why}): deploy a release to finish.")
         back = Release(previous.tag, previous.digest)
         compose = self.compose.with_env(self.runtime.service_env, back.image_env(self.settings))
-        compose = compose.with_labels(
-            [s.policy.service for s in self.switched],
-            labels_of_release(previous.labels, previous.digest,
-                              self.entry(target, previous, status)))
         try:
             with compose.for_engine(self.mounts) as engine_compose:
                 for switch in list(self.switched):
