@@ -271,6 +271,10 @@ def test_good_release_starts_first_with_no_failed_request(
     assert len(site.web()) == 2 and not set(site.web()) & set(v1)
     assert site.compose_ps_services().count("web") == 2
     assert site.service_ids("proxy") == proxy  # not recreated: it kept its connections
+    # Compose sees the project as its own: a hand-run `up -d` of v2 recreates nothing.
+    after = site.containers()
+    site.plain_up(f"v2@{site.project.digests['v2']}")
+    assert site.containers() == after
 
 
 def test_failing_release_leaves_the_old_serving_with_no_failed_request(
