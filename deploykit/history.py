@@ -473,7 +473,7 @@ def show(settings: Settings, actions: Actions, env: Mapping[str, str], *,
          repository: str | None = None, registry: str | None = None, limit: int = 0,
          as_json: bool = False) -> None:
     """The table (or JSON list) of past deploys, from the history file and from the engine
-    (the labels of the running containers): the last ``limit`` (0: all), of ``repository``
+    (its release records): the last ``limit`` (0: all), of ``repository``
     (and ``registry``) only when given."""
     history = History(state_directory(settings.state_dir),
                       warn=lambda text: actions.warning(text, title="Deploy history"))

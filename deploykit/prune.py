@@ -184,8 +184,8 @@ def human_size(size: int) -> str:
 
 # -- the engine ----------------------------------------------------------------------
 def release_stacks(api: Any, *, swarm: bool) -> list[list[HistoryEntry]]:
-    """Every release stack deploykit keeps on this engine: the labels of each compose
-    project's containers and, on a Swarm manager, of each stack's services."""
+    """Every release stack deploykit keeps on this engine: each compose project's release
+    record and, on a Swarm manager, the labels of each stack's services."""
     stacks = [stack_from_labels(labels) for labels in engine_labels(api).values()]
     if swarm:
         for service in api.services(filters={"label": RELEASE_LABEL}):

@@ -910,7 +910,7 @@ def test_rollback_reads_the_engine_when_no_history_file_survived(
     code, outputs, log = run("rollback", state_dir=next(fresh))
     assert (code, outputs["status"], outputs["digest"]) == (0, "rolled_back", D2)
     assert f"Rolling back to v2.0.0 ({D2}), deployed " in log
-    assert "(from the labels of the running containers)." in log
+    assert "(from the release record on the engine)." in log
     assert _release(world) == ("v2.0.0", ["v1.0.0"])
     code, outputs, _ = run("rollback", state_dir=next(fresh))
     assert (code, outputs["digest"]) == (0, D1)

@@ -65,7 +65,7 @@ class ComposeEngine:
     def engine_history(self) -> tuple[list[HistoryEntry], str]:
         _, project = self.runtime.project()
         return (engine_stack(self.runtime.engine.api, project.name),
-                "the labels of the running containers")
+                "the release record on the engine")
 
     @contextmanager
     def lock(self, holder: Holder) -> Iterator[EngineLock]:

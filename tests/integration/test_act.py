@@ -240,7 +240,7 @@ def test_rollback_from_a_fresh_runner_reads_the_history_on_the_engine(
     assert [(s["status"], s["digest"], s["version"]) for s in seen] == [
         ("deployed", digests["v1"], "v1"), ("deployed", digests["v2"], "v2"),
         ("rolled_back", digests["v1"], "v1")]
-    assert "(from the labels of the running containers)." in runs[2]
+    assert "(from the release record on the engine)." in runs[2]
 
 
 def test_unused_inputs_warn_and_a_kebab_spelling_is_refused(

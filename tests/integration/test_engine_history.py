@@ -106,7 +106,7 @@ def test_rollback_twice_from_fresh_runners_reads_the_engine(
         result = deploykit("rollback")
         assert result.returncode == 0, result.stderr
         assert f"Rolling back to {back_to} ({digests[back_to]})" in result.stderr
-        assert "(from the labels of the running containers)." in result.stderr
+        assert "(from the release record on the engine)." in result.stderr
         assert "status=rolled_back" in result.stdout.splitlines()
         assert serves() == f"release {back_to}"
 
