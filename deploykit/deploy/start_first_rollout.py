@@ -81,7 +81,7 @@ class StartFirstRollout(Rollout):
         self.switching_done = True
         self.phase = "`docker compose up`"
         with self.actions.group("docker compose up (the other services)"):
-            self.others_up = True  # the new containers' config hash: nothing to recreate
+            self.others_up = True  # before: an `up` that fails half-way may have recreated some
             self.guarded_up(lambda give_up_at: compose.up_long_running(
                 self.project, timeout=self.timeouts.up, give_up_at=give_up_at))
         start_first = {p.service for p in self.policies}
