@@ -156,6 +156,20 @@ def http_url(name: str, value: str) -> str:
     return value
 
 
+def public_url(name: str, value: str) -> str:
+    """An :func:`http_url` that carries no credentials: one shown to anyone who can read
+    the repository (the GitHub deployment's ``environment_url``)."""
+    url = http_url(name, value)
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise InputError(name, "carries credentials (`user:password@`); it is shown on the "
+                         "GitHub deployment to anyone who can read the repository.",
+                         hint=f"Remove them from `{name}`. A smoke test that needs them "
+                         "takes them in `smoke_url` (sent only as its Authorization "
+                         "header).")
+    return url
+
+
 def platforms(value: str) -> tuple[str, ...]:
     platforms = csv(value)
     if not platforms:

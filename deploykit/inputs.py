@@ -143,8 +143,9 @@ INPUTS: tuple[InputSpec, ...] = (
               choices=("best_effort", "required")),
     InputSpec("summary", "Write the job summary (`GITHUB_STEP_SUMMARY`; on a terminal, the "
               "summary printed to stderr).", "true", kind="bool"),
-    InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment. Default: "
-              "the first `smoke_url`.", modes=RUN),
+    InputSpec("environment_url", "`http(s)://` URL shown on the GitHub deployment, without "
+              "credentials. Default: the first `smoke_url`, without its credentials.",
+              modes=RUN),
     InputSpec("verify_provenance", "Before any pull, verify the image's GitHub build "
               "provenance attestation (Sigstore): built by `provenance_repository`'s workflow "
               "from the tag `vX.Y.Z` (any tag for a digest). Recommended for production; "

@@ -273,7 +273,7 @@ def load_settings(
         github_token=text("github_token"),
         github_records=text("github_records"),
         summary=bool(values["summary"]),
-        environment_url=problems.check("environment_url", lambda: parse.http_url(
+        environment_url=problems.check("environment_url", lambda: parse.public_url(
             "environment_url", text("environment_url").strip())
             if text("environment_url").strip() else "", ""),
         github=github,

@@ -280,6 +280,17 @@ def test_smoke_urls_and_environment_url_accepted() -> None:
     assert caught.value.input_name == "environment_url"
 
 
+@pytest.mark.parametrize("url", ["https://ops:pw@shop.example.com/", "https://ops@shop.example.com/",
+                                 "https://:pw@shop.example.com/"])
+def test_an_environment_url_with_credentials_is_refused(url: str) -> None:
+    """It is shown on the GitHub deployment to anyone who can read the repository."""
+    with pytest.raises(InputError) as caught:
+        deploy_settings(environment_url=url)
+    assert caught.value.input_name == "environment_url"
+    assert "carries credentials" in caught.value.message
+    assert "pw" not in caught.value.message
+
+
 ACTIONS = {"GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": "/github/workspace"}
 
 

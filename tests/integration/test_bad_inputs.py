@@ -124,6 +124,7 @@ CASES = [
     bad("smoke_url", "http://127.0.0.1:99999/", "smoke-url-port-out-of-range"),
     bad("smoke_url", "http://127.0.0.1/\nfile:///etc/passwd", "smoke-url-second-line"),
     bad("environment_url", "file:///x", "environment-url-file"),
+    bad("environment_url", "https://ops:s3cret-pw@shop.example.com/", "environment-url-login"),
     # paths: inside the workspace in Actions, and existing
     bad("project_dir", "/etc", "project-dir-absolute-outside"),
     bad("project_dir", "..", "project-dir-parent"),
