@@ -58,7 +58,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_compare import Stats, clean_env, machine  # noqa: E402
+from bench_compare import Stats, clean_env, machine, merge_section  # noqa: E402
 
 from deploykit.plan import make_plan  # noqa: E402
 from deploykit.registry import RegistryClient  # noqa: E402
@@ -597,17 +597,6 @@ def section(args: argparse.Namespace, body: list[list[str]], b: Builds, r: Reque
         END, ""])
 
 
-def merge_results(path: Path, text: str) -> None:
-    """Replace this script's section in ``path`` (re-read now), or append it."""
-    current = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
-    if pattern.search(current):
-        merged = pattern.sub(lambda _: text, current)
-    else:
-        merged = current.rstrip("\n") + ("\n\n" if current else "") + text
-    path.write_text(merged)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -641,8 +630,8 @@ def main(argv: list[str]) -> int:
     body = rows(builds, asked, plans, action)
     print(table(body))
     print(phase_table(builds))
-    merge_results(args.results, section(args, body, builds, asked, plans, action,
-                                        load_before))
+    merge_section(args.results, section(args, body, builds, asked, plans, action,
+                                        load_before), BEGIN, END)
     print(f"merged into: {args.results}")
     return 0
 

@@ -437,6 +437,18 @@ OTHER_SECTIONS = [re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
                   for name in (r"bench_build\.py", r"bench_zero_downtime\.py")]
 
 
+def merge_section(path: Path, text: str, begin: str, end: str) -> None:
+    """Replace the section ``begin`` ... ``end`` of ``path`` (re-read now) with ``text``,
+    or append it: how bench_build.py and bench_zero_downtime.py write their results."""
+    current = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
+    if pattern.search(current):
+        merged = pattern.sub(lambda _: text, current)
+    else:
+        merged = current.rstrip("\n") + ("\n\n" if current else "") + text
+    path.write_text(merged)
+
+
 def build_section(path: Path) -> str:
     """The other benches' sections of the results file (bench_build.py's rows P4-P7,
     bench_zero_downtime.py's), kept as they are."""

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_compare import machine  # noqa: E402
+from bench.bench_compare import machine, merge_section  # noqa: E402
 from deploykit.compose import image_environment  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
     BASE_IMAGE,
@@ -269,17 +269,6 @@ def section(rows: list[Deploy], runs: int, load_before: str) -> str:
         "Each deploy:", "", "```", *(json.dumps(r) for r in raw), "```", "", END, ""])
 
 
-def merge_results(path: Path, text: str) -> None:
-    """Replace this script's section in ``path`` (re-read now), or append it."""
-    current = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
-    if pattern.search(current):
-        merged = pattern.sub(lambda _: text, current)
-    else:
-        merged = current.rstrip("\n") + ("\n\n" if current else "") + text
-    path.write_text(merged)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -312,7 +301,7 @@ def main() -> int:
             remove_local_images(f"{OPEN_REGISTRY}/{repo}")
     print()
     print(table(rows))
-    merge_results(args.results, section(rows, args.runs, load_before))
+    merge_section(args.results, section(rows, args.runs, load_before), BEGIN, END)
     print(f"merged into: {args.results}")
     return 0 if all(row.ok for row in rows) else 1
 

@@ -3,7 +3,7 @@
 A service asks for it with compose's own keys: ``deploy.update_config.order: start-first``.
 The steps, called by a rollout strategy in this order:
 
-1. :meth:`StartFirst.check` (pure, before anything changes): each image service's update
+1. :func:`check` (pure, before anything changes): each image service's update
    policy, and a :class:`~deploykit.errors.ComposeError` naming the service and the fix for
    what cannot run twice at once (a published host port, ``container_name``, host
    networking, a one-shot service, ``failure_action: continue``).
@@ -214,11 +214,6 @@ class StartFirst:
 
     def __init__(self, api: Any, docker: DockerCLI, project: str) -> None:
         self.api, self.docker, self.project = api, docker, project
-
-    @staticmethod
-    def check(config: Mapping[str, Any], project: ComposeProject) -> dict[str, UpdatePolicy]:
-        """See :func:`check` (pure)."""
-        return check(config, project)
 
     def containers(self, service: str) -> list[dict[str, Any]]:
         """Inspect data of the service's containers (stopped ones too), by number."""

@@ -59,9 +59,9 @@ class StartFirstRollout(Rollout):
         self.policies = tuple(policies)
         self.steps = self.runtime.start_first_steps(self.api, self.runtime.docker,
                                                     self.project.name)
-        start_first = {p.service for p in self.policies}
+        self.start_first = {p.service for p in self.policies}
         self.restore_services = tuple(s for s in self.project.image_services
-                                      if s not in start_first)
+                                      if s not in self.start_first)
         self.waiting: list[Switch] = []  # started, not switched: removed on failure
         self.switched: list[Switch] = []  # batches whose old containers are gone
         self.switched_any = False
@@ -84,9 +84,8 @@ class StartFirstRollout(Rollout):
             self.others_up = True  # before: an `up` that fails half-way may have recreated some
             self.guarded_up(lambda give_up_at: compose.up_long_running(
                 self.project, timeout=self.timeouts.up, give_up_at=give_up_at))
-        start_first = {p.service for p in self.policies}
         self.check_release(target, "Health of the other services",
-                           include=lambda c: service_of(c) not in start_first)
+                           include=lambda c: service_of(c) not in self.start_first)
 
     def switch(self, compose: Compose, policy: UpdatePolicy) -> None:
         """Every batch of ``policy``'s service: beside, verdict, then the old ones go."""

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-import requests
 import yaml
 
 from deploykit.containers import docker_client
@@ -37,6 +36,7 @@ from tests.integration.loadclient import LoadClient, LoadResult
 from tests.integration.test_deploy import Project, deploy
 from tests.integration.zdt_fixtures import (  # noqa: F401 (the fixtures, by name)
     EXAMPLE,
+    wait_serving,
     zdt_proxy_image,
     zdt_releases,
 )
@@ -119,21 +119,7 @@ class Site:
 
     def wait_serving(self, release: str, servers: int = 2, timeout: float = 30) -> None:
         """Until the proxy answers ``release <tag>`` from ``servers`` distinct containers."""
-        seen: set[str] = set()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                response = requests.get(self.url, timeout=2)
-                if response.status_code == 200 and response.text.strip() == \
-                        f"release {release}":
-                    seen.add(response.headers.get("X-Served-By", ""))
-                    if len(seen) >= servers:
-                        return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the proxy did not serve release {release} from {servers} "
-                             f"containers within {timeout} s (saw {sorted(seen)})")
+        wait_serving(self.url, release=release, servers=servers, timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from deploykit.compose import Compose, ComposeProject, image_environment
 from deploykit.containers import docker_client
 from deploykit.dockercli import DockerCLI
 from deploykit.health import HealthWatch
-from deploykit.startfirst import StartedBatch, StartFirst, UpdatePolicy, batch_report
+from deploykit.startfirst import StartedBatch, StartFirst, UpdatePolicy, batch_report, check
 from tests.integration.conftest import (
     OPEN_REGISTRY,
     TestRegistry,
@@ -160,20 +160,29 @@ class ZdtStack:
 
     def wait_serving(self, servers: int = 2, timeout: float = 30) -> None:
         """Until the proxy answers 200 from ``servers`` distinct containers."""
-        seen: set[str] = set()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                response = requests.get(self.url, timeout=2)
-                if response.status_code == 200:
-                    seen.add(response.headers.get("X-Served-By", ""))
-                    if len(seen) >= servers:
-                        return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the proxy did not serve from {servers} containers "
-                             f"within {timeout} s (saw {sorted(seen)})")
+        wait_serving(self.url, servers=servers, timeout=timeout)
+
+
+def wait_serving(url: str, *, release: str | None = None, servers: int = 2,
+                 timeout: float = 30) -> None:
+    """Until the proxy at ``url`` answers 200 (with ``release <tag>``, when given) from
+    ``servers`` distinct containers."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200 and (
+                    release is None or response.text.strip() == f"release {release}"):
+                seen.add(response.headers.get("X-Served-By", ""))
+                if len(seen) >= servers:
+                    return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    what = f"release {release}" if release else "200"
+    raise AssertionError(f"the proxy did not serve {what} from {servers} containers "
+                         f"within {timeout} s (saw {sorted(seen)})")
 
 
 def start_first_switch(stack: ZdtStack, tag: str, policy: UpdatePolicy | None = None, *,
@@ -220,7 +229,7 @@ def running_stack(proxy_image: str, repo: str, digests: Mapping[str, str],
     steps = StartFirst(api, compose.docker, name)
     config = compose.with_env(proxy_env, {"IMAGE_REGISTRY": OPEN_REGISTRY,
                                           "IMAGE_REPO": repo, "IMAGE_TAG": release}).config()
-    policy = steps.check(config, project)["web"]
+    policy = check(config, project)["web"]
     stack = ZdtStack(compose, project, config, policy, steps, api,
                      f"http://127.0.0.1:{port}/", repo, digests)
     try:
