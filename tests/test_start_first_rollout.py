@@ -187,6 +187,8 @@ def test_the_plan_says_start_first(world: World, run: Any, steps: FakeSteps) -> 
     code, _, log = run("deploy", image_tag="v2.0.0", dry_run="true")
     assert code == 0
     assert f"| app | {D1} | {D2} | start-first |" in log
+    assert (f"Plan: pull {NAME}:v2.0.0@{D2}, then start app beside the running containers "
+            "(start-first), then `docker compose up -d --no-build --remove-orphans`.") in log
     assert f"| worker | {D1} | {D2} | recreate |" in log
 
 

@@ -93,6 +93,7 @@ class ComposeEngine:
     def plan(self, release: Release, running: Running) -> None:
         _, project = self.runtime.project()
         current_of = {s.service: s for s in running.services}
+        start_first = [p.service for p in self.switching_start_first(running)]
         rows = []
         for service in project.image_services:
             current = current_of.get(service)
@@ -100,14 +101,16 @@ class ComposeEngine:
                 change = "create"
             elif current.digest == release.digest and not self.settings.force_redeploy:
                 change = "unchanged"
-            elif service in {p.service for p in self.switching_start_first(running)}:
+            elif service in start_first:
                 change = "start-first"
             else:
                 change = "recreate"
             rows.append([service, current.digest if current else "-", release.digest, change])
         table = markdown_table(["service", "current digest", "target digest", "change"], rows)
-        force = " --force-recreate" if self.settings.force_redeploy else ""
-        self.actions.info(f"Plan: pull {release.reference(self.image_name)}, then "
+        force = " --force-recreate" if self.settings.force_redeploy and not start_first else ""
+        switch = (f"start {', '.join(start_first)} beside the running containers "
+                  "(start-first), then " if start_first else "")
+        self.actions.info(f"Plan: pull {release.reference(self.image_name)}, then {switch}"
                           f"`docker compose up -d --no-build --remove-orphans{force}`."
                           + (f"\n{table}" if self.actions.in_actions else ""))
         self.report.plan(release, self.report.plan_title(project.name), table)
